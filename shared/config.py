@@ -1,0 +1,357 @@
+"""One configuration for both backends.
+
+A `Config` is plain dataclasses so that it round-trips through `config.json` in a checkpoint and
+builds the same UNet in PyTorch and in MLX. Presets are starting points; `apply_overrides` lets a
+command line change any field (`--set train.lr=1e-4`), and `Config.validate` turns a bad
+combination into one readable message before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message says which field and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    """The 3D UNet. Spatial and temporal sizes come from the data, not from here."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: int = 2
+    # Levels (0 = full resolution) whose blocks carry a spatio-temporal transformer.
+    attention_levels: tuple[int, ...] = (2, 3)
+    num_heads: int = 4
+    norm_groups: int = 32
+    # "factorized": spatial 1x3x3 then temporal 3x1x1 ((2+1)D); "full": 3x3x3.
+    conv_mode: str = "factorized"
+    dropout: float = 0.0
+    # Width of the text encoder's token states (384 for all-MiniLM-L6-v2).
+    context_dim: int = 384
+    gradient_checkpointing: bool = False
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.channel_mult)
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.base_channels
+
+    def level_channels(self) -> list[int]:
+        return [self.base_channels * m for m in self.channel_mult]
+
+
+@dataclass
+class DiffusionConfig:
+    num_train_timesteps: int = 1000
+    # "linear" | "scaled_linear" | "cosine"
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    rescale_betas_zero_snr: bool = False
+    # "epsilon" | "v_prediction" | "sample"
+    prediction_type: str = "epsilon"
+    # Clip the predicted clean video to [-clip_sample_range, clip_sample_range] while sampling.
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    # Min-SNR loss weighting (Hang et al. 2023); None = plain MSE.
+    min_snr_gamma: float | None = None
+
+
+@dataclass
+class TextEncoderConfig:
+    # A local directory, a Hugging Face name, or the default MiniLM (read offline from its package).
+    name: str = DEFAULT_TEXT_ENCODER
+    max_length: int = 32
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = "data/toy"
+    # Optional `filename,text` CSV; otherwise each clip has a same-named .txt caption.
+    labels_file: str | None = None
+    num_frames: int = 28
+    image_size: int = 128
+    val_fraction: float = 0.05
+    seed: int = 0
+    # Any bad clip becomes an error instead of a warning.
+    strict: bool = False
+    # Where decoded clips are cached; None = `<data_dir>/.t2s_cache`.
+    cache_dir: str | None = None
+    prefetch: int = 4
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/train"
+    steps: int = 10000
+    # An int, or "auto": the largest micro-batch that fits, then gradient accumulation.
+    batch_size: int | str = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    # "no" | "bf16" | "fp16"
+    mixed_precision: str = "no"
+    cond_drop_prob: float = 0.1
+    log_every: int = 10
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    seed: int = 0
+
+
+@dataclass
+class SampleConfig:
+    # "ddpm" | "ddim" | "dpm++"
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    guidance: float = 5.0
+    # "leading" | "trailing" | "linspace"
+    timestep_spacing: str = "leading"
+    set_alpha_to_one: bool = True
+    steps_offset: int = 0
+    num_samples: int = 1
+    seed: int = 0
+    fps: int = 10
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; "
+                              f"expected {[f.name for f in fields(cls)]}")
+        parts = {}
+        for f in fields(cls):
+            section_cls = _section_types()[f.name]
+            parts[f.name] = _build_section(section_cls, data.get(f.name, {}), f.name)
+        return cls(**parts)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        try:
+            return cls.from_dict(data).validate()
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def validate(self) -> Config:
+        """Raise ConfigError naming the first field that cannot work; return self otherwise."""
+        m, d, data, t, s = self.model, self.diffusion, self.data, self.train, self.sample
+        _check(m.num_levels >= 1, "model.channel_mult must have at least one level")
+        _check(all(x >= 1 for x in m.channel_mult), "model.channel_mult entries must be >= 1")
+        _check(m.base_channels >= 1 and m.num_res_blocks >= 1,
+               "model.base_channels and model.num_res_blocks must be >= 1")
+        for level in m.attention_levels:
+            _check(0 <= level < m.num_levels,
+                   f"model.attention_levels has {level}, but levels are 0..{m.num_levels - 1}")
+        for ch in m.level_channels():
+            _check(ch % m.norm_groups == 0,
+                   f"model.norm_groups={m.norm_groups} does not divide {ch} channels "
+                   f"(base_channels={m.base_channels} x channel_mult); pick a divisor")
+            if m.attention_levels:
+                _check(ch % m.num_heads == 0,
+                       f"model.num_heads={m.num_heads} does not divide {ch} channels; "
+                       "pick a divisor of every attention level's width")
+        _check(m.conv_mode in ("factorized", "full"),
+               f"model.conv_mode={m.conv_mode!r}: use 'factorized' or 'full'")
+        _check(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _check(m.in_channels >= 1 and m.out_channels >= 1, "model channels must be >= 1")
+        factor = 2 ** (m.num_levels - 1)
+        _check(data.image_size % factor == 0,
+               f"data.image_size={data.image_size} is not divisible by 2**{m.num_levels - 1}"
+               f"={factor} (one halving per extra model level); use a multiple of {factor}")
+        _check(data.num_frames >= 1, "data.num_frames must be >= 1")
+        _check(0.0 <= data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
+        _check(d.beta_schedule in ("linear", "scaled_linear", "cosine"),
+               f"diffusion.beta_schedule={d.beta_schedule!r}: use linear, scaled_linear or cosine")
+        _check(d.prediction_type in ("epsilon", "v_prediction", "sample"),
+               f"diffusion.prediction_type={d.prediction_type!r}: "
+               "use epsilon, v_prediction or sample")
+        _check(0 < d.beta_start < d.beta_end < 1,
+               "diffusion.beta_start < diffusion.beta_end must both lie in (0, 1)")
+        _check(d.num_train_timesteps >= 2, "diffusion.num_train_timesteps must be >= 2")
+        _check(d.min_snr_gamma is None or d.min_snr_gamma > 0,
+               "diffusion.min_snr_gamma must be positive (or null to disable)")
+        _check(t.batch_size == "auto" or (isinstance(t.batch_size, int) and t.batch_size >= 1),
+               f"train.batch_size={t.batch_size!r}: use a positive integer or 'auto'")
+        _check(t.grad_accum >= 1, "train.grad_accum must be >= 1")
+        _check(t.lr > 0, "train.lr must be positive")
+        _check(t.mixed_precision in ("no", "bf16", "fp16"),
+               f"train.mixed_precision={t.mixed_precision!r}: use no, bf16 or fp16")
+        _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay must be in [0, 1)")
+        _check(0.0 <= t.cond_drop_prob < 1.0, "train.cond_drop_prob must be in [0, 1)")
+        _check(s.sampler in ("ddpm", "ddim", "dpm++"),
+               f"sample.sampler={s.sampler!r}: use ddpm, ddim or dpm++")
+        _check(1 <= s.steps <= d.num_train_timesteps,
+               f"sample.steps={s.steps} must be in 1..{d.num_train_timesteps}")
+        _check(s.timestep_spacing in ("leading", "trailing", "linspace"),
+               f"sample.timestep_spacing={s.timestep_spacing!r}: use leading, trailing or linspace")
+        _check(0.0 <= s.eta <= 1.0, "sample.eta must be in [0, 1]")
+        _check(self.text.max_length >= 2, "text.max_length must be >= 2")
+        return self
+
+
+PRESETS = ("tiny", "small", "base")
+
+
+def preset(name: str) -> Config:
+    """`tiny`: tests on a CPU in seconds. `small`: the MacBook default. `base`: a real GPU."""
+    if name == "tiny":
+        return Config(
+            model=ModelConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                              attention_levels=(1,), num_heads=2, norm_groups=8),
+            data=DataConfig(num_frames=4, image_size=16),
+            train=TrainConfig(steps=20, batch_size=2, warmup_steps=2, log_every=1,
+                              sample_every=10, checkpoint_every=10),
+            sample=SampleConfig(steps=10),
+        )
+    if name == "small":
+        return Config(
+            model=ModelConfig(base_channels=64, channel_mult=(1, 2, 2, 4), num_res_blocks=2,
+                              attention_levels=(2, 3), num_heads=4, norm_groups=32),
+            data=DataConfig(num_frames=28, image_size=128),
+            train=TrainConfig(batch_size=4),
+        )
+    if name == "base":
+        return Config(
+            model=ModelConfig(base_channels=128, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
+                              attention_levels=(1, 2, 3), num_heads=8, norm_groups=32),
+            data=DataConfig(num_frames=28, image_size=128),
+            train=TrainConfig(batch_size=8, mixed_precision="bf16"),
+        )
+    raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply `section.field=value` strings; values are JSON when they parse, else strings."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        section_name, _, field_name = key.strip().partition(".")
+        sections = {f.name: getattr(config, f.name) for f in fields(config)}
+        if section_name not in sections or not field_name:
+            raise ConfigError(f"override {item!r}: unknown section {section_name!r}; "
+                              f"use one of {', '.join(sections)}")
+        section = sections[section_name]
+        hints = typing.get_type_hints(type(section))
+        if field_name not in hints:
+            raise ConfigError(f"override {item!r}: {section_name} has no field {field_name!r}; "
+                              f"fields are {', '.join(hints)}")
+        value = _parse_value(raw.strip())
+        setattr(section, field_name, _coerce(value, hints[field_name], key))
+    return config
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        pass
+    if "," in raw:  # 1,2,4 -> a tuple of numbers, for channel_mult and friends
+        try:
+            return [json.loads(p) for p in raw.split(",") if p.strip()]
+        except json.JSONDecodeError:
+            pass
+    return raw
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a field's type hint, converting where it is unambiguous."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} fits none of {hint}")
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, where) for v in items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _section_types() -> dict[str, type]:
+    return {f.name: typing.get_type_hints(Config)[f.name] for f in fields(Config)}
+
+
+def _build_section(section_cls: type, data: dict[str, Any], name: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {name!r} must be an object")
+    hints = typing.get_type_hints(section_cls)
+    unknown = set(data) - set(hints)
+    if unknown:
+        raise ConfigError(f"{name}: unknown field(s) {sorted(unknown)}; "
+                          f"fields are {', '.join(hints)}")
+    values = {k: _coerce(v, hints[k], f"{name}.{k}") for k, v in data.items()}
+    return section_cls(**values)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+

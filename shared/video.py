@@ -1,0 +1,197 @@
+"""Reading and writing clips: GIF through Pillow, MP4 (and other containers) through PyAV.
+
+Every function speaks uint8 arrays shaped (F, H, W, 3): the layout the dataset caches and both
+backends convert from. Writers go through a temporary file and a rename, so an interrupted run
+never leaves a truncated video that a later run would mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+GIF_SUFFIXES = (".gif",)
+AV_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
+VIDEO_SUFFIXES = GIF_SUFFIXES + AV_SUFFIXES
+
+
+class VideoError(RuntimeError):
+    """A file that cannot be read as a video; the message names the file."""
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """Decode every frame to RGB uint8 (F, H, W, 3); also return frames per second."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in GIF_SUFFIXES:
+            frames, fps = _read_gif(path)
+        else:
+            frames, fps = _read_av(path)
+    except VideoError:
+        raise
+    except Exception as e:  # decoders raise many types for damaged files
+        raise VideoError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
+    if len(frames) == 0:
+        raise VideoError(f"{path}: no frames")
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise VideoError(f"{path}: frames change size mid-clip {sorted(shapes)}")
+    return np.stack(frames), fps
+
+
+def _read_gif(path: Path) -> tuple[list[np.ndarray], float]:
+    """GIF writers merge identical consecutive frames into one longer frame (Pillow always
+    does), so frames are expanded back onto a constant-rate timeline: the delays' common
+    divisor, or the shortest delay when the timings are irregular."""
+    frames, durations = [], []
+    with Image.open(path) as im:
+        for index in range(getattr(im, "n_frames", 1)):
+            im.seek(index)
+            frames.append(np.asarray(im.convert("RGB")))
+            durations.append(im.info.get("duration", 100) or 100)
+    base = math.gcd(*durations)
+    if base < min(durations) / 4:
+        base = min(durations)
+    repeats = [max(1, round(d / base)) for d in durations]
+    return [f for f, r in zip(frames, repeats) for _ in range(r)], 1000.0 / base
+
+
+def _read_av(path: Path) -> tuple[list[np.ndarray], float]:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    return frames, fps
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0) -> Path:
+    """Write a GIF or an MP4 by the file's suffix."""
+    path = Path(path)
+    frames = _as_uint8_video(frames)
+    suffix = path.suffix.lower()
+    if suffix in GIF_SUFFIXES:
+        writer = _write_gif
+    elif suffix in AV_SUFFIXES:
+        writer = _write_av
+    else:
+        raise VideoError(f"{path}: unknown video suffix; use one of {', '.join(VIDEO_SUFFIXES)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        writer(Path(tmp), frames, fps)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
+    images = [Image.fromarray(f) for f in frames]
+    # One shared adaptive palette keeps colours steady from frame to frame.
+    palette = images[0].quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    paletted = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
+    paletted[0].save(path, format="GIF", save_all=True, append_images=paletted[1:],
+                     duration=max(20, round(1000.0 / fps)), loop=0, optimize=False, disposal=1)
+
+
+def _write_av(path: Path, frames: np.ndarray, fps: float) -> None:
+    import av
+
+    # yuv420p wants even sides: pad by repeating the last row / column.
+    h, w = frames.shape[1:3]
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    with av.open(str(path), mode="w", format=_container_format(path)) as container:
+        stream = container.add_stream("libx264" if path.suffix.lower() != ".webm" else "libvpx",
+                                      rate=round(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18"} if path.suffix.lower() != ".webm" else {}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _container_format(path: Path) -> str:
+    return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".webm": "webm",
+            ".mkv": "matroska", ".avi": "avi"}[path.suffix.lower()]
+
+
+def _as_uint8_video(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim == 3:  # (F, H, W) grayscale
+        frames = np.repeat(frames[..., None], 3, axis=-1)
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3):
+        raise VideoError(f"expected frames shaped (F, H, W, 3), got {frames.shape}")
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    if frames.dtype != np.uint8:
+        raise VideoError(f"expected uint8 frames, got {frames.dtype}; see to_uint8()")
+    return np.ascontiguousarray(frames)
+
+
+def to_uint8(video: np.ndarray) -> np.ndarray:
+    """Map a model's [-1, 1] float video to uint8 pixels."""
+    return np.clip(np.round((np.asarray(video, dtype=np.float64) + 1.0) * 127.5), 0, 255).astype(
+        np.uint8)
+
+
+def make_grid(clips: Sequence[np.ndarray], labels: Sequence[str] | None = None,
+              ncols: int | None = None, pad: int = 2, label_height: int = 14) -> np.ndarray:
+    """Tile equal-sized clips into one clip, each tile captioned underneath (the caption wraps)."""
+    if not clips:
+        raise VideoError("make_grid needs at least one clip")
+    clips = [_as_uint8_video(c) for c in clips]
+    f, h, w, _ = clips[0].shape
+    if any(c.shape != clips[0].shape for c in clips):
+        raise VideoError(f"grid clips differ in shape: {sorted({c.shape for c in clips})}")
+    n = len(clips)
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    font = ImageFont.load_default()
+    caption_rows = [_wrap(lbl, w, font) for lbl in (labels or [""] * n)]
+    lines = max((len(r) for r in caption_rows), default=0)
+    cap_h = label_height * lines
+    cell_h, cell_w = h + cap_h + pad, w + pad
+    grid = np.full((f, nrows * cell_h + pad, ncols * cell_w + pad, 3), 255, np.uint8)
+    for i, clip in enumerate(clips):
+        r, c = divmod(i, ncols)
+        y, x = pad + r * cell_h, pad + c * cell_w
+        grid[:, y:y + h, x:x + w] = clip
+        if cap_h:
+            strip = Image.new("RGB", (w, cap_h), (255, 255, 255))
+            draw = ImageDraw.Draw(strip)
+            for j, line in enumerate(caption_rows[i]):
+                draw.text((1, j * label_height), line, fill=(0, 0, 0), font=font)
+            grid[:, y + h:y + h + cap_h, x:x + w] = np.asarray(strip)
+    return grid
+
+
+def write_grid(path: str | Path, clips: Sequence[np.ndarray], labels: Sequence[str] | None = None,
+               fps: float = 10.0, ncols: int | None = None) -> Path:
+    return write_video(path, make_grid(clips, labels, ncols), fps)
+
+
+def _wrap(text: str, width: int, font: ImageFont.ImageFont) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and font.getlength(trial) > width - 2:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return [*lines, line] if line else lines
