@@ -99,8 +99,11 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0) -> Path
 
 def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
     images = [Image.fromarray(f) for f in frames]
-    # One shared adaptive palette keeps colours steady from frame to frame.
-    palette = images[0].quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    # One adaptive palette shared by all frames keeps colours steady from frame to frame; it is
+    # fitted to a stack of (up to ~half a million pixels of) frames so late colours are not lost.
+    stride = max(1, int(np.ceil(frames[0].size / 3 * len(frames) / 500_000)))
+    montage = Image.fromarray(np.concatenate(list(frames[::stride]), axis=0))
+    palette = montage.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     paletted = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
     paletted[0].save(path, format="GIF", save_all=True, append_images=paletted[1:],
                      duration=max(20, round(1000.0 / fps)), loop=0, optimize=False, disposal=1)
