@@ -1,0 +1,48 @@
+"""Scoring a folder of generated clips with the toy-signer faithfulness metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shared.config import DataConfig
+from shared.data import DataError, DataReport, find_clips
+from shared.toy import ToyScore, score_clips
+from shared.video import read_video
+
+
+def read_prompts(path: Path) -> list[str]:
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise DataError(f"{path}: no prompts (one per line expected)")
+    return prompts
+
+
+def evaluate_folder(folder: Path, prompts_file: Path | None = None) -> ToyScore:
+    """Score every clip of `folder` (GIF/MP4 + same-named .txt) against the candidate prompts.
+
+    Candidates come from `prompts_file`, else the folder's own `prompts.txt`, else the distinct
+    captions; the fewer candidates, the higher chance level, so the report states it.
+    """
+    report = DataReport()
+    clips = find_clips(DataConfig(data_dir=str(folder)), report)
+    if not clips:
+        raise DataError(f"{folder}: no clips with captions to score")
+    videos = [read_video(c.path)[0] for c in clips]
+    if prompts_file is None and (folder / "prompts.txt").exists():
+        prompts_file = folder / "prompts.txt"
+    candidates = read_prompts(prompts_file) if prompts_file else None
+    return score_clips(videos, [c.caption for c in clips], candidates)
+
+
+def score_to_dict(score: ToyScore) -> dict[str, Any]:
+    """The JSON view of a score: the summary numbers and each clip's verdict."""
+    return {
+        "accuracy": score.accuracy, "chance": score.chance, "num_clips": score.num_clips,
+        "num_prompts": score.num_prompts, "mean_error": score.mean_error,
+        "median_error": score.median_error, "detection_rate": score.detection_rate,
+        "candidates": list(score.candidates),
+        "clips": [{"error": float(e), "prediction": p, "correct": bool(c)}
+                  for e, p, c in zip(score.errors, score.predictions, score.correct)],
+    }

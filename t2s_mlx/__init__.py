@@ -1,0 +1,1 @@
+"""text2sign on MLX (Apple Silicon; the Linux CPU build for correctness)."""

@@ -1,0 +1,1 @@
+"""text2sign on PyTorch (CUDA, MPS or CPU)."""
