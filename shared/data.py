@@ -163,7 +163,9 @@ def preprocess_clip(frames: np.ndarray, num_frames: int, image_size: int) -> np.
 
 def to_model_range(clip: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 in [-1, 1], the range the diffusion model works in."""
-    return clip.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+    out = np.multiply(clip, np.float32(1 / 127.5), dtype=np.float32)
+    out -= np.float32(1.0)
+    return out
 
 
 def repair_notes(frames: np.ndarray, num_frames: int, image_size: int) -> list[str]:
@@ -397,7 +399,9 @@ class BatchIterator:
             epoch += 1
 
     def _make(self, indices: np.ndarray) -> Batch:
-        video = np.stack([to_model_range(self.dataset.load_uint8(int(i))) for i in indices])
+        # Stack the uint8 clips, then convert once: per-clip float arrays are large enough that
+        # allocating each one afresh (page faults) cost several times the conversion itself.
+        video = to_model_range(np.stack([self.dataset.load_uint8(int(i)) for i in indices]))
         return Batch(video, [self.dataset.clips[int(i)].caption for i in indices],
                      np.asarray(indices, dtype=np.int64))
 

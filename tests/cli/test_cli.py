@@ -1,0 +1,87 @@
+"""The shared verbs through the real console scripts of both backends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def run(tool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("tool", ["t2s-torch", "t2s-mlx"])
+def test_help_lists_the_verbs(tool):
+    result = run(tool, "--help")
+    assert result.returncode == 0
+    for verb in ("config", "data", "eval", "demo"):
+        assert verb in result.stdout
+
+
+def test_config_prints_overridden_valid_json():
+    result = run("t2s-torch", "config", "--preset", "tiny", "--set", "train.lr=3e-4",
+                 "--set", "model.conv_mode=full")
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["train"]["lr"] == 3e-4 and config["model"]["conv_mode"] == "full"
+
+
+def test_config_error_is_one_clean_line(tmp_path):
+    result = run("t2s-mlx", "config", "--preset", "tiny", "--set", "model.num_heads=3")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith("Error:")]
+    assert "num_heads=3" in result.stderr and "Traceback" not in result.stderr
+    missing = run("t2s-torch", "config", "--config", str(tmp_path / "none.json"))
+    assert missing.returncode != 0 and "none.json" in missing.stderr
+
+
+def test_toy_data_is_the_same_from_both_tools_and_scores_as_faithful(tmp_path):
+    args = ["--n", "8", "--num-prompts", "4", "--frames", "12", "--height", "72", "--width",
+            "128", "--seed", "5"]
+    for tool in ("t2s-torch", "t2s-mlx"):
+        result = run(tool, "data", "toy", str(tmp_path / tool), *args)
+        assert result.returncode == 0, result.stderr
+        assert "wrote 8 clips (4 distinct captions)" in result.stdout
+    torch_files = sorted(p.name for p in (tmp_path / "t2s-torch").iterdir())
+    assert len([n for n in torch_files if n.endswith(".gif")]) == 8
+    assert len([n for n in torch_files if n.endswith(".txt")]) == 9  # + prompts.txt
+    for name in torch_files:
+        assert (tmp_path / "t2s-torch" / name).read_bytes() == \
+            (tmp_path / "t2s-mlx" / name).read_bytes()
+
+    scores = tmp_path / "scores.json"
+    result = run("t2s-mlx", "eval", str(tmp_path / "t2s-torch"), "--json", str(scores))
+    assert result.returncode == 0, result.stderr
+    assert "among 4 candidate prompts" in result.stdout
+    report = json.loads(scores.read_text())
+    assert report["accuracy"] == 1.0 and report["num_clips"] == 8
+    assert len(report["clips"]) == 8
+
+
+def test_eval_of_an_empty_folder_says_so(tmp_path):
+    result = run("t2s-torch", "eval", str(tmp_path))
+    assert result.returncode != 0 and "no clips" in result.stderr
+
+
+def test_mlx_cli_does_not_import_torch():
+    code = "import sys, t2s_mlx.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_demo_makes_data_cache_and_checks_the_metric(tmp_path):
+    result = run("t2s-torch", "demo", "--out", str(tmp_path / "demo"), "--n", "40")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 40 clips" in result.stdout
+    assert "40 clips of 16 x 32 x 32 ready" in result.stdout
+    assert "among 20 candidate prompts" in result.stdout
+    again = run("t2s-torch", "demo", "--out", str(tmp_path / "demo"), "--n", "40")
+    assert "found 40 clips" in again.stdout
