@@ -39,7 +39,7 @@ def prepare_demo(out: Path, n: int = 400, prog: str = "t2s-torch",
     dataset = ClipDataset(config, split="all")
     yield (f"training cache: {len(dataset)} clips of {DEMO_FRAMES} x {DEMO_SIZE} x {DEMO_SIZE} "
            f"ready ({time.perf_counter() - start:.1f} s; {dataset.report.summary()})")
-    score = score_clips([dataset.load_uint8(i) for i in range(len(dataset))], dataset.captions,
+    score = score_clips([dataset[i][0] for i in range(len(dataset))], dataset.captions,
                         read_prompts(data_dir / "prompts.txt"))
     yield f"metric on the data's own clips (the ceiling a model can reach): {score.format()}"
     yield ("next: training and sampling arrive with the backends "

@@ -88,9 +88,8 @@ def test_gif_and_mp4_load_with_captions(good_folder: Path):
     ds = ClipDataset(_config(good_folder), split="all", progress=False)
     assert len(ds) == 7
     video, caption = ds[ds.captions.index("from an mp4")]
-    assert video.shape == (4, 8, 8, 3) and video.dtype == np.float32
-    assert video.min() >= -1.0 and video.max() <= 1.0
-    assert sorted(ds.captions)[0] == "from an mp4"
+    assert video.shape == (4, 8, 8, 3) and video.dtype == np.uint8
+    assert caption == "from an mp4" and sorted(ds.captions)[0] == "from an mp4"
     assert ds.report.skipped == [] and ds.report.kept == 7
 
 
@@ -102,7 +101,7 @@ def test_cached_pixels_match_direct_preprocessing(good_folder: Path):
     expected_frames = source[[0, 2, 3, 5]][:, :, 7:25]
     expected = np.stack([np.asarray(Image.fromarray(f).resize((8, 8), Image.Resampling.BICUBIC))
                          for f in expected_frames])
-    got = ds.load_uint8(i)
+    got = ds[i][0]
     # GIF palettes can shift colours by a few levels; the structure must be the same.
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 6
 
@@ -165,9 +164,9 @@ def test_repairable_clips_are_repaired(tmp_path: Path):
     _write(folder, "tiny.gif", _clip(3, frames=5, h=5, w=7), "tiny odd size")
     ds = ClipDataset(_config(folder, image_size=8), split="all", progress=False)
     assert sorted(ds.captions) == ["gray", "one frame", "tiny odd size"]
-    one = ds.load_uint8(ds.captions.index("one frame"))
+    one = ds[ds.captions.index("one frame")][0]
     assert one.shape == (4, 8, 8, 3) and all(np.array_equal(one[0], f) for f in one)
-    g = ds.load_uint8(ds.captions.index("gray"))
+    g = ds[ds.captions.index("gray")][0]
     assert g.shape == (4, 8, 8, 3)
     notes = {p.name: why for p, why in ds.report.repaired}
     assert "padded" in notes["single.gif"] and "grayscale" in notes["gray.gif"]
@@ -195,7 +194,7 @@ def test_cache_is_reused_and_invalidated(good_folder: Path):
     assert len(entries) == 7
     stamps = {p.name: p.stat().st_mtime_ns for p in entries}
     first = ClipDataset(cfg, split="all", progress=False)
-    before = first.load_uint8(first.captions.index("word0 sign")).mean()
+    before = first[first.captions.index("word0 sign")][0].mean()
 
     # nothing changed: nothing rewritten
     assert {p.name: p.stat().st_mtime_ns for p in root.glob("*.npy")} == stamps
@@ -207,7 +206,7 @@ def test_cache_is_reused_and_invalidated(good_folder: Path):
     ds = ClipDataset(cfg, split="all", progress=False)
     now = {p.name for p in root.glob("*.npy")}
     assert len(now) == 7 and len(now - set(stamps)) == 1
-    inverted = ds.load_uint8(ds.captions.index("word0 sign"))
+    inverted = ds[ds.captions.index("word0 sign")][0]
     assert abs(inverted.mean() - (255 - before)) < 8
 
     # Another data config is another cache folder.
@@ -236,6 +235,7 @@ def test_batches_cover_each_epoch_once_and_shard_by_rank(good_folder: Path):
     ds = ClipDataset(_config(good_folder), split="all", progress=False)
     single = list(BatchIterator(ds, 2, seed=3, epochs=1, drop_last=False))
     assert [b.video.shape for b in single] == [(2, 4, 8, 8, 3)] * 3 + [(1, 4, 8, 8, 3)]
+    assert single[0].video.dtype == np.uint8
     seen = np.concatenate([b.indices for b in single])
     assert sorted(seen) == list(range(7)) and list(seen) != list(range(7))
     b0 = single[0]
