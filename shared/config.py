@@ -98,9 +98,11 @@ class DataConfig:
 class TrainConfig:
     out_dir: str = "runs/train"
     steps: int = 10000
-    # An int, or "auto": the largest micro-batch that fits, then gradient accumulation.
+    # Clips per forward pass: an int, or "auto": the largest that fits the device's memory,
+    # with gradient accumulation making up `effective_batch` clips per optimizer step.
     batch_size: int | str = 8
     grad_accum: int = 1
+    effective_batch: int = 16
     lr: float = 1e-4
     warmup_steps: int = 500
     weight_decay: float = 0.01
@@ -216,6 +218,7 @@ class Config:
         _check(t.batch_size == "auto" or (isinstance(t.batch_size, int) and t.batch_size >= 1),
                f"train.batch_size={t.batch_size!r}: use a positive integer or 'auto'")
         _check(t.grad_accum >= 1, "train.grad_accum must be >= 1")
+        _check(t.effective_batch >= 1, "train.effective_batch must be >= 1")
         _check(t.lr > 0, "train.lr must be positive")
         _check(t.mixed_precision in ("no", "bf16", "fp16"),
                f"train.mixed_precision={t.mixed_precision!r}: use no, bf16 or fp16")

@@ -435,3 +435,18 @@ def sample_loop(model: Callable[[Array, int], Array], table: SamplerTable, x: Ar
         if callback is not None:
             callback(i, t, x, prev_x0)
     return x
+
+
+def numpy_noise(seed: int) -> Callable[[tuple[int, ...]], np.ndarray]:
+    """The one noise stream both backends sample from: x_T first, then each step's noise.
+
+    Draws float32 standard normals in the channels-last layout (B, F, H, W, C); the torch backend
+    permutes them to channels-first, so one checkpoint and one seed give the same video on
+    either side.
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(shape: tuple[int, ...]) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    return draw
