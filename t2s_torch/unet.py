@@ -1,0 +1,404 @@
+"""The text-conditioned 3D UNet, PyTorch body.
+
+`t2s_mlx/unet.py` mirrors this file class by class, and both build the same module tree with the
+same flattened parameter keys from one `ModelConfig`, so converting a checkpoint is a per-tensor
+layout change and nothing else. Every choice below that changes numbers is therefore part of the
+contract and is written down where it is made:
+
+- Activations are (B, C, F, H, W) here, (B, F, H, W, C) in MLX.
+- Sinusoids (timesteps and frame positions) are `[cos(p * w_i), sin(p * w_i)]` for
+  `w_i = exp(-ln(10000) * i / half)`, `i = 0 .. half - 1`, `half = dim // 2`; cos half first, an odd
+  `dim` gets one trailing zero column. Computed in float32.
+- GroupNorm and LayerNorm: eps 1e-5, affine. GroupNorm statistics span all frames of a clip
+  (MLX `GroupNorm(pytorch_compatible=True)` over (B, F, H, W, C) does the same).
+- ResBlock3D: `time_emb_proj(silu(temb))` is split into `scale, shift` (scale = first half of the
+  output channels), applied after `norm2`: `h = norm2(h) * (1 + scale) + shift`.
+- Attention: scale 1 / sqrt(head_dim), head_dim = channels / num_heads, heads split as
+  (N, heads, head_dim) from the channel axis; a key mask that keeps no key yields an attention
+  output of exactly 0 for that sample (an empty weighted sum), before `to_out`.
+- Temporal attention input: `norm3(h) + sinusoid(frame_index, channels)` (same sinusoid as above).
+- Feed-forward GELU: exact (erf), i.e. torch `F.gelu(approximate="none")`, MLX `nn.gelu`.
+- Upsample: nearest-neighbour 2x in H and W, frames untouched, then a (1, 3, 3) conv.
+- Skips: conv_in output, then every resnet (or resnet + transformer) output of each down level and
+  every downsample output, in that order; up blocks pop from the end and concatenate
+  `[h, skip]` along channels (h first).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from shared.config import ModelConfig
+
+NORM_EPS = 1e-5
+MAX_PERIOD = 10000.0
+
+
+def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """(N,) positions -> (N, dim) float32 `[cos, sin]` features.
+
+    One formula for timesteps and frame positions, so the MLX twin reproduces both exactly:
+    `w_i = exp(-ln(10000) * i / half)`, cos half first, a zero column when `dim` is odd.
+    """
+    half = dim // 2
+    exponent = -math.log(MAX_PERIOD) * torch.arange(half, dtype=torch.float32,
+                                                    device=positions.device) / half
+    angles = positions.float()[:, None] * torch.exp(exponent)[None, :]
+    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def group_norm(channels: int, config: ModelConfig) -> nn.GroupNorm:
+    return nn.GroupNorm(config.norm_groups, channels, eps=NORM_EPS, affine=True)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters so the block around it starts as the identity (or as 0 out)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def maybe_checkpoint(fn: Callable[..., torch.Tensor], enabled: bool, *args) -> torch.Tensor:
+    """Recompute `fn` in the backward pass instead of storing its activations, when enabled."""
+    if enabled:
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+class TimestepEmbedding(nn.Module):
+    """sinusoid(t, base_channels) -> Linear -> SiLU -> Linear: the diffusion step as a vector."""
+
+    def __init__(self, in_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.linear_1 = nn.Linear(in_dim, embed_dim)
+        self.linear_2 = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        emb = sinusoidal_embedding(timesteps, self.in_dim).to(self.linear_1.weight.dtype)
+        return self.linear_2(F.silu(self.linear_1(emb)))
+
+
+class FactorizedConv3d(nn.Module):
+    """(2+1)D conv: spatial (1, 3, 3) then temporal (3, 1, 1).
+
+    The temporal conv starts as the identity (dirac kernel, zero bias), so a fresh factorized
+    block is exactly a per-frame 2D conv and learns to mix frames from there.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.spatial = nn.Conv3d(in_ch, out_ch, (1, 3, 3), padding=(0, 1, 1))
+        self.temporal = nn.Conv3d(out_ch, out_ch, (3, 1, 1), padding=(1, 0, 0))
+        nn.init.dirac_(self.temporal.weight)
+        nn.init.zeros_(self.temporal.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.temporal(self.spatial(x))
+
+
+def make_conv(in_ch: int, out_ch: int, conv_mode: str) -> nn.Module:
+    """The ResBlock conv: full 3x3x3 (keys `weight`, `bias`) or factorized (`spatial`,
+    `temporal`)."""
+    if conv_mode == "full":
+        return nn.Conv3d(in_ch, out_ch, 3, padding=1)
+    if conv_mode == "factorized":
+        return FactorizedConv3d(in_ch, out_ch)
+    raise ValueError(f"conv_mode={conv_mode!r}: use 'factorized' or 'full'")
+
+
+class ResBlock3D(nn.Module):
+    """GN -> SiLU -> conv1 -> GN * (1 + scale) + shift -> SiLU -> dropout -> conv2, plus a skip.
+
+    conv2 starts at zero so each block starts as the identity (its skip path). In factorized mode
+    only `conv2.spatial` is zeroed: zeroing both halves of a product would leave both without a
+    gradient forever.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_ch, config)
+        self.conv1 = make_conv(in_ch, out_ch, config.conv_mode)
+        self.time_emb_proj = nn.Linear(temb_dim, 2 * out_ch)
+        self.norm2 = group_norm(out_ch, config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.conv2 = make_conv(out_ch, out_ch, config.conv_mode)
+        zero_module(self.conv2.spatial if config.conv_mode == "factorized" else self.conv2)
+        self.skip = nn.Conv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.time_emb_proj(F.silu(temb))[:, :, None, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head attention over (B, N, C) tokens through the fused SDPA kernel.
+
+    `context=None` is self-attention. `mask` (B, L), True / 1 = a real key. A sample whose mask
+    keeps no key gets an attention output of 0 rather than NaN (see `forward`).
+    """
+
+    def __init__(self, query_dim: int, context_dim: int | None, heads: int) -> None:
+        super().__init__()
+        context_dim = query_dim if context_dim is None else context_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, query_dim, bias=False)
+        self.to_k = nn.Linear(context_dim, query_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, query_dim, bias=False)
+        self.to_out = nn.Linear(query_dim, query_dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        b, n, c = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, heads, N, C / heads)
+            return t.reshape(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
+        attn_mask = keep = None
+        if mask is not None:
+            mask = mask.bool()
+            keep = mask.any(dim=-1)  # (B,)
+            # A row with no real key would be softmax over nothing (NaN); let it see every key
+            # and zero its output below, so padding never leaks in and nothing turns NaN.
+            attn_mask = (mask | ~keep[:, None])[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        if keep is not None:
+            out = out * keep[:, None, None].to(out.dtype)
+        return self.to_out(out)
+
+
+class FeedForward(nn.Module):
+    """Linear(ch, 4ch) -> exact (erf) GELU -> Linear(4ch, ch)."""
+
+    def __init__(self, dim: int, mult: int = 4) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(dim, mult * dim)
+        self.linear_2 = nn.Linear(mult * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.gelu(self.linear_1(x), approximate="none"))
+
+
+class SpatioTemporalTransformer(nn.Module):
+    """GN -> proj_in -> [spatial self-attn, text cross-attn, temporal self-attn, FF] -> proj_out.
+
+    Each sub-layer is pre-norm with a residual; `proj_out` starts at zero so the whole transformer
+    starts as the identity. Frames and pixels are folded into the batch by reshapes, never loops:
+    spatial attention sees (B*F, H*W) tokens, cross-attention (B, F*H*W) queries against the
+    clip's text tokens, temporal attention (B*H*W, F) tokens with a fixed sinusoidal frame-position
+    signal added to its normalised input (without it attention over frames would be blind to
+    their order).
+    """
+
+    def __init__(self, channels: int, config: ModelConfig) -> None:
+        super().__init__()
+        heads = config.num_heads
+        self.norm = group_norm(channels, config)
+        self.proj_in = nn.Linear(channels, channels)
+        self.norm1 = nn.LayerNorm(channels, eps=NORM_EPS)
+        self.attn1 = Attention(channels, None, heads)
+        self.norm2 = nn.LayerNorm(channels, eps=NORM_EPS)
+        self.attn2 = Attention(channels, config.context_dim, heads)
+        self.norm3 = nn.LayerNorm(channels, eps=NORM_EPS)
+        self.attn_temp = Attention(channels, None, heads)
+        self.norm4 = nn.LayerNorm(channels, eps=NORM_EPS)
+        self.ff = FeedForward(channels)
+        self.proj_out = zero_module(nn.Linear(channels, channels))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, f, hgt, wid = x.shape
+        p = hgt * wid
+        h = self.norm(x).permute(0, 2, 3, 4, 1).reshape(b, f, p, c)  # (B, F, H*W, C)
+        h = self.proj_in(h)
+        h = h + self.attn1(self.norm1(h).reshape(b * f, p, c)).reshape(b, f, p, c)
+        h = h + self.attn2(self.norm2(h).reshape(b, f * p, c), context,
+                           context_mask).reshape(b, f, p, c)
+        frame_pos = sinusoidal_embedding(torch.arange(f, device=x.device), c).to(h.dtype)
+        t = (self.norm3(h) + frame_pos[None, :, None, :]).transpose(1, 2).reshape(b * p, f, c)
+        h = h + self.attn_temp(t).reshape(b, p, f, c).transpose(1, 2)
+        h = h + self.ff(self.norm4(h))
+        h = self.proj_out(h)
+        return x + h.reshape(b, f, hgt, wid, c).permute(0, 4, 1, 2, 3)
+
+
+class Downsample3D(nn.Module):
+    """Halve H and W with a strided (1, 3, 3) conv; frames are never downsampled."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample3D(nn.Module):
+    """Nearest 2x in H and W (frames untouched), then a (1, 3, 3) conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
+
+
+class DownBlock3D(nn.Module):
+    """One encoder level: (ResBlock3D [+ transformer]) x num_res_blocks, then maybe downsample."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, has_attention: bool,
+                 add_downsample: bool, config: ModelConfig) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResBlock3D(in_ch if j == 0 else out_ch, out_ch, temb_dim, config)
+            for j in range(config.num_res_blocks))
+        self.attentions = nn.ModuleList(
+            SpatioTemporalTransformer(out_ch, config)
+            for _ in range(config.num_res_blocks if has_attention else 0))
+        self.downsample = Downsample3D(out_ch) if add_downsample else None
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor | None, ckpt: bool
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = []
+        for j, resnet in enumerate(self.resnets):
+            h = maybe_checkpoint(resnet, ckpt, h, temb)
+            if self.attentions:
+                h = maybe_checkpoint(self.attentions[j], ckpt, h, context, context_mask)
+            skips.append(h)
+        if self.downsample is not None:
+            h = self.downsample(h)
+            skips.append(h)
+        return h, skips
+
+
+class MidBlock3D(nn.Module):
+    """ResBlock3D -> transformer -> ResBlock3D at the lowest resolution."""
+
+    def __init__(self, channels: int, temb_dim: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResBlock3D(channels, channels, temb_dim, config) for _ in range(2))
+        self.attentions = nn.ModuleList([SpatioTemporalTransformer(channels, config)])
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor | None, ckpt: bool) -> torch.Tensor:
+        h = maybe_checkpoint(self.resnets[0], ckpt, h, temb)
+        h = maybe_checkpoint(self.attentions[0], ckpt, h, context, context_mask)
+        return maybe_checkpoint(self.resnets[1], ckpt, h, temb)
+
+
+class UpBlock3D(nn.Module):
+    """One decoder level: (concat skip -> ResBlock3D [+ transformer]) x (num_res_blocks + 1).
+
+    `skip_channels[j]` is the width of the skip that resnet j concatenates (in pop order).
+    """
+
+    def __init__(self, in_ch: int, skip_channels: list[int], out_ch: int, temb_dim: int,
+                 has_attention: bool, add_upsample: bool, config: ModelConfig) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResBlock3D((in_ch if j == 0 else out_ch) + s, out_ch, temb_dim, config)
+            for j, s in enumerate(skip_channels))
+        self.attentions = nn.ModuleList(
+            SpatioTemporalTransformer(out_ch, config)
+            for _ in range(len(skip_channels) if has_attention else 0))
+        self.upsample = Upsample3D(out_ch) if add_upsample else None
+
+    def forward(self, h: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor,
+                context: torch.Tensor, context_mask: torch.Tensor | None,
+                ckpt: bool) -> torch.Tensor:
+        for j, resnet in enumerate(self.resnets):
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = maybe_checkpoint(resnet, ckpt, h, temb)
+            if self.attentions:
+                h = maybe_checkpoint(self.attentions[j], ckpt, h, context, context_mask)
+        if self.upsample is not None:
+            h = self.upsample(h)
+        return h
+
+
+class UNet3D(nn.Module):
+    """Text-conditioned 3D UNet: (B, in_channels, F, H, W) -> (B, out_channels, F, H, W).
+
+    Built from `ModelConfig` alone. `conv_out` starts at zero, so an untrained model predicts 0.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = config.gradient_checkpointing
+        chs = config.level_channels()
+        temb = config.time_embed_dim
+        last = config.num_levels - 1
+
+        self.time_embed = TimestepEmbedding(config.base_channels, temb)
+        self.text_embed = nn.Linear(config.context_dim, temb)
+        self.conv_in = nn.Conv3d(config.in_channels, chs[0], (1, 3, 3), padding=(0, 1, 1))
+
+        skip_chs = [chs[0]]
+        self.down_blocks = nn.ModuleList()
+        prev = chs[0]
+        for i, ch in enumerate(chs):
+            self.down_blocks.append(DownBlock3D(prev, ch, temb, i in config.attention_levels,
+                                                i < last, config))
+            skip_chs += [ch] * config.num_res_blocks + ([ch] if i < last else [])
+            prev = ch
+
+        self.mid_block = MidBlock3D(prev, temb, config)
+
+        self.up_blocks = nn.ModuleList()
+        for level in reversed(range(config.num_levels)):
+            ch = chs[level]
+            skips = [skip_chs.pop() for _ in range(config.num_res_blocks + 1)]
+            self.up_blocks.append(UpBlock3D(prev, skips, ch, temb,
+                                            level in config.attention_levels, level > 0, config))
+            prev = ch
+
+        self.norm_out = group_norm(prev, config)
+        self.conv_out = zero_module(
+            nn.Conv3d(prev, config.out_channels, (1, 3, 3), padding=(0, 1, 1)))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, F, H, W); timesteps (B,) or scalar; context (B, L, context_dim);
+        context_mask (B, L), 1 = real token; pooled (B, context_dim) or None (no contribution)."""
+        b = x.shape[0]
+        timesteps = torch.as_tensor(timesteps, device=x.device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(b)
+        temb = self.time_embed(timesteps)
+        if pooled is not None:
+            temb = temb + self.text_embed(pooled.to(temb.dtype))
+        context = context.to(x.dtype)
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down_blocks:
+            h, block_skips = block(h, temb, context, context_mask, ckpt)
+            skips += block_skips
+        h = self.mid_block(h, temb, context, context_mask, ckpt)
+        for block in self.up_blocks:
+            h = block(h, skips, temb, context, context_mask, ckpt)
+        return self.conv_out(F.silu(self.norm_out(h)))
