@@ -13,24 +13,36 @@ from pathlib import Path
 
 import click
 
+from shared.checkpoint import CheckpointError
 from shared.config import PRESETS, Config, ConfigError, apply_overrides, preset
 from shared.data import DataError
+from shared.errors import TrainingDiverged
 from shared.video import VideoError
 
-USER_ERRORS = (ConfigError, DataError, VideoError, FileNotFoundError, ValueError)
+# Errors about what the user asked for: shown as one line (T2S_DEBUG=1 shows the traceback).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, DataError, VideoError, CheckpointError, TrainingDiverged, FileNotFoundError,
+    ValueError)
 
 
 class T2SGroup(click.Group):
     """A click group that turns the library's user-facing errors into one clean message."""
 
+    user_errors: tuple[type[BaseException], ...] = USER_ERRORS
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as e:
+        except self.user_errors as e:
+            if os.environ.get("T2S_DEBUG"):
+                raise
             raise click.ClickException(str(e)) from e
 
 
-def make_group(name: str, help_text: str) -> click.Group:
+def make_group(name: str, help_text: str,
+               errors: tuple[type[BaseException], ...] = ()) -> T2SGroup:
+    """The tool's click group with the shared verbs; `errors` adds backend error types."""
+
     @click.group(name=name, cls=T2SGroup, help=help_text,
                  context_settings={"help_option_names": ["-h", "--help"],
                                    "max_content_width": 100})
@@ -38,6 +50,7 @@ def make_group(name: str, help_text: str) -> click.Group:
     def group() -> None:
         pass
 
+    group.user_errors = USER_ERRORS + errors
     for command in (config_command, data_group, eval_command, demo_command):
         group.add_command(command)
     return group
@@ -169,3 +182,97 @@ def demo_command(out, n) -> None:
 
     for line in prepare_demo(Path(out), n=n, prog=prog_name(), workers=os.cpu_count() or 1):
         click.echo(line)
+
+
+# ------------------------------------------------------------------------- train / sample
+# The options every backend's `train` and `sample` take, spelled once so the tools cannot drift.
+
+
+def train_options(f):
+    options = [
+        click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder of GIF/MP4 clips with same-named .txt captions.  "
+                          "[default: the config's data.data_dir]"),
+        click.option("--preset", "preset_name", type=click.Choice(PRESETS), default=None,
+                     help="Model/data/training preset (default: small)."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                     help="A config.json instead of a preset."),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+                     help="Run folder: checkpoints/, samples/, tb/.  [default: runs/train]"),
+        click.option("--steps", type=click.IntRange(1), default=None,
+                     help="Optimizer steps to train to (with --resume: the new end)."),
+        click.option("--batch-size", default=None, metavar="N|auto",
+                     help="Clips per forward pass; 'auto' finds the largest that fits and "
+                          "accumulates gradients up to train.effective_batch."),
+        click.option("--lr", type=float, default=None, help="Peak learning rate."),
+        click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+                     help="Override any config field (repeatable)."),
+        click.option("--device", default=None, help="Device to train on (default: the best "
+                                                    "available)."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the run in --out from its latest checkpoint: same step, "
+                          "optimizer, EMA, data order and random state."),
+        click.option("--strict", is_flag=True,
+                     help="Stop at the first bad clip instead of skipping it with a warning."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def build_train_config(preset_name: str | None, config_file: str | None, data_dir: str | None,
+                       out_dir: str | None, steps: int | None, batch_size: str | None,
+                       lr: float | None, overrides: tuple[str, ...], resume: bool,
+                       strict: bool) -> Config:
+    """The run's config: a preset or file (with --resume, the run's own config.json), then the
+    dedicated flags, then --set overrides; validated."""
+    run_config = Path(out_dir or "runs/train") / "config.json"
+    if resume and not (preset_name or config_file):
+        if not run_config.exists():
+            raise CheckpointError(f"{run_config.parent}: nothing to resume (no config.json); "
+                                  "drop --resume to start a new run, or pass the run's --out")
+        config_file = str(run_config)
+    flags = [f"data.data_dir={data_dir}"] if data_dir else []
+    flags += [f"train.out_dir={out_dir}"] if out_dir else []
+    flags += [f"train.steps={steps}"] if steps else []
+    flags += [f"train.batch_size={batch_size}"] if batch_size else []
+    flags += [f"train.lr={lr}"] if lr else []
+    flags += ["data.strict=true"] if strict else []
+    return load_config(preset_name, config_file, tuple(flags) + tuple(overrides))
+
+
+def sample_options(f):
+    options = [
+        click.option("--checkpoint", required=True, type=click.Path(),
+                     help="A training run's folder (its latest checkpoint) or a step_N folder."),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False),
+                     default="runs/samples", show_default=True,
+                     help="Where the GIFs (+ .txt captions) and grid.gif go."),
+        click.option("--seed", type=int, default=None, help="Noise seed (default: the config's)."),
+        click.option("--num-samples", type=click.IntRange(1), default=None,
+                     help="Videos per prompt."),
+        click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpm++"]), default=None),
+        click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps."),
+        click.option("--eta", type=click.FloatRange(0, 1), default=None,
+                     help="DDIM noise: 0 deterministic ... 1 ancestral."),
+        click.option("--guidance", type=float, default=None,
+                     help="Classifier-free guidance scale (1 = none)."),
+        click.option("--device", default=None, help="Device (default: the best available)."),
+        click.option("--no-ema", is_flag=True, help="Use the raw weights, not the EMA ones."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.argument("prompts", nargs=-1, required=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def build_sample_config(base: Config, seed: int | None, num_samples: int | None,
+                        sampler: str | None, steps: int | None, eta: float | None,
+                        guidance: float | None):
+    """The checkpoint's sampling settings with the command line's on top; validated."""
+    flags = {"seed": seed, "num_samples": num_samples, "sampler": sampler, "steps": steps,
+             "eta": eta, "guidance": guidance}
+    overrides = [f"sample.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    return apply_overrides(base, overrides).validate().sample

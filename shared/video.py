@@ -198,3 +198,23 @@ def _wrap(text: str, width: int, font: ImageFont.ImageFont) -> list[str]:
         else:
             line = trial
     return [*lines, line] if line else lines
+
+
+def slug(text: str, max_len: int = 40) -> str:
+    """A file-name-safe form of a caption."""
+    cleaned = "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+    return "_".join(p for p in cleaned.split("_") if p)[:max_len] or "empty"
+
+
+def write_sample_folder(out_dir: str | Path, clips: Sequence[np.ndarray], captions: Sequence[str],
+                        fps: float = 10.0) -> list[Path]:
+    """One GIF per sample with a same-named .txt caption (the layout `eval` and `train` read),
+    plus `grid.gif` of them all."""
+    out_dir = Path(out_dir)
+    paths = []
+    for i, (clip, caption) in enumerate(zip(clips, captions, strict=True)):
+        path = write_video(out_dir / f"{i:03d}_{slug(caption)}.gif", clip, fps)
+        path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
+        paths.append(path)
+    write_grid(out_dir / "grid.gif", clips, captions, fps)
+    return paths

@@ -1,0 +1,138 @@
+"""Writing and reading checkpoints from PyTorch; the directory protocol is `shared.checkpoint`.
+
+Weights go through `safetensors.torch` (never pickle), so bf16 tensors keep their dtype.
+Optimizer moments are keyed by parameter name (`<param key>.exp_avg`), not by position, so
+they survive a change of parameter order and can be carried to the MLX backend.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from shared.checkpoint import (
+    CONFIG_FILE,
+    EMA_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    TRAINER_STATE_FILE,
+    CheckpointError,
+    abort_checkpoint,
+    begin_checkpoint,
+    check_layout,
+    commit_checkpoint,
+    compare_keys,
+    load_checkpoint_config,
+    load_json,
+    resolve_checkpoint,
+    save_json,
+    tensor_metadata,
+)
+from shared.config import Config
+
+LAYOUT = "torch"
+
+
+def state_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies of a module's parameters and buffers, by their keys."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], kind: str) -> None:
+    save_file(tensors, str(path), metadata=tensor_metadata(LAYOUT, kind))
+
+
+def load_tensors(path: Path, expected_layout: str = LAYOUT) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete")
+    with safe_open(str(path), framework="pt") as f:
+        check_layout(f.metadata(), expected_layout, path)
+    return load_file(str(path))
+
+
+def load_into(module: torch.nn.Module, path: Path) -> None:
+    """Load weights into `module`, refusing a mismatch with one message (not a torch dump)."""
+    tensors = load_tensors(path)
+    expected = module.state_dict()
+    compare_keys(set(expected), set(tensors), path)
+    for key, value in tensors.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)} but the model "
+                                  f"needs {tuple(expected[key].shape)}; was it written by "
+                                  "another model config?")
+    module.load_state_dict(tensors)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer,
+                      names: dict[torch.nn.Parameter, str]) -> dict[str, torch.Tensor]:
+    out = {}
+    for param, state in optimizer.state.items():
+        for moment, value in state.items():
+            if torch.is_tensor(value):
+                out[f"{names[param]}.{moment}"] = value.detach().to("cpu").contiguous()
+    return out
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           names: dict[torch.nn.Parameter, str]) -> None:
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            prefix = names[param] + "."
+            state = {k[len(prefix):]: v.to(param.device) for k, v in tensors.items()
+                     if k.startswith(prefix) and "." not in k[len(prefix):]}
+            if state:
+                if "step" in state:  # AdamW keeps `step` on the CPU unless fused/capturable
+                    state["step"] = state["step"].to("cpu")
+                optimizer.state[param] = state
+
+
+def encode_bytes(state: torch.Tensor) -> str:
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+
+
+def decode_bytes(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def save_checkpoint(run_dir: Path, step: int, config: Config, model: torch.nn.Module,
+                    ema: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    trainer_state: dict[str, Any] | None = None,
+                    keep_last: int | None = None) -> Path:
+    """Write `run_dir/checkpoints/step_N` atomically and point `latest` at it."""
+    tmp = begin_checkpoint(run_dir / "checkpoints", step)
+    try:
+        config.save(tmp / CONFIG_FILE)
+        save_tensors(tmp / MODEL_FILE, state_tensors(model), "model")
+        if ema is not None:
+            save_tensors(tmp / EMA_FILE, state_tensors(ema), "ema")
+        if optimizer is not None:
+            names = {p: n for n, p in model.named_parameters()}
+            save_tensors(tmp / OPTIMIZER_FILE, optimizer_tensors(optimizer, names), "optimizer")
+        save_json(tmp / TRAINER_STATE_FILE, {"step": step, **(trainer_state or {})})
+    except BaseException:
+        abort_checkpoint(tmp)
+        raise
+    return commit_checkpoint(tmp, step, keep_last)
+
+
+def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return load_json(checkpoint / TRAINER_STATE_FILE)
+
+
+def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
+               use_ema: bool = True) -> tuple[Config, torch.nn.Module, Path]:
+    """Build the UNet a checkpoint's config describes and load its (EMA) weights for inference."""
+    from t2s_torch.unet import UNet3D
+
+    path = resolve_checkpoint(checkpoint)
+    config = load_checkpoint_config(path)
+    model = UNet3D(config.model)
+    weights = path / EMA_FILE if use_ema and (path / EMA_FILE).exists() else path / MODEL_FILE
+    load_into(model, weights)
+    return config, model.to(device).eval(), path

@@ -1,0 +1,88 @@
+"""DDPM training objective in PyTorch; every coefficient comes from `shared.schedules`.
+
+The noise schedule is computed once in numpy float64 and copied to the device as float32
+tables, so this file holds only the arithmetic: noise a clean video, ask the UNet for its
+prediction, and weigh the squared error (optionally by min-SNR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shared.config import DiffusionConfig
+from shared.schedules import NoiseSchedule
+
+
+@dataclass
+class TextBatch:
+    """What the UNet is conditioned on: token states, their mask, and the pooled embedding."""
+
+    states: torch.Tensor  # (B, L, D)
+    mask: torch.Tensor  # (B, L), 1 for real tokens
+    pooled: torch.Tensor  # (B, D)
+
+    def to(self, device: torch.device) -> TextBatch:
+        return TextBatch(self.states.to(device), self.mask.to(device), self.pooled.to(device))
+
+    def select(self, keep: torch.Tensor, other: TextBatch) -> TextBatch:
+        """Per sample: this batch's text where `keep` is True, `other`'s elsewhere."""
+        k3, k2 = keep[:, None, None], keep[:, None]
+        return TextBatch(torch.where(k3, self.states, other.states),
+                         torch.where(k2, self.mask, other.mask),
+                         torch.where(k2, self.pooled, other.pooled))
+
+    @staticmethod
+    def cat(parts: list[TextBatch]) -> TextBatch:
+        return TextBatch(torch.cat([p.states for p in parts]), torch.cat([p.mask for p in parts]),
+                         torch.cat([p.pooled for p in parts]))
+
+
+class GaussianDiffusion:
+    """The forward process and the training loss of one DiffusionConfig."""
+
+    def __init__(self, config: DiffusionConfig, device: torch.device | str = "cpu"):
+        self.config = config
+        self.schedule = NoiseSchedule.from_config(config)
+        self.num_train_timesteps = self.schedule.num_train_timesteps
+        t = np.arange(self.num_train_timesteps)
+        a, b = self.schedule.q_sample_coefficients(t)
+        tx0, teps = self.schedule.target_coefficients(t, config.prediction_type)
+        weights = self.schedule.loss_weights(t, config.prediction_type, config.min_snr_gamma)
+        table = np.stack([a, b, tx0, teps, weights])
+        self._table = torch.as_tensor(table, dtype=torch.float32, device=device)
+
+    def to(self, device: torch.device | str) -> GaussianDiffusion:
+        self._table = self._table.to(device)
+        return self
+
+    def _gather(self, row: int, t: torch.Tensor) -> torch.Tensor:
+        return self._table[row, t].view(-1, 1, 1, 1, 1)
+
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator,
+                             device=device)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+        return self._gather(0, t) * x0 + self._gather(1, t) * noise
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the model learns to output: eps, v = sqrt(abar) eps - sqrt(1-abar) x0, or x0."""
+        return self._gather(2, t) * x0 + self._gather(3, t) * noise
+
+    def loss(self, model: torch.nn.Module, x0: torch.Tensor, text: TextBatch,
+             t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of each sample's (min-SNR weighted) mean squared error.
+
+        `t` and `noise` come from the caller so that a training step is reproducible from
+        the trainer's generator (and so that tests can pin them).
+        """
+        x_t = self.q_sample(x0, t, noise)
+        prediction = model(x_t, t, text.states, text.mask, text.pooled)
+        error = (prediction.float() - self.target(x0, t, noise)).square()
+        per_sample = error.mean(dim=tuple(range(1, error.ndim)))
+        return (per_sample * self._table[4, t]).mean()

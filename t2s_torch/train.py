@@ -1,0 +1,383 @@
+"""Training the 3D UNet in PyTorch.
+
+One `Trainer` owns a run directory::
+
+    <out_dir>/config.json           the run's config
+    <out_dir>/checkpoints/step_N/   model, EMA, optimizer, trainer state (see shared.checkpoint)
+    <out_dir>/samples/step_N.gif    a grid of EMA samples, one per training prompt shown
+    <out_dir>/tb/                   TensorBoard events
+
+Everything random in a step (timesteps, noise, caption dropout) is drawn from the trainer's own
+generator, dropout from torch's global one, and the data order from (seed, epoch); all of these
+are checkpointed, so `resume` continues the exact run: 2N steps equal N + resume + N.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from shared.checkpoint import resolve_checkpoint
+from shared.config import Config
+from shared.data import Batch, BatchIterator, ClipDataset, cache_root
+from shared.errors import TrainingDiverged
+from shared.lr import warmup_cosine
+from shared.tensorboard import TensorBoardLogger
+from shared.video import to_uint8, write_grid
+from t2s_torch.checkpoint import (
+    decode_bytes,
+    encode_bytes,
+    load_into,
+    load_optimizer_tensors,
+    load_tensors,
+    load_trainer_state,
+    save_checkpoint,
+)
+from t2s_torch.device import (
+    autocast_context,
+    describe_device,
+    memory_info,
+    needs_grad_scaler,
+    select_device,
+    synchronize,
+)
+from t2s_torch.diffusion import GaussianDiffusion, TextBatch
+from t2s_torch.sample import generate
+from t2s_torch.text_encoder import TextEncoder
+from t2s_torch.unet import UNet3D
+
+
+class EMA:
+    """Exponential moving average of the weights, the model samples are drawn from.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) so that short runs (the demo, tests)
+    are not dominated by the random initialisation.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1.0 - decay)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)  # one per optimizer step of this call
+    checkpoint: Path | None = None
+    micro_batch: int = 0
+    grad_accum: int = 1
+
+
+def to_model_input(video: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, F, H, W, C) numpy -> float32 (B, C, F, H, W) in [-1, 1] on the device."""
+    x = torch.from_numpy(np.ascontiguousarray(video)).to(device, non_blocking=True)
+    return x.permute(0, 4, 1, 2, 3).float().mul_(1 / 127.5).sub_(1.0)
+
+
+class Trainer:
+    """Train `config` on its data; `train()` runs to `config.train.steps` (or resumes there)."""
+
+    def __init__(self, config: Config, device: str | None = None, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.config = config.validate()
+        self.device = select_device(device)
+        self.progress = progress
+        self.log = log
+        self.out_dir = Path(config.train.out_dir)
+        tc = config.train
+        self.autocast = autocast_context(self.device, tc.mixed_precision)
+        self.scaler = torch.amp.GradScaler(self.device.type) if needs_grad_scaler(
+            self.device, tc.mixed_precision) else None
+
+        self.dataset = ClipDataset(config.data, split="train", progress=progress)
+        text_cache = cache_root(config.data).parent / "text"
+        self.encoder = TextEncoder(config.text, device=self.device, cache_dir=text_cache)
+        self.encoder.check_context_dim(config.model.context_dim)
+        self.captions = sorted(set(self.dataset.captions))
+        self.caption_row = {c: i for i, c in enumerate(self.captions)}
+        self.text_table = self._encode_all(self.captions)
+        self.uncond = TextBatch(*self.encoder.empty_embedding())
+
+        torch.manual_seed(tc.seed)
+        self.model = UNet3D(config.model).to(self.device)
+        self.ema = EMA(self.model, tc.ema_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
+            weight_decay=tc.weight_decay)
+        self.diffusion = GaussianDiffusion(config.diffusion, self.device)
+        self.generator = torch.Generator(self.device).manual_seed(tc.seed)
+        self.step = 0
+        self.micro_batch, self.grad_accum = 0, 1
+
+    # ----------------------------------------------------------------------------- text
+
+    def _encode_all(self, captions: list[str]) -> TextBatch:
+        """Every caption's embedding, computed (or read from the disk cache) once per run."""
+        return TextBatch(*self.encoder.encode(captions))
+
+    def text_for(self, captions: list[str]) -> TextBatch:
+        rows = torch.tensor([self.caption_row[c] for c in captions], device=self.device)
+        return TextBatch(self.text_table.states[rows], self.text_table.mask[rows],
+                         self.text_table.pooled[rows])
+
+    def _uncond(self, batch: int) -> TextBatch:
+        u = self.uncond
+        return TextBatch(u.states.expand(batch, -1, -1), u.mask.expand(batch, -1),
+                         u.pooled.expand(batch, -1))
+
+    # ----------------------------------------------------------------------------- batch size
+
+    def _resolve_batch(self) -> tuple[int, int]:
+        tc = self.config.train
+        if tc.batch_size != "auto":
+            return int(tc.batch_size), tc.grad_accum
+        micro = find_batch_size(self._probe_step, tc.effective_batch, self.device, self.log)
+        return micro, max(1, math.ceil(tc.effective_batch / micro))
+
+    def _probe_step(self, batch: int) -> None:
+        """One forward + backward at micro-batch `batch` on random data (weights untouched)."""
+        d, s = self.config.data, self.config.data.image_size
+        x = torch.randn(batch, self.config.model.in_channels, d.num_frames, s, s,
+                        device=self.device)
+        text = self._uncond(batch)
+        t = torch.zeros(batch, dtype=torch.long, device=self.device)
+        with self.autocast:
+            loss = self.diffusion.loss(self.model, x, text, t, torch.randn_like(x))
+        loss.backward()
+        self.model.zero_grad(set_to_none=True)
+
+    # ----------------------------------------------------------------------------- state
+
+    def _trainer_state(self) -> dict[str, Any]:
+        state = {
+            "micro_batch": self.micro_batch, "grad_accum": self.grad_accum,
+            "ema_updates": self.ema.updates,
+            "generator": encode_bytes(self.generator.get_state()),
+            "torch_rng": encode_bytes(torch.get_rng_state()),
+            "param_groups": [{k: v for k, v in g.items() if k != "params"}
+                             for g in self.optimizer.param_groups],
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = encode_bytes(torch.cuda.get_rng_state(self.device))
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def save(self) -> Path:
+        return save_checkpoint(self.out_dir, self.step, self.config, self.model, self.ema.model,
+                               self.optimizer, self._trainer_state(), self.config.train.keep_last)
+
+    def load(self, checkpoint: Path) -> None:
+        load_into(self.model, checkpoint / "model.safetensors")
+        load_into(self.ema.model, checkpoint / "ema.safetensors")
+        names = {p: n for n, p in self.model.named_parameters()}
+        load_optimizer_tensors(self.optimizer, load_tensors(checkpoint / "optimizer.safetensors"),
+                               names)
+        state = load_trainer_state(checkpoint)
+        for group, saved in zip(self.optimizer.param_groups, state["param_groups"], strict=True):
+            group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+        self.step = int(state["step"])
+        self.micro_batch, self.grad_accum = int(state["micro_batch"]), int(state["grad_accum"])
+        self.ema.updates = int(state["ema_updates"])
+        self.generator.set_state(decode_bytes(state["generator"]))
+        torch.set_rng_state(decode_bytes(state["torch_rng"]))
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(decode_bytes(state["cuda_rng"]), self.device)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+    # ----------------------------------------------------------------------------- training
+
+    def _batches(self) -> Iterator[Batch]:
+        return iter(BatchIterator(self.dataset, self.micro_batch, shuffle=True,
+                                  seed=self.config.data.seed, prefetch=self.config.data.prefetch,
+                                  start_batch=self.step * self.grad_accum))
+
+    def _micro_step(self, batch: Batch) -> torch.Tensor:
+        x0 = to_model_input(batch.video, self.device)
+        b = x0.shape[0]
+        g = self.generator
+        keep = torch.rand(b, generator=g, device=self.device) >= self.config.train.cond_drop_prob
+        text = self.text_for(batch.captions).select(keep, self._uncond(b))
+        t = self.diffusion.sample_timesteps(b, g, self.device)
+        noise = torch.randn(x0.shape, generator=g, device=self.device)
+        with self.autocast:
+            loss = self.diffusion.loss(self.model, x0, text, t, noise)
+        scaled = loss / self.grad_accum
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        return loss.detach()
+
+    def _set_lr(self) -> float:
+        tc = self.config.train
+        lr = warmup_cosine(self.step, tc.lr, tc.warmup_steps, tc.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _optimizer_step(self) -> float:
+        tc = self.config.train
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   tc.grad_clip if tc.grad_clip > 0 else math.inf)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        return float(grad_norm)
+
+    def train(self, resume: bool = False, until: int | None = None) -> TrainResult:
+        """Train to `config.train.steps`; `until` stops (with a checkpoint) at an earlier step,
+        as an interrupted run would, without changing the learning-rate schedule."""
+        tc = self.config.train
+        last_step = min(tc.steps, until) if until else tc.steps
+        if resume:
+            checkpoint = resolve_checkpoint(self.out_dir)
+            self.load(checkpoint)
+            self.log(f"resumed from {checkpoint} at step {self.step}")
+        else:
+            self.micro_batch, self.grad_accum = self._resolve_batch()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.out_dir / "config.json")
+        self.log(f"training on {self.device} with {len(self.dataset)} clips: micro-batch "
+                 f"{self.micro_batch} x {self.grad_accum} accumulation = "
+                 f"{self.micro_batch * self.grad_accum} clips per step")
+        result = TrainResult(self.step, micro_batch=self.micro_batch, grad_accum=self.grad_accum)
+        tb = TensorBoardLogger(self.out_dir / "tb")
+        if self.step == 0:
+            tb.log_config(self.config.to_dict())
+            tb.text("device", "\n".join(f"- {k}: {v}" for k, v in
+                                        describe_device(self.device).items()))
+        batches = self._batches()
+        bar = tqdm(total=tc.steps, initial=self.step, desc="training", unit="step",
+                   disable=not self.progress)
+        self.model.train()
+        last_saved = None
+        try:
+            while self.step < last_step:
+                start = time.perf_counter()
+                lr = self._set_lr()
+                losses = [self._micro_step(next(batches)) for _ in range(self.grad_accum)]
+                loss = float(torch.stack(losses).mean())
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(self._diverged_message(loss, last_saved))
+                grad_norm = self._optimizer_step()
+                synchronize(self.device)
+                seconds = time.perf_counter() - start
+                self.step += 1
+                result.losses.append(loss)
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                if self.step % tc.log_every == 0 or self.step == last_step:
+                    tb.scalars({"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                                "train/samples_per_s":
+                                    self.micro_batch * self.grad_accum / seconds}, self.step)
+                if tc.sample_every and self.step % tc.sample_every == 0:
+                    self.write_samples(tb)
+                if self.step % tc.checkpoint_every == 0 or self.step == last_step:
+                    last_saved = self.save()
+        except KeyboardInterrupt:
+            last_saved = self.save()
+            self.log(f"interrupted: saved {last_saved}; continue with --resume")
+            raise
+        finally:
+            bar.close()
+            tb.close()
+        result.step, result.checkpoint = self.step, last_saved
+        return result
+
+    def _diverged_message(self, loss: float, last_saved: Path | None) -> str:
+        try:
+            good = last_saved or resolve_checkpoint(self.out_dir)
+            where = f"the last good checkpoint is {good} (resume from it with --resume)"
+        except Exception:
+            where = "no checkpoint was written before it"
+        return (f"the loss became {loss} at step {self.step + 1}; {where}. Lower train.lr, "
+                "keep train.grad_clip on, or train with mixed_precision=no")
+
+    @torch.no_grad()
+    def write_samples(self, tb: TensorBoardLogger, prompts: list[str] | None = None,
+                      num: int = 4) -> Path:
+        """EMA samples for a few training captions: a GIF grid and a TensorBoard video."""
+        prompts = prompts or self.captions[:num]
+        d = self.config.data
+        text = TextBatch(*self.encoder.encode(prompts))
+        uncond = self._uncond(len(prompts))
+        shape = (len(prompts), d.num_frames, d.image_size, d.image_size,
+                 self.config.model.out_channels)
+        videos = generate(self.ema.model, self.config.diffusion, self.config.sample, text,
+                          uncond, shape, seed=self.config.sample.seed, device=self.device)
+        clips = [to_uint8(v) for v in videos]
+        path = write_grid(self.out_dir / "samples" / f"step_{self.step:07d}.gif", clips, prompts,
+                          fps=self.config.sample.fps)
+        tb.video("samples", np.stack(clips), self.step, fps=self.config.sample.fps)
+        return path
+
+
+def find_batch_size(probe: Callable[[int], None], target: int, device: torch.device,
+                    log: Callable[[str], None] = print) -> int:
+    """The largest micro-batch (a power of two, at most `target`) whose training step fits.
+
+    CUDA: try doubling sizes until one runs out of memory. CPU and MPS never raise on
+    exhaustion (they swap, or the OS kills the process), so there the peak memory of probes at
+    batch 1 and 2 gives a per-clip cost, and the batch is what fits in 70% of free memory.
+    """
+    if device.type == "cuda":
+        best, size = 0, 1
+        while size <= target:
+            try:
+                torch.cuda.reset_peak_memory_stats(device)
+                probe(size)
+                best, size = size, size * 2
+            except torch.cuda.OutOfMemoryError:
+                break
+            finally:
+                torch.cuda.empty_cache()
+        if best == 0:
+            raise RuntimeError("even a micro-batch of 1 does not fit in GPU memory; use a "
+                               "smaller preset or --set model.gradient_checkpointing=true")
+        log(f"--batch-size auto: micro-batch {best} fits on {device}")
+        return best
+    before = _peak_bytes(device)
+    probe(1)
+    one = _peak_bytes(device)
+    probe(2)
+    two = _peak_bytes(device)
+    per_clip = max(two - one, one - before, 1)
+    free = memory_info(device).get("free", 0) * 0.7
+    size = 1
+    while size * 2 <= target and (size * 2) * per_clip <= free:
+        size *= 2
+    log(f"--batch-size auto: ~{per_clip / 2**20:.0f} MiB per clip, "
+        f"{free / 2**30:.1f} GiB usable: micro-batch {size}")
+    return size
+
+
+def _peak_bytes(device: torch.device) -> int:
+    if device.type == "mps":
+        return int(torch.mps.driver_allocated_memory())
+    import resource
+
+    scale = 1 if os.uname().sysname == "Darwin" else 1024  # ru_maxrss: bytes on macOS, KiB else
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
