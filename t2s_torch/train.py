@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from shared.checkpoint import resolve_checkpoint
+from shared.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
 from shared.config import Config
 from shared.data import Batch, BatchIterator, ClipDataset, cache_root
 from shared.errors import TrainingDiverged
@@ -238,6 +238,10 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    tc.grad_clip if tc.grad_clip > 0 else math.inf)
+        if self.scaler is None and not torch.isfinite(grad_norm):
+            # fp16's scaler skips such steps by design; anywhere else the update would poison
+            # the weights (and every later checkpoint), so stop before applying it.
+            raise TrainingDiverged(self._diverged_message(float(grad_norm), "gradient norm"))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -257,6 +261,11 @@ class Trainer:
             self.load(checkpoint)
             self.log(f"resumed from {checkpoint} at step {self.step}")
         else:
+            existing = list_checkpoints(self.out_dir / "checkpoints")
+            if existing:
+                raise CheckpointError(f"{self.out_dir} already holds a run (checkpoints up to "
+                                      f"step {existing[-1][0]}); continue it with --resume, or "
+                                      "train into another --out")
             self.micro_batch, self.grad_accum = self._resolve_batch()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.config.save(self.out_dir / "config.json")
@@ -281,7 +290,7 @@ class Trainer:
                 losses = [self._micro_step(next(batches)) for _ in range(self.grad_accum)]
                 loss = float(torch.stack(losses).mean())
                 if not math.isfinite(loss):
-                    raise TrainingDiverged(self._diverged_message(loss, last_saved))
+                    raise TrainingDiverged(self._diverged_message(loss, "loss"))
                 grad_norm = self._optimizer_step()
                 synchronize(self.device)
                 seconds = time.perf_counter() - start
@@ -307,13 +316,13 @@ class Trainer:
         result.step, result.checkpoint = self.step, last_saved
         return result
 
-    def _diverged_message(self, loss: float, last_saved: Path | None) -> str:
+    def _diverged_message(self, value: float, what: str) -> str:
         try:
-            good = last_saved or resolve_checkpoint(self.out_dir)
+            good = resolve_checkpoint(self.out_dir)
             where = f"the last good checkpoint is {good} (resume from it with --resume)"
-        except Exception:
+        except CheckpointError:
             where = "no checkpoint was written before it"
-        return (f"the loss became {loss} at step {self.step + 1}; {where}. Lower train.lr, "
+        return (f"the {what} became {value} at step {self.step + 1}; {where}. Lower train.lr, "
                 "keep train.grad_clip on, or train with mixed_precision=no")
 
     @torch.no_grad()
