@@ -275,6 +275,7 @@ class Trainer:
         result = TrainResult(self.step, micro_batch=self.micro_batch, grad_accum=self.grad_accum)
         tb = TensorBoardLogger(self.out_dir / "tb")
         if self.step == 0:
+            log_model_graph(self.model, self.config, self.out_dir / "tb")
             tb.log_config(self.config.to_dict())
             tb.text("device", "\n".join(f"- {k}: {v}" for k, v in
                                         describe_device(self.device).items()))
@@ -342,6 +343,29 @@ class Trainer:
                           fps=self.config.sample.fps)
         tb.video("samples", np.stack(clips), self.step, fps=self.config.sample.fps)
         return path
+
+
+def log_model_graph(model: torch.nn.Module, config: Config, log_dir: Path) -> None:
+    """The UNet's graph for TensorBoard's Graphs tab, traced at the smallest valid input (the
+    graph does not depend on the size, and tracing at full size would cost a forward pass)."""
+    import warnings
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    m = config.model
+    side = 2 ** (m.num_levels - 1)
+    device = next(model.parameters()).device
+    inputs = (torch.zeros(1, m.in_channels, 2, side, side, device=device),
+              torch.zeros(1, dtype=torch.long, device=device),
+              torch.zeros(1, 2, m.context_dim, device=device),
+              torch.ones(1, 2, dtype=torch.long, device=device),
+              torch.zeros(1, m.context_dim, device=device))
+    try:
+        with warnings.catch_warnings(), SummaryWriter(str(log_dir)) as writer:
+            warnings.simplefilter("ignore")
+            writer.add_graph(model, inputs)
+    except Exception as e:  # the graph is a nicety; training must not depend on tracing
+        warnings.warn(f"could not log the model graph to TensorBoard: {e}", stacklevel=2)
 
 
 def find_batch_size(probe: Callable[[int], None], target: int, device: torch.device,

@@ -117,6 +117,7 @@ def test_tensorboard_has_scalars_config_and_sample_video(toy_data, tmp_path):
     for tag in ("train/loss", "train/lr", "train/grad_norm", "train/samples_per_s"):
         assert [e.step for e in events.Scalars(tag)] == [1, 2, 3, 4]
     assert "config" in tags["tensors"] and "device" in tags["tensors"]
+    assert events.Graph().node  # the model graph, from a second event file in the same folder
     (video,) = events.Images("samples")
     assert video.step == 4 and video.encoded_image_string[:6] == b"GIF89a"
     assert (tmp_path / "run" / "samples" / "step_0000004.gif").exists()
@@ -133,3 +134,14 @@ def test_auto_batch_size_reaches_the_effective_batch(toy_data, tmp_path):
     assert find_batch_size(lambda b: sizes.append(b), 64, torch.device("cpu"), lambda _: None) \
         in (1, 2, 4, 8, 16, 32, 64)
     assert sizes == [1, 2]  # CPU: two probes give the per-clip cost, no trial and error
+
+
+@pytest.mark.parametrize("option", [
+    "train.mixed_precision=bf16", "model.gradient_checkpointing=true", "model.conv_mode=full",
+    "diffusion.prediction_type=v_prediction", "diffusion.min_snr_gamma=5"])
+def test_training_variants_learn(toy_data, tmp_path, option):
+    config = tiny_config(toy_data, tmp_path / "run", "train.steps=15", "train.lr=2e-3",
+                         "train.cond_drop_prob=0", "train.warmup_steps=3", option)
+    losses = np.array(quiet(config).train().losses)
+    assert np.isfinite(losses).all()
+    assert losses[-5:].mean() < losses[:5].mean()
