@@ -1,0 +1,79 @@
+"""DDPM training objective in MLX; every coefficient comes from `shared.schedules`.
+
+The twin of `t2s_torch/diffusion.py`: the noise schedule is computed once in numpy float64 and
+kept as float32 tables, so this file holds only the arithmetic. Activations are channels-last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from shared.config import DiffusionConfig
+from shared.schedules import NoiseSchedule
+
+
+@dataclass
+class TextBatch:
+    """What the UNet is conditioned on: token states, their mask, and the pooled embedding."""
+
+    states: mx.array  # (B, L, D)
+    mask: mx.array  # (B, L), 1 for real tokens
+    pooled: mx.array  # (B, D)
+
+    def select(self, keep: mx.array, other: TextBatch) -> TextBatch:
+        """Per sample: this batch's text where `keep` is True, `other`'s elsewhere."""
+        k3, k2 = keep[:, None, None], keep[:, None]
+        return TextBatch(mx.where(k3, self.states, other.states),
+                         mx.where(k2, self.mask, other.mask),
+                         mx.where(k2, self.pooled, other.pooled))
+
+    @staticmethod
+    def cat(parts: list[TextBatch]) -> TextBatch:
+        return TextBatch(mx.concatenate([p.states for p in parts]),
+                         mx.concatenate([p.mask for p in parts]),
+                         mx.concatenate([p.pooled for p in parts]))
+
+
+class GaussianDiffusion:
+    """The forward process and the training loss of one DiffusionConfig."""
+
+    def __init__(self, config: DiffusionConfig):
+        self.config = config
+        self.schedule = NoiseSchedule.from_config(config)
+        self.num_train_timesteps = self.schedule.num_train_timesteps
+        t = np.arange(self.num_train_timesteps)
+        a, b = self.schedule.q_sample_coefficients(t)
+        tx0, teps = self.schedule.target_coefficients(t, config.prediction_type)
+        weights = self.schedule.loss_weights(t, config.prediction_type, config.min_snr_gamma)
+        self._table = mx.array(np.stack([a, b, tx0, teps, weights]).astype(np.float32))
+
+    def _gather(self, row: int, t: mx.array) -> mx.array:
+        return self._table[row][t].reshape(-1, 1, 1, 1, 1)
+
+    def sample_timesteps(self, batch_size: int, key: mx.array | None = None) -> mx.array:
+        return mx.random.randint(0, self.num_train_timesteps, (batch_size,), key=key)
+
+    def q_sample(self, x0: mx.array, t: mx.array, noise: mx.array) -> mx.array:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+        return self._gather(0, t) * x0 + self._gather(1, t) * noise
+
+    def target(self, x0: mx.array, t: mx.array, noise: mx.array) -> mx.array:
+        """What the model learns to output: eps, v = sqrt(abar) eps - sqrt(1-abar) x0, or x0."""
+        return self._gather(2, t) * x0 + self._gather(3, t) * noise
+
+    def loss(self, model: nn.Module, x0: mx.array, text: TextBatch, t: mx.array,
+             noise: mx.array) -> mx.array:
+        """Mean over the batch of each sample's (min-SNR weighted) mean squared error.
+
+        `t` and `noise` come from the caller so that a training step is reproducible from the
+        trainer's random state (and so that tests can pin them).
+        """
+        x_t = self.q_sample(x0, t, noise)
+        prediction = model(x_t, t, text.states, text.mask, text.pooled)
+        error = mx.square(prediction.astype(mx.float32) - self.target(x0, t, noise))
+        per_sample = error.reshape(error.shape[0], -1).mean(axis=1)
+        return (per_sample * self._table[4][t]).mean()

@@ -1,0 +1,497 @@
+"""The text-conditioned 3D UNet, MLX body.
+
+The twin of `t2s_torch/unet.py`, class by class and method by method: the same module tree and
+the same flattened parameter keys (`mlx.utils.tree_flatten(model.parameters())` equals the torch
+`state_dict()` keys), built from the same `ModelConfig`, so a checkpoint converts by a per-tensor
+layout change (`shared.checkpoint.TORCH_TO_MLX_AXES`) and nothing else. Every numerical choice is
+the one the torch file writes down; only the layouts differ:
+
+- Activations are (B, F, H, W, C) here, (B, C, F, H, W) in torch; conv weights are
+  (O, kF, kH, kW, I) here, (O, I, kF, kH, kW) in torch; linear weights are (out, in) in both.
+- Sinusoids: `[cos(p * w_i), sin(p * w_i)]`, `w_i = exp(-ln(10000) * i / half)`, float32, an odd
+  `dim` gets a trailing zero column.
+- GroupNorm (`pytorch_compatible=True`, statistics over all frames of a clip) and LayerNorm: eps
+  1e-5, affine.
+- ResBlock3D: `h = norm2(h) * (1 + scale) + shift`, scale = first half of `time_emb_proj`.
+- Attention: scale 1 / sqrt(head_dim), heads split from the channel axis; a sample whose key mask
+  keeps nothing attends to every key and has its attention output multiplied by 0 (exactly the
+  torch handling), before `to_out`.
+- Exact (erf) GELU; nearest 2x upsampling in H and W; skips concatenated as `[h, skip]`.
+
+Gradient checkpointing (`config.gradient_checkpointing`) wraps the same block calls as torch in
+`mx.checkpoint` while training. MLX recomputes a checkpointed block by calling it again, which
+would draw a fresh dropout mask from the global random state; so each ResBlock3D call gets its
+dropout key as an explicit argument (`dropout_key`), drawn once outside the block, and the
+recomputation reuses it. That argument is the one signature difference from torch.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_map
+
+from shared.checkpoint import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
+from shared.config import ModelConfig
+
+NORM_EPS = 1e-5
+MAX_PERIOD = 10000.0
+
+# `mx.checkpoint`, by a module-level name so tests can count its uses.
+checkpoint = mx.checkpoint
+
+
+def sinusoidal_embedding(positions: mx.array, dim: int) -> mx.array:
+    """(N,) positions -> (N, dim) float32 `[cos, sin]` features.
+
+    One formula for timesteps and frame positions, the torch one:
+    `w_i = exp(-ln(10000) * i / half)`, cos half first, a zero column when `dim` is odd.
+    """
+    half = dim // 2
+    exponent = -math.log(MAX_PERIOD) * mx.arange(half, dtype=mx.float32) / half
+    angles = positions.astype(mx.float32)[:, None] * mx.exp(exponent)[None, :]
+    emb = mx.concatenate([mx.cos(angles), mx.sin(angles)], axis=-1)
+    if dim % 2:
+        emb = mx.pad(emb, [(0, 0), (0, 1)])
+    return emb
+
+
+def group_norm(channels: int, config: ModelConfig) -> nn.GroupNorm:
+    return nn.GroupNorm(config.norm_groups, channels, eps=NORM_EPS, affine=True,
+                        pytorch_compatible=True)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters so the block around it starts as the identity (or as 0 out)."""
+    module.update(tree_map(mx.zeros_like, module.parameters()))
+    return module
+
+
+def maybe_checkpoint(module: nn.Module, enabled: bool, *args) -> mx.array:
+    """Recompute `module(*args)` in the backward pass instead of storing its activations.
+
+    The module's trainable parameters are passed to `mx.checkpoint` explicitly (as
+    `mlx.nn.utils.checkpoint` does), so their gradients flow through the recomputation.
+    """
+    if not enabled:
+        return module(*args)
+
+    def inner(params, *inner_args):
+        module.update(params)
+        return module(*inner_args)
+
+    return checkpoint(inner)(module.trainable_parameters(), *args)
+
+
+def dirac_conv_weight(out_ch: int, in_ch: int, kernel: tuple[int, int, int]) -> mx.array:
+    """torch `nn.init.dirac_` in MLX layout (O, kF, kH, kW, I): the centre tap maps i -> i."""
+    w = np.zeros((out_ch, *kernel, in_ch), dtype=np.float32)
+    d = np.arange(min(out_ch, in_ch))
+    w[d, kernel[0] // 2, kernel[1] // 2, kernel[2] // 2, d] = 1.0
+    return mx.array(w)
+
+
+class TimestepEmbedding(nn.Module):
+    """sinusoid(t, base_channels) -> Linear -> SiLU -> Linear: the diffusion step as a vector."""
+
+    def __init__(self, in_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.linear_1 = nn.Linear(in_dim, embed_dim)
+        self.linear_2 = nn.Linear(embed_dim, embed_dim)
+
+    def __call__(self, timesteps: mx.array) -> mx.array:
+        emb = sinusoidal_embedding(timesteps, self.in_dim).astype(self.linear_1.weight.dtype)
+        return self.linear_2(nn.silu(self.linear_1(emb)))
+
+
+class FactorizedConv3d(nn.Module):
+    """(2+1)D conv: spatial (1, 3, 3) then temporal (3, 1, 1).
+
+    The temporal conv starts as the identity (dirac kernel, zero bias), so a fresh factorized
+    block is exactly a per-frame 2D conv and learns to mix frames from there.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.spatial = nn.Conv3d(in_ch, out_ch, (1, 3, 3), padding=(0, 1, 1))
+        self.temporal = nn.Conv3d(out_ch, out_ch, (3, 1, 1), padding=(1, 0, 0))
+        self.temporal.weight = dirac_conv_weight(out_ch, out_ch, (3, 1, 1))
+        self.temporal.bias = mx.zeros((out_ch,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.temporal(self.spatial(x))
+
+
+def make_conv(in_ch: int, out_ch: int, conv_mode: str) -> nn.Module:
+    """The ResBlock conv: full 3x3x3 (keys `weight`, `bias`) or factorized (`spatial`,
+    `temporal`)."""
+    if conv_mode == "full":
+        return nn.Conv3d(in_ch, out_ch, 3, padding=1)
+    if conv_mode == "factorized":
+        return FactorizedConv3d(in_ch, out_ch)
+    raise ValueError(f"conv_mode={conv_mode!r}: use 'factorized' or 'full'")
+
+
+class ResBlock3D(nn.Module):
+    """GN -> SiLU -> conv1 -> GN * (1 + scale) + shift -> SiLU -> dropout -> conv2, plus a skip.
+
+    conv2 starts at zero so each block starts as the identity (its skip path). In factorized mode
+    only `conv2.spatial` is zeroed: zeroing both halves of a product would leave both without a
+    gradient forever.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_ch, config)
+        self.conv1 = make_conv(in_ch, out_ch, config.conv_mode)
+        self.time_emb_proj = nn.Linear(temb_dim, 2 * out_ch)
+        self.norm2 = group_norm(out_ch, config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.dropout_p = config.dropout
+        self.conv2 = make_conv(out_ch, out_ch, config.conv_mode)
+        zero_module(self.conv2.spatial if config.conv_mode == "factorized" else self.conv2)
+        self.skip = nn.Conv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def dropout_key(self) -> mx.array | None:
+        """A fresh key for this call's dropout mask, or None when dropout does nothing."""
+        if not (self.training and self.dropout_p > 0):
+            return None
+        return mx.random.randint(0, 2**31 - 1, shape=(2,)).astype(mx.uint32)
+
+    def __call__(self, x: mx.array, temb: mx.array,
+                 dropout_key: mx.array | None = None) -> mx.array:
+        h = self.conv1(nn.silu(self.norm1(x)))
+        scale, shift = mx.split(self.time_emb_proj(nn.silu(temb))[:, None, None, None, :], 2,
+                                axis=-1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = nn.silu(h)
+        if dropout_key is not None and self.training and self.dropout_p > 0:
+            keep = 1.0 - self.dropout_p
+            mask = mx.random.bernoulli(keep, h.shape, key=mx.stop_gradient(dropout_key))
+            h = mask * h * (1 / keep)
+        else:
+            h = self.dropout(h)
+        h = self.conv2(h)
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head attention over (B, N, C) tokens through the fused SDPA kernel.
+
+    `context=None` is self-attention. `mask` (B, L), True / 1 = a real key. A sample whose mask
+    keeps no key gets an attention output of 0 rather than NaN (see `__call__`).
+    """
+
+    def __init__(self, query_dim: int, context_dim: int | None, heads: int) -> None:
+        super().__init__()
+        context_dim = query_dim if context_dim is None else context_dim
+        self.heads = heads
+        self.scale = 1.0 / math.sqrt(query_dim // heads)
+        self.to_q = nn.Linear(query_dim, query_dim, bias=False)
+        self.to_k = nn.Linear(context_dim, query_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, query_dim, bias=False)
+        self.to_out = nn.Linear(query_dim, query_dim)
+
+    def __call__(self, x: mx.array, context: mx.array | None = None,
+                 mask: mx.array | None = None) -> mx.array:
+        context = x if context is None else context
+        b, n, c = x.shape
+
+        def split(t: mx.array) -> mx.array:  # (B, N, C) -> (B, heads, N, C / heads)
+            return t.reshape(b, t.shape[1], self.heads, c // self.heads).transpose(0, 2, 1, 3)
+
+        q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
+        attn_mask = keep = None
+        if mask is not None:
+            mask = mask.astype(mx.bool_)
+            keep = mask.any(axis=-1)  # (B,)
+            # A row with no real key would be softmax over nothing; as in torch, let it see every
+            # key and zero its output below, so padding never leaks in and nothing turns NaN.
+            attn_mask = mx.logical_or(mask, mx.logical_not(keep)[:, None])[:, None, None, :]
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=attn_mask)
+        out = out.transpose(0, 2, 1, 3).reshape(b, n, c)
+        if keep is not None:
+            out = out * keep[:, None, None].astype(out.dtype)
+        return self.to_out(out)
+
+
+class FeedForward(nn.Module):
+    """Linear(ch, 4ch) -> exact (erf) GELU -> Linear(4ch, ch)."""
+
+    def __init__(self, dim: int, mult: int = 4) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(dim, mult * dim)
+        self.linear_2 = nn.Linear(mult * dim, dim)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.linear_2(nn.gelu(self.linear_1(x)))
+
+
+class SpatioTemporalTransformer(nn.Module):
+    """GN -> proj_in -> [spatial self-attn, text cross-attn, temporal self-attn, FF] -> proj_out.
+
+    Each sub-layer is pre-norm with a residual; `proj_out` starts at zero so the whole transformer
+    starts as the identity. Frames and pixels are folded into the batch by reshapes: spatial
+    attention sees (B*F, H*W) tokens, cross-attention (B, F*H*W) queries against the clip's text
+    tokens, temporal attention (B*H*W, F) tokens with a sinusoidal frame-position signal added to
+    its normalised input.
+    """
+
+    def __init__(self, channels: int, config: ModelConfig) -> None:
+        super().__init__()
+        heads = config.num_heads
+        self.norm = group_norm(channels, config)
+        self.proj_in = nn.Linear(channels, channels)
+        self.norm1 = nn.LayerNorm(channels, eps=NORM_EPS)
+        self.attn1 = Attention(channels, None, heads)
+        self.norm2 = nn.LayerNorm(channels, eps=NORM_EPS)
+        self.attn2 = Attention(channels, config.context_dim, heads)
+        self.norm3 = nn.LayerNorm(channels, eps=NORM_EPS)
+        self.attn_temp = Attention(channels, None, heads)
+        self.norm4 = nn.LayerNorm(channels, eps=NORM_EPS)
+        self.ff = FeedForward(channels)
+        self.proj_out = zero_module(nn.Linear(channels, channels))
+
+    def __call__(self, x: mx.array, context: mx.array,
+                 context_mask: mx.array | None = None) -> mx.array:
+        b, f, hgt, wid, c = x.shape
+        p = hgt * wid
+        h = self.norm(x).reshape(b, f, p, c)  # (B, F, H*W, C)
+        h = self.proj_in(h)
+        h = h + self.attn1(self.norm1(h).reshape(b * f, p, c)).reshape(b, f, p, c)
+        h = h + self.attn2(self.norm2(h).reshape(b, f * p, c), context,
+                           context_mask).reshape(b, f, p, c)
+        frame_pos = sinusoidal_embedding(mx.arange(f), c).astype(h.dtype)
+        t = (self.norm3(h) + frame_pos[None, :, None, :]).transpose(0, 2, 1, 3)
+        t = t.reshape(b * p, f, c)
+        h = h + self.attn_temp(t).reshape(b, p, f, c).transpose(0, 2, 1, 3)
+        h = h + self.ff(self.norm4(h))
+        h = self.proj_out(h)
+        return x + h.reshape(b, f, hgt, wid, c)
+
+
+class Downsample3D(nn.Module):
+    """Halve H and W with a strided (1, 3, 3) conv; frames are never downsampled."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.conv(x)
+
+
+class Upsample3D(nn.Module):
+    """Nearest 2x in H and W (frames untouched), then a (1, 3, 3) conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, f, h, w, c = x.shape
+        x = mx.broadcast_to(x[:, :, :, None, :, None, :], (b, f, h, 2, w, 2, c))
+        return self.conv(x.reshape(b, f, 2 * h, 2 * w, c))
+
+
+class DownBlock3D(nn.Module):
+    """One encoder level: (ResBlock3D [+ transformer]) x num_res_blocks, then maybe downsample."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, has_attention: bool,
+                 add_downsample: bool, config: ModelConfig) -> None:
+        super().__init__()
+        self.resnets = [ResBlock3D(in_ch if j == 0 else out_ch, out_ch, temb_dim, config)
+                        for j in range(config.num_res_blocks)]
+        self.attentions = [SpatioTemporalTransformer(out_ch, config)
+                           for _ in range(config.num_res_blocks if has_attention else 0)]
+        self.downsample = Downsample3D(out_ch) if add_downsample else None
+
+    def __call__(self, h: mx.array, temb: mx.array, context: mx.array,
+                 context_mask: mx.array | None, ckpt: bool
+                 ) -> tuple[mx.array, list[mx.array]]:
+        skips = []
+        for j, resnet in enumerate(self.resnets):
+            h = maybe_checkpoint(resnet, ckpt, h, temb, resnet.dropout_key())
+            if self.attentions:
+                h = maybe_checkpoint(self.attentions[j], ckpt, h, context, context_mask)
+            skips.append(h)
+        if self.downsample is not None:
+            h = self.downsample(h)
+            skips.append(h)
+        return h, skips
+
+
+class MidBlock3D(nn.Module):
+    """ResBlock3D -> transformer -> ResBlock3D at the lowest resolution."""
+
+    def __init__(self, channels: int, temb_dim: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.resnets = [ResBlock3D(channels, channels, temb_dim, config) for _ in range(2)]
+        self.attentions = [SpatioTemporalTransformer(channels, config)]
+
+    def __call__(self, h: mx.array, temb: mx.array, context: mx.array,
+                 context_mask: mx.array | None, ckpt: bool) -> mx.array:
+        first, second = self.resnets
+        h = maybe_checkpoint(first, ckpt, h, temb, first.dropout_key())
+        h = maybe_checkpoint(self.attentions[0], ckpt, h, context, context_mask)
+        return maybe_checkpoint(second, ckpt, h, temb, second.dropout_key())
+
+
+class UpBlock3D(nn.Module):
+    """One decoder level: (concat skip -> ResBlock3D [+ transformer]) x (num_res_blocks + 1).
+
+    `skip_channels[j]` is the width of the skip that resnet j concatenates (in pop order).
+    """
+
+    def __init__(self, in_ch: int, skip_channels: list[int], out_ch: int, temb_dim: int,
+                 has_attention: bool, add_upsample: bool, config: ModelConfig) -> None:
+        super().__init__()
+        self.resnets = [ResBlock3D((in_ch if j == 0 else out_ch) + s, out_ch, temb_dim, config)
+                        for j, s in enumerate(skip_channels)]
+        self.attentions = [SpatioTemporalTransformer(out_ch, config)
+                           for _ in range(len(skip_channels) if has_attention else 0)]
+        self.upsample = Upsample3D(out_ch) if add_upsample else None
+
+    def __call__(self, h: mx.array, skips: list[mx.array], temb: mx.array,
+                 context: mx.array, context_mask: mx.array | None,
+                 ckpt: bool) -> mx.array:
+        for j, resnet in enumerate(self.resnets):
+            h = mx.concatenate([h, skips.pop()], axis=-1)
+            h = maybe_checkpoint(resnet, ckpt, h, temb, resnet.dropout_key())
+            if self.attentions:
+                h = maybe_checkpoint(self.attentions[j], ckpt, h, context, context_mask)
+        if self.upsample is not None:
+            h = self.upsample(h)
+        return h
+
+
+class UNet3D(nn.Module):
+    """Text-conditioned 3D UNet: (B, F, H, W, in_channels) -> (B, F, H, W, out_channels).
+
+    Built from `ModelConfig` alone. `conv_out` starts at zero, so an untrained model predicts 0.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = config.gradient_checkpointing
+        chs = config.level_channels()
+        temb = config.time_embed_dim
+        last = config.num_levels - 1
+
+        self.time_embed = TimestepEmbedding(config.base_channels, temb)
+        self.text_embed = nn.Linear(config.context_dim, temb)
+        self.conv_in = nn.Conv3d(config.in_channels, chs[0], (1, 3, 3), padding=(0, 1, 1))
+
+        skip_chs = [chs[0]]
+        self.down_blocks = []
+        prev = chs[0]
+        for i, ch in enumerate(chs):
+            self.down_blocks.append(DownBlock3D(prev, ch, temb, i in config.attention_levels,
+                                                i < last, config))
+            skip_chs += [ch] * config.num_res_blocks + ([ch] if i < last else [])
+            prev = ch
+
+        self.mid_block = MidBlock3D(prev, temb, config)
+
+        self.up_blocks = []
+        for level in reversed(range(config.num_levels)):
+            ch = chs[level]
+            skips = [skip_chs.pop() for _ in range(config.num_res_blocks + 1)]
+            self.up_blocks.append(UpBlock3D(prev, skips, ch, temb,
+                                            level in config.attention_levels, level > 0, config))
+            prev = ch
+
+        self.norm_out = group_norm(prev, config)
+        self.conv_out = zero_module(
+            nn.Conv3d(prev, config.out_channels, (1, 3, 3), padding=(0, 1, 1)))
+
+    def num_parameters(self) -> int:
+        return sum(v.size for _, v in tree_flatten(self.parameters()))
+
+    def __call__(self, x: mx.array, timesteps: mx.array | int | float, context: mx.array,
+                 context_mask: mx.array | None = None,
+                 pooled: mx.array | None = None) -> mx.array:
+        """x (B, F, H, W, C); timesteps (B,) or scalar; context (B, L, context_dim);
+        context_mask (B, L), 1 = real token; pooled (B, context_dim) or None (no contribution)."""
+        b = x.shape[0]
+        timesteps = timesteps if isinstance(timesteps, mx.array) else mx.array(timesteps)
+        if timesteps.ndim == 0:
+            timesteps = mx.broadcast_to(timesteps, (b,))
+        temb = self.time_embed(timesteps)
+        if pooled is not None:
+            temb = temb + self.text_embed(pooled.astype(temb.dtype))
+        context = context.astype(x.dtype)
+        if context_mask is not None and not isinstance(context_mask, mx.array):
+            context_mask = mx.array(context_mask)
+        ckpt = self.gradient_checkpointing and self.training
+
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down_blocks:
+            h, block_skips = block(h, temb, context, context_mask, ckpt)
+            skips += block_skips
+        h = self.mid_block(h, temb, context, context_mask, ckpt)
+        for block in self.up_blocks:
+            h = block(h, skips, temb, context, context_mask, ckpt)
+        return self.conv_out(nn.silu(self.norm_out(h)))
+
+
+# ---------------------------------------------------------------------------------------------
+# weights in torch layout (numpy), for tests and converters
+
+
+def _to_mlx_layout(array: np.ndarray) -> np.ndarray:
+    """A torch-layout tensor in MLX layout (only 5-D conv weights change)."""
+    axes = TORCH_TO_MLX_AXES.get(array.ndim)
+    return np.ascontiguousarray(array.transpose(axes)) if axes else array
+
+
+def _to_torch_layout(array: np.ndarray) -> np.ndarray:
+    """An MLX-layout tensor in torch layout (only 5-D conv weights change)."""
+    axes = MLX_TO_TORCH_AXES.get(array.ndim)
+    return np.ascontiguousarray(array.transpose(axes)) if axes else array
+
+
+def load_torch_layout_weights(model: nn.Module, tensors: dict[str, np.ndarray]) -> nn.Module:
+    """Load torch-layout numpy tensors (a torch `state_dict` as numpy) into `model`.
+
+    Keys must match the model's parameter keys exactly and shapes must fit after the layout
+    change; anything else raises ValueError naming the offending keys. Returns `model`.
+    """
+    expected = {k: v.shape for k, v in tree_flatten(model.parameters())}
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"weights do not fit the model: missing {missing[:5]} "
+                         f"({len(missing)} in all), unexpected {unexpected[:5]} "
+                         f"({len(unexpected)} in all)")
+    converted = {k: _to_mlx_layout(np.asarray(v)) for k, v in tensors.items()}
+    wrong = [f"{k}: {v.shape} vs {tuple(expected[k])}" for k, v in converted.items()
+             if tuple(v.shape) != tuple(expected[k])]
+    if wrong:
+        raise ValueError(f"weights do not fit the model (shapes, MLX layout): {wrong[:5]}")
+    model.load_weights([(k, mx.array(v)) for k, v in converted.items()], strict=True)
+    return model
+
+
+def torch_layout_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's parameters as torch-layout numpy arrays (bfloat16 is widened to float32,
+    numpy having no bfloat16)."""
+    out = {}
+    for k, v in tree_flatten(model.parameters()):
+        if v.dtype == mx.bfloat16:
+            v = v.astype(mx.float32)
+        out[k] = _to_torch_layout(np.array(v))
+    return out
+
+
+def parameter_keys(model: nn.Module) -> list[str]:
+    """Flattened parameter keys, the names shared with the torch `state_dict`."""
+    return [k for k, _ in tree_flatten(model.parameters())]
+
