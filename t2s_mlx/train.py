@@ -1,0 +1,360 @@
+"""Training the 3D UNet in MLX.
+
+The twin of `t2s_torch/train.py`: the same run directory, checkpoints, samples and TensorBoard
+logs, the same flags. The MLX way underneath: the micro-step (noise, caption dropout, forward,
+backward) is one `mx.compile`d function with the model and the random state as compile state;
+the optimizer update is another, with the model and optimizer state; lazy evaluation is forced
+once per optimizer step.
+
+Randomness: MLX's global generator is reseeded from (seed, step, micro-step) before each
+micro-step, so a step's draws depend on nothing but its number, and `--resume` continues the
+exact run without saving generator state.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_map
+from tqdm.auto import tqdm
+
+from shared.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
+from shared.config import Config
+from shared.data import Batch, BatchIterator, ClipDataset, cache_root
+from shared.errors import TrainingDiverged
+from shared.lr import warmup_cosine
+from shared.tensorboard import TensorBoardLogger
+from shared.video import to_uint8, write_grid
+from t2s_mlx.checkpoint import (
+    load_into,
+    load_optimizer_tensors,
+    load_tensors,
+    load_trainer_state,
+    save_checkpoint,
+)
+from t2s_mlx.device import describe_device, memory_info, select_device
+from t2s_mlx.diffusion import GaussianDiffusion, TextBatch
+from t2s_mlx.sample import generate
+from t2s_mlx.text_encoder import TextEncoder
+from t2s_mlx.unet import UNet3D
+
+
+class EMA:
+    """Exponential moving average of the weights, the model samples are drawn from.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) so that short runs (the demo, tests)
+    are not dominated by the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model)
+        self.model.eval()
+        self.updates = 0
+
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.model.update(tree_map(lambda e, p: e + (1.0 - decay) * (p - e),
+                                   self.model.parameters(), model.parameters()))
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)  # one per optimizer step of this call
+    checkpoint: Path | None = None
+    micro_batch: int = 0
+    grad_accum: int = 1
+
+
+def to_model_input(video: np.ndarray) -> mx.array:
+    """uint8 (B, F, H, W, C) numpy -> float32 (B, F, H, W, C) in [-1, 1] (channels-last)."""
+    return mx.array(video).astype(mx.float32) * (1 / 127.5) - 1.0
+
+
+class Trainer:
+    """Train `config` on its data; `train()` runs to `config.train.steps` (or resumes there)."""
+
+    def __init__(self, config: Config, device: str | None = None, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.config = config.validate()
+        self.device = select_device(device)
+        self.progress = progress
+        self.log = log
+        self.out_dir = Path(config.train.out_dir)
+        tc = config.train
+        if tc.mixed_precision == "fp16":
+            raise ValueError("train.mixed_precision=fp16 is a CUDA recipe; on MLX use bf16 or no")
+        self.compute_dtype = mx.bfloat16 if tc.mixed_precision == "bf16" else mx.float32
+
+        self.dataset = ClipDataset(config.data, split="train", progress=progress)
+        text_cache = cache_root(config.data).parent / "text"
+        self.encoder = TextEncoder(config.text, cache_dir=text_cache)
+        self.encoder.check_context_dim(config.model.context_dim)
+        self.captions = sorted(set(self.dataset.captions))
+        self.caption_row = {c: i for i, c in enumerate(self.captions)}
+        self.text_table = TextBatch(*self.encoder.encode(self.captions))
+        self.uncond = TextBatch(*self.encoder.empty_embedding())
+
+        mx.random.seed(tc.seed)
+        self.model = UNet3D(config.model)
+        self.ema = EMA(self.model, tc.ema_decay)
+        self.optimizer = optim.AdamW(learning_rate=tc.lr, betas=[tc.adam_beta1, tc.adam_beta2],
+                                     weight_decay=tc.weight_decay)
+        self.optimizer.init(self.model.trainable_parameters())
+        self.diffusion = GaussianDiffusion(config.diffusion)
+        self.step = 0
+        self.micro_batch, self.grad_accum = 0, 1
+        self._build_steps()
+
+    # ----------------------------------------------------------------------------- text
+
+    def text_for(self, captions: list[str]) -> TextBatch:
+        rows = mx.array([self.caption_row[c] for c in captions])
+        return TextBatch(self.text_table.states[rows], self.text_table.mask[rows],
+                         self.text_table.pooled[rows])
+
+    def _uncond(self, batch: int) -> TextBatch:
+        u = self.uncond
+        return TextBatch(mx.broadcast_to(u.states, (batch, *u.states.shape[1:])),
+                         mx.broadcast_to(u.mask, (batch, *u.mask.shape[1:])),
+                         mx.broadcast_to(u.pooled, (batch, *u.pooled.shape[1:])))
+
+    # ----------------------------------------------------------------------------- steps
+
+    def _build_steps(self) -> None:
+        """The compiled micro-step (loss + gradients) and optimizer update."""
+        tc = self.config.train
+        model, diffusion, dtype = self.model, self.diffusion, self.compute_dtype
+
+        def loss_fn(x0, text, t, noise):
+            if dtype != mx.float32:
+                x0, noise = x0.astype(dtype), noise.astype(dtype)
+            return diffusion.loss(model, x0, text, t, noise)
+
+        value_and_grad = nn.value_and_grad(model, loss_fn)
+        micro_state = [model.state, mx.random.state]
+
+        @partial(mx.compile, inputs=micro_state, outputs=micro_state)
+        def micro(x0, states, mask, pooled, u_states, u_mask, u_pooled):
+            b = x0.shape[0]
+            keep = mx.random.uniform(shape=(b,)) >= tc.cond_drop_prob
+            text = TextBatch(states, mask, pooled).select(keep, TextBatch(u_states, u_mask,
+                                                                          u_pooled))
+            t = diffusion.sample_timesteps(b)
+            noise = mx.random.normal(x0.shape)
+            return value_and_grad(x0, text, t, noise)
+
+        update_state = [model.state, self.optimizer.state]
+
+        @partial(mx.compile, inputs=update_state, outputs=update_state)
+        def update(grads):
+            max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+            grads, norm = optim.clip_grad_norm(grads, max_norm)
+            self.optimizer.update(model, grads)
+            return norm
+
+        self._micro, self._update = micro, update
+
+    def _micro_step(self, batch: Batch, index: int) -> tuple[mx.array, Any]:
+        mx.random.seed(_step_seed(self.config.train.seed, self.step, index))
+        x0 = to_model_input(batch.video)
+        text = self.text_for(batch.captions)
+        u = self._uncond(x0.shape[0])
+        return self._micro(x0, text.states, text.mask, text.pooled, u.states, u.mask, u.pooled)
+
+    def _set_lr(self) -> float:
+        tc = self.config.train
+        lr = warmup_cosine(self.step, tc.lr, tc.warmup_steps, tc.steps)
+        self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
+        return lr
+
+    def _optimizer_step(self, grads: Any) -> float:
+        norm = self._update(grads)
+        mx.eval(self.model.parameters(), self.optimizer.state, norm)
+        if not math.isfinite(float(norm)):
+            raise TrainingDiverged(self._diverged_message(float(norm), "gradient norm"))
+        self.ema.update(self.model)
+        mx.eval(self.ema.model.parameters())
+        return float(norm)
+
+    # ----------------------------------------------------------------------------- batch size
+
+    def _resolve_batch(self) -> tuple[int, int]:
+        tc = self.config.train
+        if tc.batch_size != "auto":
+            return int(tc.batch_size), tc.grad_accum
+        micro = find_batch_size(self._probe_step, tc.effective_batch, self.log)
+        return micro, max(1, math.ceil(tc.effective_batch / micro))
+
+    def _probe_step(self, batch: int) -> None:
+        """One forward + backward at micro-batch `batch` on random data (weights untouched)."""
+        d, s = self.config.data, self.config.data.image_size
+        x0 = mx.random.normal((batch, d.num_frames, s, s, self.config.model.in_channels))
+        u = self._uncond(batch)
+        loss, grads = self._micro(x0, u.states, u.mask, u.pooled, u.states, u.mask, u.pooled)
+        mx.eval(loss, grads)
+
+    # ----------------------------------------------------------------------------- state
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"micro_batch": self.micro_batch, "grad_accum": self.grad_accum,
+                "ema_updates": self.ema.updates}
+
+    def save(self) -> Path:
+        return save_checkpoint(self.out_dir, self.step, self.config, self.model, self.ema.model,
+                               self.optimizer, self._trainer_state(), self.config.train.keep_last)
+
+    def load(self, checkpoint: Path) -> None:
+        load_into(self.model, checkpoint / "model.safetensors")
+        load_into(self.ema.model, checkpoint / "ema.safetensors")
+        load_optimizer_tensors(self.optimizer, load_tensors(checkpoint / "optimizer.safetensors"))
+        state = load_trainer_state(checkpoint)
+        self.step = int(state["step"])
+        self.micro_batch, self.grad_accum = int(state["micro_batch"]), int(state["grad_accum"])
+        self.ema.updates = int(state["ema_updates"])
+        self._build_steps()  # the compiled steps captured the optimizer state it replaced
+
+    # ----------------------------------------------------------------------------- training
+
+    def _batches(self) -> Iterator[Batch]:
+        return iter(BatchIterator(self.dataset, self.micro_batch, shuffle=True,
+                                  seed=self.config.data.seed, prefetch=self.config.data.prefetch,
+                                  start_batch=self.step * self.grad_accum))
+
+    def train(self, resume: bool = False, until: int | None = None) -> TrainResult:
+        """Train to `config.train.steps`; `until` stops (with a checkpoint) at an earlier step,
+        as an interrupted run would, without changing the learning-rate schedule."""
+        tc = self.config.train
+        last_step = min(tc.steps, until) if until else tc.steps
+        if resume:
+            checkpoint = resolve_checkpoint(self.out_dir)
+            self.load(checkpoint)
+            self.log(f"resumed from {checkpoint} at step {self.step}")
+        else:
+            existing = list_checkpoints(self.out_dir / "checkpoints")
+            if existing:
+                raise CheckpointError(f"{self.out_dir} already holds a run (checkpoints up to "
+                                      f"step {existing[-1][0]}); continue it with --resume, or "
+                                      "train into another --out")
+            self.micro_batch, self.grad_accum = self._resolve_batch()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.out_dir / "config.json")
+        self.log(f"training on {self.device} with {len(self.dataset)} clips: micro-batch "
+                 f"{self.micro_batch} x {self.grad_accum} accumulation = "
+                 f"{self.micro_batch * self.grad_accum} clips per step")
+        result = TrainResult(self.step, micro_batch=self.micro_batch, grad_accum=self.grad_accum)
+        tb = TensorBoardLogger(self.out_dir / "tb")
+        if self.step == 0:
+            tb.log_config(self.config.to_dict())
+            tb.text("device", "\n".join(f"- {k}: {v}" for k, v in describe_device().items()))
+        batches = self._batches()
+        bar = tqdm(total=tc.steps, initial=self.step, desc="training", unit="step",
+                   disable=not self.progress)
+        self.model.train()
+        last_saved = None
+        try:
+            while self.step < last_step:
+                start = time.perf_counter()
+                lr = self._set_lr()
+                losses, grads = [], None
+                for index in range(self.grad_accum):
+                    loss, g = self._micro_step(next(batches), index)
+                    losses.append(loss)
+                    grads = g if grads is None else tree_map(mx.add, grads, g)
+                if self.grad_accum > 1:
+                    grads = tree_map(lambda g: g / self.grad_accum, grads)
+                loss = float(mx.stack(losses).mean())
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(self._diverged_message(loss, "loss"))
+                grad_norm = self._optimizer_step(grads)
+                seconds = time.perf_counter() - start
+                self.step += 1
+                result.losses.append(loss)
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                if self.step % tc.log_every == 0 or self.step == last_step:
+                    tb.scalars({"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                                "train/samples_per_s":
+                                    self.micro_batch * self.grad_accum / seconds}, self.step)
+                if tc.sample_every and self.step % tc.sample_every == 0:
+                    self.write_samples(tb)
+                if self.step % tc.checkpoint_every == 0 or self.step == last_step:
+                    last_saved = self.save()
+        except KeyboardInterrupt:
+            last_saved = self.save()
+            self.log(f"interrupted: saved {last_saved}; continue with --resume")
+            raise
+        finally:
+            bar.close()
+            tb.close()
+        result.step, result.checkpoint = self.step, last_saved
+        return result
+
+    def _diverged_message(self, value: float, what: str) -> str:
+        try:
+            good = resolve_checkpoint(self.out_dir)
+            where = f"the last good checkpoint is {good} (resume from it with --resume)"
+        except CheckpointError:
+            where = "no checkpoint was written before it"
+        return (f"the {what} became {value} at step {self.step + 1}; {where}. Lower train.lr, "
+                "keep train.grad_clip on, or train with mixed_precision=no")
+
+    def write_samples(self, tb: TensorBoardLogger, prompts: list[str] | None = None,
+                      num: int = 4) -> Path:
+        """EMA samples for a few training captions: a GIF grid and a TensorBoard video."""
+        prompts = prompts or self.captions[:num]
+        d = self.config.data
+        text = TextBatch(*self.encoder.encode(prompts))
+        uncond = self._uncond(len(prompts))
+        shape = (len(prompts), d.num_frames, d.image_size, d.image_size,
+                 self.config.model.out_channels)
+        videos = generate(self.ema.model, self.config.diffusion, self.config.sample, text,
+                          uncond, shape, seed=self.config.sample.seed)
+        clips = [to_uint8(v) for v in videos]
+        path = write_grid(self.out_dir / "samples" / f"step_{self.step:07d}.gif", clips, prompts,
+                          fps=self.config.sample.fps)
+        tb.video("samples", np.stack(clips), self.step, fps=self.config.sample.fps)
+        return path
+
+
+def _step_seed(seed: int, step: int, micro: int) -> int:
+    """A distinct 32-bit seed per (run seed, optimizer step, micro-step)."""
+    return (seed * 1_000_003 + step * 8_191 + micro) % (2**32)
+
+
+def find_batch_size(probe: Callable[[int], None], target: int,
+                    log: Callable[[str], None] = print) -> int:
+    """The largest micro-batch (a power of two, at most `target`) whose training step fits.
+
+    MLX allocates lazily from unified memory and does not raise when it runs out (the system
+    swaps), so the peak memory of probes at batch 1 and 2 gives a per-clip cost, and the batch
+    is what fits in 70% of MLX's memory limit (the share of RAM the GPU may use).
+    """
+    mx.reset_peak_memory()
+    probe(1)
+    one = mx.get_peak_memory()
+    mx.reset_peak_memory()
+    probe(2)
+    two = mx.get_peak_memory()
+    per_clip = max(two - one, one // 2, 1)
+    free = memory_info()["free"] * 0.7
+    size = 1
+    while size * 2 <= target and (size * 2) * per_clip <= free:
+        size *= 2
+    log(f"--batch-size auto: ~{per_clip / 2**20:.0f} MiB per clip, "
+        f"{free / 2**30:.1f} GiB usable: micro-batch {size}")
+    return size
+
