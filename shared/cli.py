@@ -7,8 +7,11 @@ and print: the work is done by library functions that tests call directly.
 
 from __future__ import annotations
 
+import copy
+import importlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -28,32 +31,37 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 class T2SGroup(click.Group):
     """A click group that turns the library's user-facing errors into one clean message."""
 
-    user_errors: tuple[type[BaseException], ...] = USER_ERRORS
-
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except self.user_errors as e:
+        except USER_ERRORS as e:
             if os.environ.get("T2S_DEBUG"):
                 raise
             raise click.ClickException(str(e)) from e
 
 
-def make_group(name: str, help_text: str,
-               errors: tuple[type[BaseException], ...] = ()) -> T2SGroup:
-    """The tool's click group with the shared verbs; `errors` adds backend error types."""
+def make_group(name: str, help_text: str, backend: str) -> T2SGroup:
+    """The tool's click group: the shared verbs plus train / sample / visualize / doctor, which
+    run `backend` (the package `t2s_torch` or `t2s_mlx`, imported only when a verb needs it)."""
 
     @click.group(name=name, cls=T2SGroup, help=help_text,
                  context_settings={"help_option_names": ["-h", "--help"],
-                                   "max_content_width": 100})
+                                   "max_content_width": 100, "obj": backend})
     @click.version_option(package_name="text2sign")
     def group() -> None:
         pass
 
-    group.user_errors = USER_ERRORS + errors
-    for command in (config_command, data_group, eval_command, demo_command):
-        group.add_command(command)
+    for command in (config_command, data_group, eval_command, demo_command, train_command,
+                    sample_command, visualize_command, doctor_command):
+        named = copy.copy(command)  # the examples in a verb's help name this tool
+        named.help = (command.help or "").replace("TOOL", name)
+        group.add_command(named)
     return group
+
+
+def backend_module(name: str):
+    """`<backend>.<name>` of the running tool (t2s_torch.train, t2s_mlx.sample, ...)."""
+    return importlib.import_module(f"{click.get_current_context().obj}.{name}")
 
 
 def prog_name() -> str:
@@ -207,8 +215,9 @@ def train_options(f):
         click.option("--lr", type=float, default=None, help="Peak learning rate."),
         click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
                      help="Override any config field (repeatable)."),
-        click.option("--device", default=None, help="Device to train on (default: the best "
-                                                    "available)."),
+        click.option("--device", default=None,
+                     help="Device to train on: t2s-torch auto|cpu|cuda[:N]|mps, t2s-mlx "
+                          "auto|gpu|cpu (default: the best available)."),
         click.option("--resume", is_flag=True,
                      help="Continue the run in --out from its latest checkpoint: same step, "
                           "optimizer, EMA, data order and random state."),
@@ -276,3 +285,90 @@ def build_sample_config(base: Config, seed: int | None, num_samples: int | None,
              "eta": eta, "guidance": guidance}
     overrides = [f"sample.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     return apply_overrides(base, overrides).validate().sample
+
+
+@click.command("train")
+@train_options
+@click.pass_context
+def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch_size, lr,
+                  overrides, device, resume, strict, quiet) -> None:
+    """Train the 3D UNet on a folder of captioned clips.
+
+    \b
+    Examples:
+      TOOL data toy data/toy --n 400
+      TOOL train --data data/toy --preset tiny --out runs/tiny --steps 200
+      TOOL train --out runs/tiny --steps 400 --resume
+
+    Writes checkpoints (every train.checkpoint_every steps, the last train.keep_last kept, and
+    `latest`), sample GIF grids of training captions, and TensorBoard logs
+    (`tensorboard --logdir RUN/tb`). Ctrl-C saves a checkpoint first; --resume continues exactly.
+    """
+    config = build_train_config(preset_name, config_file, data_dir, out_dir, steps, batch_size,
+                                lr, overrides, resume, strict)
+    trainer = backend_module("train").Trainer(config, device=device, progress=not quiet,
+                                              log=click.echo)
+    result = trainer.train(resume=resume)
+    last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
+    click.echo(f"trained to step {result.step}{last}; checkpoint: {result.checkpoint}")
+
+
+@click.command("sample")
+@sample_options
+def sample_command(checkpoint, out_dir, seed, num_samples, sampler, steps, eta, guidance, device,
+                   no_ema, quiet, prompts) -> None:
+    """Generate sign videos for PROMPTS with a trained checkpoint.
+
+    \b
+    Example:
+      TOOL sample --checkpoint runs/tiny --num-samples 2 --eta 0 "hello" "thanks friend"
+
+    Writes one GIF per sample (with a same-named .txt caption, so `eval` can score the folder)
+    and grid.gif. Sampler settings default to those in the checkpoint's config. The same seed
+    gives the same videos on any device and on either backend (t2s-torch, t2s-mlx).
+    """
+    from shared.checkpoint import load_checkpoint_config, resolve_checkpoint
+
+    base = load_checkpoint_config(resolve_checkpoint(checkpoint))
+    sample = build_sample_config(base, seed, num_samples, sampler, steps, eta, guidance)
+    paths = backend_module("sample").sample_checkpoint(
+        checkpoint, list(prompts), out_dir, sample, device=device, use_ema=not no_ema,
+        progress=not quiet)
+    click.echo(f"wrote {len(paths)} samples and grid.gif to {out_dir}")
+
+
+@click.command("visualize")
+@click.option("--preset", "preset_name", type=click.Choice(PRESETS), default="small",
+              show_default=True)
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Describe a checkpoint's model instead of a preset.")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE")
+def visualize_command(preset_name, checkpoint, batch, overrides) -> None:
+    """Per-block table of the UNet: parameters, output shapes, forward GFLOPs."""
+    from shared.checkpoint import load_checkpoint_config, resolve_checkpoint
+
+    config = load_checkpoint_config(resolve_checkpoint(checkpoint)) if checkpoint else \
+        preset(preset_name)
+    config = apply_overrides(config, overrides).validate()
+    visualize = backend_module("visualize")
+    rows, total = visualize.summarize(config, batch=batch)
+    d = config.data
+    click.echo(f"input {batch} x {config.model.in_channels} x {d.num_frames} x {d.image_size} x "
+               f"{d.image_size}, text {config.text.max_length} tokens x "
+               f"{config.model.context_dim}; conv_mode={config.model.conv_mode}")
+    click.echo(visualize.format_table(rows, total))
+    click.echo(f"training costs about 3x the forward: ~{3 * total / batch:.1f} GFLOPs per clip")
+
+
+@click.command("doctor")
+@click.option("--device", default=None, help="Device to check (default: the best available).")
+def doctor_command(device) -> None:
+    """Check the device, the libraries, the text encoder and one UNet step."""
+    failed = 0
+    for name, ok, detail in backend_module("doctor").run_checks(device):
+        click.echo(f"[{'ok' if ok else 'FAIL'}] {name}: {detail}")
+        failed += not ok
+    if failed:
+        click.echo(f"{failed} check(s) failed", err=True)
+        sys.exit(1)

@@ -1,6 +1,7 @@
 """`t2s-mlx`: text2sign on MLX (Apple Silicon; the Linux CPU build for correctness).
 
-Thin on purpose: the verbs parse their options and call library functions.
+Thin on purpose: every verb lives in `shared.cli` (so the two tools cannot drift apart) and
+calls this package's library functions: `t2s_mlx.train`, `.sample`, `.visualize`, `.doctor`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ main = make_group(
     "t2s-mlx",
     "text2sign on MLX (Apple Silicon; the Linux CPU build for correctness): "
     "text in, a short sign-language video out.",
+    backend="t2s_mlx",
 )
 
 if __name__ == "__main__":
