@@ -41,8 +41,8 @@ class T2SGroup(click.Group):
 
 
 def make_group(name: str, help_text: str, backend: str) -> T2SGroup:
-    """The tool's click group: the shared verbs plus train / sample / visualize / doctor, which
-    run `backend` (the package `t2s_torch` or `t2s_mlx`, imported only when a verb needs it)."""
+    """The tool's click group: the shared verbs plus train / sample / doctor, which run
+    `backend` (the package `t2s_torch` or `t2s_mlx`, imported only when a verb needs it)."""
 
     @click.group(name=name, cls=T2SGroup, help=help_text,
                  context_settings={"help_option_names": ["-h", "--help"],
@@ -345,20 +345,24 @@ def sample_command(checkpoint, out_dir, seed, num_samples, sampler, steps, eta, 
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE")
 def visualize_command(preset_name, checkpoint, batch, overrides) -> None:
-    """Per-block table of the UNet: parameters, output shapes, forward GFLOPs."""
+    """Per-block table of the UNet: parameters, output shapes, forward GFLOPs.
+
+    Counted from the config (shared.flops), the same for both backends; the counts are tested
+    equal to torch's FlopCounterMode and to the parameters of both real models.
+    """
     from shared.checkpoint import load_checkpoint_config, resolve_checkpoint
+    from shared.flops import block_flops, format_table, training_flops_per_sample
 
     config = load_checkpoint_config(resolve_checkpoint(checkpoint)) if checkpoint else \
         preset(preset_name)
     config = apply_overrides(config, overrides).validate()
-    visualize = backend_module("visualize")
-    rows, total = visualize.summarize(config, batch=batch)
     d = config.data
     click.echo(f"input {batch} x {config.model.in_channels} x {d.num_frames} x {d.image_size} x "
                f"{d.image_size}, text {config.text.max_length} tokens x "
                f"{config.model.context_dim}; conv_mode={config.model.conv_mode}")
-    click.echo(visualize.format_table(rows, total))
-    click.echo(f"training costs about 3x the forward: ~{3 * total / batch:.1f} GFLOPs per clip")
+    click.echo(format_table(block_flops(config, batch=batch)))
+    click.echo(f"training (forward + backward, 3x forward): "
+               f"{training_flops_per_sample(config) / 1e9:.1f} GFLOPs per clip")
 
 
 @click.command("doctor")

@@ -1,7 +1,7 @@
 """`t2s-mlx`: text2sign on MLX (Apple Silicon; the Linux CPU build for correctness).
 
 Thin on purpose: every verb lives in `shared.cli` (so the two tools cannot drift apart) and
-calls this package's library functions: `t2s_mlx.train`, `.sample`, `.visualize`, `.doctor`.
+calls this package's library functions: `t2s_mlx.train`, `.sample`, `.doctor`.
 """
 
 from __future__ import annotations

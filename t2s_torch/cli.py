@@ -1,7 +1,7 @@
 """`t2s-torch`: text2sign on PyTorch (CUDA, MPS or CPU).
 
 Thin on purpose: every verb lives in `shared.cli` (so the two tools cannot drift apart) and
-calls this package's library functions: `t2s_torch.train`, `.sample`, `.visualize`, `.doctor`.
+calls this package's library functions: `t2s_torch.train`, `.sample`, `.doctor`.
 """
 
 from __future__ import annotations
