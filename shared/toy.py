@@ -386,10 +386,11 @@ def _render_static(signer: Signer, height: int, width: int) -> Image.Image:
 def render_clip(words: str | Sequence[str], num_frames: int = REFERENCE_FRAMES,
                 height: int = REFERENCE_HEIGHT, width: int = REFERENCE_WIDTH,
                 seed: int | np.random.Generator | None = 0,
-                signer: Signer | None = None) -> np.ndarray:
+                signer: Signer | None = None, hand_size: float = 1.0) -> np.ndarray:
     """A (F, H, W, 3) uint8 clip of a signer performing the words. The signer is `signer` if
     given, else drawn from `seed` (an int or a Generator); the same inputs give the same
-    pixels. Sleeves and gloves are drawn over the body, the gloves last."""
+    pixels. Sleeves and gloves are drawn over the body, the gloves last. `hand_size` scales the
+    gloves (bigger hands stay legible in small, low-resolution clips)."""
     if signer is None:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         signer = sample_signer(rng)
@@ -407,7 +408,7 @@ def render_clip(words: str | Sequence[str], num_frames: int = REFERENCE_FRAMES,
     sleeve = _shade(signer.clothing, 0.8)
     arm_w = max(1, round(0.06 * H * s))
     upper = 0.2 * H * s
-    r = HAND_RADIUS * s * signer.hand_scale * H
+    r = HAND_RADIUS * s * signer.hand_scale * hand_size * H
     out = np.empty((num_frames, H, W, 3), np.uint8)
     for f in range(num_frames):
         im = static.copy()
@@ -469,8 +470,9 @@ def sample_prompts(num_prompts: int, seed: int = 0, vocab: int | Sequence[str] |
 
 def _make_one(args: tuple) -> tuple[str, str]:
     """Render and write clip i (module level so a process pool can run it)."""
-    out_dir, name, caption, seed, index, num_frames, height, width, fmt, fps = args
-    clip = render_clip(caption, num_frames, height, width, seed=_clip_rng(seed, index, 2))
+    out_dir, name, caption, seed, index, num_frames, height, width, fmt, fps, hand_size = args
+    clip = render_clip(caption, num_frames, height, width, seed=_clip_rng(seed, index, 2),
+                       hand_size=hand_size)
     path = Path(out_dir) / f"{name}.{fmt}"
     write_video(path, clip, fps=fps)
     path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
@@ -481,7 +483,7 @@ def make_toy_dataset(out_dir: str | Path, n: int = 400, seed: int = 0,
                      num_frames: int = REFERENCE_FRAMES, height: int = REFERENCE_HEIGHT,
                      width: int = REFERENCE_WIDTH, vocab_size: int | Sequence[str] | None = None,
                      max_words: int = 3, fmt: str = "gif", num_prompts: int | None = None,
-                     fps: float = 10.0, workers: int = 1,
+                     fps: float = 10.0, workers: int = 1, hand_size: float = 1.0,
                      progress: bool = True) -> list[tuple[Path, str]]:
     """Write n clips `toy_00000.<fmt>` with same-named `.txt` captions and a `prompts.txt` of
     the distinct captions; return [(path, caption)]. The same arguments give the same files
@@ -505,8 +507,8 @@ def make_toy_dataset(out_dir: str | Path, n: int = 400, seed: int = 0,
         prompts = list(dict.fromkeys(captions))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), f"toy_{i:05d}", captions[i], seed, i, num_frames, height, width, fmt, fps)
-            for i in range(n)]
+    jobs = [(str(out), f"toy_{i:05d}", captions[i], seed, i, num_frames, height, width, fmt, fps,
+             hand_size) for i in range(n)]
     bar = tqdm(total=n, desc="toy clips", unit="clip", disable=not progress)
     results: list[tuple[Path, str]] = []
     try:

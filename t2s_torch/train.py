@@ -197,8 +197,13 @@ class Trainer:
         self.step = int(state["step"])
         self.micro_batch, self.grad_accum = int(state["micro_batch"]), int(state["grad_accum"])
         self.ema.updates = int(state["ema_updates"])
-        self.generator.set_state(decode_bytes(state["generator"]))
-        torch.set_rng_state(decode_bytes(state["torch_rng"]))
+        if "generator" in state:
+            self.generator.set_state(decode_bytes(state["generator"]))
+            torch.set_rng_state(decode_bytes(state["torch_rng"]))
+        else:  # converted from MLX: no torch RNG to restore, so a fresh stream per (seed, step)
+            seed = self.config.train.seed * 1_000_003 + self.step
+            self.generator.manual_seed(seed)
+            torch.manual_seed(seed)
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(decode_bytes(state["cuda_rng"]), self.device)
         if self.scaler is not None and "scaler" in state:

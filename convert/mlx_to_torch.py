@@ -1,0 +1,20 @@
+"""Convert a text2sign checkpoint from the mlx layout to the torch layout.
+Numpy + safetensors only: neither torch nor mlx is imported.
+
+    python convert/mlx_to_torch.py IN OUT [--dtype fp32|fp16|bf16] [--force]
+
+`--help` says what is converted and what is not; the work is `shared.convert`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Runnable as a plain script from a checkout, installed or not.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared.convert import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main(source="mlx", target="torch"))
