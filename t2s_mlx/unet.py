@@ -428,8 +428,10 @@ class UNet3D(nn.Module):
         if pooled is not None:
             temb = temb + self.text_embed(pooled.astype(temb.dtype))
         context = context.astype(x.dtype)
-        if context_mask is not None and not isinstance(context_mask, mx.array):
-            context_mask = mx.array(context_mask)
+        if context_mask is not None:
+            # bool once, here: `mx.checkpoint` differentiates every block input, and the cast of
+            # an integer mask to bool inside a block has no matching cotangent.
+            context_mask = mx.array(context_mask).astype(mx.bool_)
         ckpt = self.gradient_checkpointing and self.training
 
         h = self.conv_in(x)

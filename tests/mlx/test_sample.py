@@ -1,0 +1,381 @@
+"""t2s_mlx.sample: the MLX sampling loop against the numpy reference loop.
+
+The mirror of tests/torch/test_sample.py. The reference is `shared.sampling.sample_loop` run in
+numpy, channels-last (MLX's own layout), on the same `numpy_noise(seed)` stream, with a numpy
+twin of a small deterministic mlx.nn.Module "model"; guidance is combined by hand there. The real
+tiny UNet then checks determinism, guidance at scale 1, the output range and shape, and that the
+model's train / eval mode survives sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+nn = pytest.importorskip("mlx.nn")
+
+from mlx.utils import tree_map  # noqa: E402
+
+from shared.config import DiffusionConfig, SampleConfig, preset  # noqa: E402
+from shared.sampling import (  # noqa: E402
+    cfg_combine,
+    make_sampler_table,
+    numpy_noise,
+    sample_loop,
+)
+from shared.video import to_uint8, write_sample_folder  # noqa: E402
+from t2s_mlx.diffusion import TextBatch  # noqa: E402
+from t2s_mlx.sample import generate, guided_prediction, sample_checkpoint  # noqa: E402
+from t2s_mlx.unet import UNet3D  # noqa: E402
+
+SHAPE = (2, 3, 4, 6, 3)  # (B, F, H, W, C), channels-last; H != W so a swapped axis shows
+TOKENS, DIM = 5, 8
+CHANNEL_OFFSET = np.array([0.05, -0.1, 0.2], dtype=np.float32)
+
+
+# ------------------------------------------------------------ a model with a numpy twin
+
+
+def _text_np(batch: int, seed: int, empty: bool = False) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, TOKENS), dtype=np.int32)
+    mask[:, 3 if not empty else 1:] = 0
+    return {"states": rng.standard_normal((batch, TOKENS, DIM), dtype=np.float32),
+            "mask": mask, "pooled": rng.standard_normal((batch, DIM), dtype=np.float32)}
+
+
+def _to_batch(text: dict[str, np.ndarray]) -> TextBatch:
+    return TextBatch(mx.array(text["states"]), mx.array(text["mask"]), mx.array(text["pooled"]))
+
+
+def _constant_np(text: dict[str, np.ndarray]) -> np.ndarray:
+    """One number per sample from all three parts of the text."""
+    m = text["mask"].astype(np.float64)
+    states = (text["states"] * m[..., None]).sum(axis=(1, 2)) / (m.sum(axis=1) * DIM)
+    return (0.3 * np.tanh(text["pooled"].astype(np.float64).sum(axis=1)) + 0.5 * states
+            + 0.05 * m.sum(axis=1) / TOKENS)
+
+
+def twin(x: np.ndarray, t: int, text: dict[str, np.ndarray]) -> np.ndarray:
+    """The stub's output in numpy, channels-last (B, F, H, W, C)."""
+    c = _constant_np(text)[:, None, None, None, None]
+    return (0.1 * x + c + CHANNEL_OFFSET + 2e-4 * t).astype(x.dtype)
+
+
+class Stub(nn.Module):
+    """out = 0.1 x + (a per-sample constant from the text) + (a per-channel offset) + 2e-4 t,
+    channels-last; records each call's batch size, timesteps, text and train/eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = mx.array(0.1)  # a parameter, like a real model
+        object.__setattr__(self, "calls", [])  # not a child: kept out of parameters()
+
+    def __call__(self, x, t, states, mask, pooled):
+        self.calls.append({"batch": x.shape[0], "t": np.array(t), "pooled": np.array(pooled),
+                           "training": self.training})
+        m = mask.astype(mx.float32)
+        s = (states * m[..., None]).sum(axis=(1, 2)) / (m.sum(axis=1) * states.shape[-1])
+        c = 0.3 * mx.tanh(pooled.sum(axis=1)) + 0.5 * s + 0.05 * m.sum(axis=1) / TOKENS
+        offset = mx.array(CHANNEL_OFFSET)
+        return (self.scale * x + c.reshape(-1, 1, 1, 1, 1).astype(x.dtype) + offset
+                + 2e-4 * t.astype(x.dtype).reshape(-1, 1, 1, 1, 1))
+
+
+def reference(diffusion: DiffusionConfig, sample: SampleConfig, text, uncond, shape, seed,
+              dtype=np.float32) -> np.ndarray:
+    """The numpy loop, channels-last, with guidance combined by hand."""
+    table = make_sampler_table(diffusion, sample)
+    draw = numpy_noise(seed)
+
+    def model(x, t):
+        cond = twin(x, t, text)
+        if uncond is None or sample.guidance == 1.0:
+            return cond
+        free = twin(x, t, uncond)
+        return (free + sample.guidance * (cond - free)).astype(x.dtype)
+
+    def noise(s):
+        return draw(s).astype(dtype)
+
+    x = sample_loop(model, table, noise(shape), noise=noise, clip=np.clip)
+    return np.clip(x, -1.0, 1.0)
+
+
+CASES = {
+    "ddim-eta0": (DiffusionConfig(), SampleConfig(sampler="ddim", steps=6, eta=0.0)),
+    "ddim-eta1": (DiffusionConfig(), SampleConfig(sampler="ddim", steps=6, eta=1.0)),
+    "ddpm": (DiffusionConfig(), SampleConfig(sampler="ddpm", steps=6)),
+    "dpm++": (DiffusionConfig(), SampleConfig(sampler="dpm++", steps=6,
+                                              timestep_spacing="linspace")),
+    "ddim-trailing-v": (DiffusionConfig(prediction_type="v_prediction", beta_schedule="cosine"),
+                        SampleConfig(sampler="ddim", steps=5, eta=0.5,
+                                     timestep_spacing="trailing")),
+    "ddpm-noclip-x0": (DiffusionConfig(clip_sample=False, prediction_type="sample"),
+                       SampleConfig(sampler="ddpm", steps=4)),
+}
+
+
+# --------------------------------------------------------- generate vs the numpy loop
+
+
+def test_stub_twin_agree():
+    """The two bodies of the test model are the same function (so the loops are comparable)."""
+    text = _text_np(2, seed=1)
+    x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
+    batch = _to_batch(text)
+    out = Stub()(mx.array(x), mx.full((2,), 731, dtype=mx.int32), batch.states, batch.mask,
+                 batch.pooled)
+    np.testing.assert_allclose(np.array(out), twin(x, 731, text), atol=1e-6)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_generate_matches_numpy_sample_loop(case):
+    diffusion, sample = CASES[case]
+    sample = replace(sample, guidance=1.0)
+    text = _text_np(SHAPE[0], seed=1)
+    stub = Stub()
+    got = generate(stub, diffusion, sample, _to_batch(text), None, SHAPE, seed=7)
+    expected = reference(diffusion, sample, text, None, SHAPE, seed=7)
+    assert got.shape == SHAPE and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+    assert got.min() >= -1.0 and got.max() <= 1.0
+    # The sampler visited its table's timesteps, one unguided model call per step.
+    table = make_sampler_table(diffusion, sample)
+    assert [call["batch"] for call in stub.calls] == [SHAPE[0]] * len(table)
+    assert [int(call["t"][0]) for call in stub.calls] == table.timesteps.tolist()
+    assert all(np.issubdtype(call["t"].dtype, np.integer) and call["t"].shape == (SHAPE[0],)
+               for call in stub.calls)
+    # Results are not trivially saturated: something inside (-1, 1) was compared.
+    assert np.mean(np.abs(got) < 0.999) > 0.05
+
+
+def test_generate_clips_the_final_video_to_unit_range():
+    """Without clip_sample an epsilon stub drives x far outside [-1, 1]; the returned video is
+    the numpy loop's final x clipped."""
+    diffusion = DiffusionConfig(clip_sample=False)
+    sample = SampleConfig(sampler="ddim", steps=4, guidance=1.0)
+    text = _text_np(SHAPE[0], seed=1)
+    draw = numpy_noise(7)
+    raw = sample_loop(lambda x, t: twin(x, t, text), make_sampler_table(diffusion, sample),
+                      draw(SHAPE), noise=draw, clip=None)
+    assert np.abs(raw).max() > 1.5 and (np.abs(raw) < 1).any()
+    got = generate(Stub(), diffusion, sample, _to_batch(text), None, SHAPE, seed=7)
+    np.testing.assert_allclose(got, np.clip(raw, -1, 1), atol=2e-5, rtol=0)
+
+
+def test_step_noise_matters_and_is_the_seeds_stream():
+    """eta 1 draws a fresh normal per step from the same stream as x_T: a different seed, or
+    eta 0, gives another video; the same seed gives the same one."""
+    diffusion, sample = CASES["ddim-eta1"]
+    sample = replace(sample, guidance=1.0)
+    text = _to_batch(_text_np(SHAPE[0], seed=1))
+    a = generate(Stub(), diffusion, sample, text, None, SHAPE, seed=3)
+    b = generate(Stub(), diffusion, sample, text, None, SHAPE, seed=3)
+    c = generate(Stub(), diffusion, sample, text, None, SHAPE, seed=4)
+    d = generate(Stub(), diffusion, replace(sample, eta=0.0), text, None, SHAPE, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-2 and np.abs(a - d).max() > 1e-2
+
+
+@pytest.mark.parametrize("case", ["ddim-eta0", "ddim-eta1", "ddpm", "dpm++"])
+def test_guided_generate_matches_hand_combined_numpy_loop(case):
+    diffusion, sample = CASES[case]
+    sample = replace(sample, guidance=3.5)
+    text, uncond = _text_np(SHAPE[0], seed=1), _text_np(SHAPE[0], seed=2, empty=True)
+    stub = Stub()
+    got = generate(stub, diffusion, sample, _to_batch(text), _to_batch(uncond), SHAPE, seed=11)
+    expected = reference(diffusion, sample, text, uncond, SHAPE, seed=11)
+    np.testing.assert_allclose(got, expected, atol=5e-5, rtol=0)
+    # One doubled batch per step, conditional half first.
+    b = SHAPE[0]
+    assert [call["batch"] for call in stub.calls] == [2 * b] * sample.steps
+    for call in stub.calls:
+        np.testing.assert_array_equal(call["pooled"][:b], text["pooled"])
+        np.testing.assert_array_equal(call["pooled"][b:], uncond["pooled"])
+    # Guidance changed the result (the comparison above is not the unguided loop in disguise).
+    unguided = reference(diffusion, replace(sample, guidance=1.0), text, None, SHAPE, seed=11)
+    assert np.abs(expected - unguided).max() > 1e-2
+
+
+def test_generate_in_bfloat16_stays_near_the_float32_loop():
+    """dtype=bf16 runs the loop in bf16 (what a bf16 model samples in) and still returns
+    float32 in [-1, 1], close to the float32 reference."""
+    diffusion, sample = CASES["ddim-eta0"]
+    sample = replace(sample, guidance=1.0)
+    text = _text_np(SHAPE[0], seed=1)
+    got = generate(Stub(), diffusion, sample, _to_batch(text), None, SHAPE, seed=5,
+                   dtype=mx.bfloat16)
+    expected = reference(diffusion, sample, text, None, SHAPE, seed=5)
+    assert got.dtype == np.float32 and got.min() >= -1.0 and got.max() <= 1.0
+    assert np.abs(got - expected).max() < 0.15 and np.abs(got - expected).mean() < 1e-2
+
+
+@pytest.mark.parametrize("start_training", [True, False])
+def test_generate_samples_in_eval_mode_and_restores_the_mode(start_training):
+    stub = Stub()
+    stub.train(start_training)
+    _, sample = CASES["ddim-eta0"]
+    generate(stub, DiffusionConfig(), replace(sample, steps=2), _to_batch(_text_np(2, 1)), None,
+             SHAPE, seed=0)
+    assert stub.calls and not any(call["training"] for call in stub.calls)
+    assert stub.training is start_training
+
+
+def test_generate_restores_the_mode_when_the_model_fails():
+    class Broken(Stub):
+        def __call__(self, *args):
+            raise RuntimeError("boom")
+
+    model = Broken()
+    model.train()
+    with pytest.raises(RuntimeError, match="boom"):
+        generate(model, DiffusionConfig(), SampleConfig(steps=2), _to_batch(_text_np(2, 1)),
+                 None, SHAPE, seed=0)
+    assert model.training
+
+
+# ------------------------------------------------------------------- the real tiny UNet
+
+# The tiny preset's model on a smaller video than its data (2 frames of 8 x 8): MLX runs on
+# the CPU here, and the UNet does not care.
+CONFIG = preset("tiny")
+CONFIG = replace(CONFIG, data=replace(CONFIG.data, num_frames=2, image_size=8))
+VIDEO = (2, CONFIG.data.num_frames, CONFIG.data.image_size, CONFIG.data.image_size,
+         CONFIG.model.out_channels)
+
+
+@pytest.fixture(scope="module")
+def unet() -> UNet3D:
+    """The tiny UNet with every parameter nudged, so zero-initialised layers (conv_out, conv2,
+    proj_out) no longer hide the network and it predicts something non-zero."""
+    mx.random.seed(0)
+    model = UNet3D(CONFIG.model)
+    model.eval()
+    model.update(tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape), model.parameters()))
+    mx.eval(model.parameters())
+    return model
+
+
+def _unet_text(batch: int, seed: int, empty: bool = False) -> TextBatch:
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, 6), dtype=np.int32)
+    mask[:, 2 if empty else 4:] = 0
+    d = CONFIG.model.context_dim
+    return TextBatch(mx.array(rng.standard_normal((batch, 6, d), dtype=np.float32)),
+                     mx.array(mask), mx.array(rng.standard_normal((batch, d), dtype=np.float32)))
+
+
+def test_unet_predicts_something(unet):
+    x = mx.random.normal((2, *VIDEO[1:4], 3), key=mx.random.key(0))
+    out = guided_prediction(unet, x, 500, _unet_text(2, 0), None, 1.0)
+    assert out.shape == x.shape and mx.abs(out).mean().item() > 1e-2
+
+
+def test_unet_ddim_eta0_is_deterministic_per_seed(unet):
+    sample = SampleConfig(sampler="ddim", steps=3, eta=0.0, guidance=1.0)
+    text = _unet_text(2, 0)
+    a = generate(unet, CONFIG.diffusion, sample, text, None, VIDEO, seed=1)
+    b = generate(unet, CONFIG.diffusion, sample, text, None, VIDEO, seed=1)
+    c = generate(unet, CONFIG.diffusion, sample, text, None, VIDEO, seed=2)
+    assert a.shape == VIDEO and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 1e-2
+    assert a.min() >= -1.0 and a.max() <= 1.0 and np.isfinite(a).all()
+
+
+def test_unet_cfg_at_scale_one_is_the_conditional_output(unet):
+    """Over the doubled batch, cfg_combine at 1 gives the conditional-only prediction; at 4 it
+    gives uncond + 4 (cond - uncond) of two separate calls."""
+    x = mx.random.normal((2, *VIDEO[1:4], 3), key=mx.random.key(3))
+    text, uncond = _unet_text(2, 4), _unet_text(2, 5, empty=True)
+    t = 617
+    ts = mx.full((2,), t, dtype=mx.int32)
+    cond = np.array(unet(x, ts, text.states, text.mask, text.pooled))
+    free = np.array(unet(x, ts, uncond.states, uncond.mask, uncond.pooled))
+    both = TextBatch.cat([text, uncond])
+    doubled = unet(mx.concatenate([x, x]), mx.concatenate([ts, ts]), both.states, both.mask,
+                   both.pooled)
+    np.testing.assert_allclose(np.array(cfg_combine(doubled, 1.0)), cond, atol=1e-5, rtol=0)
+    assert np.abs(cond - free).max() > 1e-3  # the text matters, so the check has teeth
+    np.testing.assert_allclose(np.array(guided_prediction(unet, x, t, text, uncond, 1.0)), cond,
+                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.array(guided_prediction(unet, x, t, text, uncond, 4.0)),
+                               free + 4.0 * (cond - free), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(np.array(guided_prediction(unet, x, t, text, uncond, 0.0)), free,
+                               atol=1e-5, rtol=0)
+
+
+def test_unet_guidance_one_samples_like_no_guidance(unet):
+    sample = SampleConfig(sampler="ddim", steps=3, eta=0.0, guidance=1.0)
+    text, uncond = _unet_text(2, 0), _unet_text(2, 1, empty=True)
+    a = generate(unet, CONFIG.diffusion, sample, text, uncond, VIDEO, seed=1)
+    b = generate(unet, CONFIG.diffusion, sample, text, None, VIDEO, seed=1)
+    c = generate(unet, CONFIG.diffusion, replace(sample, guidance=3.0), text, uncond, VIDEO,
+                 seed=1)
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    assert np.abs(a - c).max() > 1e-3
+
+
+@pytest.mark.parametrize("start_training", [True, False])
+def test_unet_generate_keeps_train_or_eval_mode(unet, start_training):
+    unet.train(start_training)
+    try:
+        generate(unet, CONFIG.diffusion, SampleConfig(steps=1, guidance=1.0), _unet_text(2, 0),
+                 None, VIDEO, seed=0)
+        assert all(m.training is start_training for m in unet.modules())
+    finally:
+        unet.eval()
+
+
+# ------------------------------------------------------------------------ sample_checkpoint
+
+
+def test_sample_checkpoint_needs_a_prompt(tmp_path):
+    with pytest.raises(ValueError, match="at least one prompt"):
+        sample_checkpoint(tmp_path / "nowhere", [], tmp_path / "out")
+
+
+def test_sample_checkpoint_writes_prompt_major_samples_from_the_ema_weights(tmp_path, unet,
+                                                                           monkeypatch):
+    from t2s_mlx import text_encoder as text_encoder_module
+    from t2s_mlx.checkpoint import save_checkpoint
+
+    encoders = []
+
+    class Recording(text_encoder_module.TextEncoder):
+        """The real encoder, kept so the expected videos need not load it a second time."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            encoders.append(self)
+
+    monkeypatch.setattr(text_encoder_module, "TextEncoder", Recording)
+    config = CONFIG
+    mx.random.seed(1)
+    raw = UNet3D(config.model)  # zero conv_out: it would predict 0 everywhere
+    save_checkpoint(tmp_path / "run", 1, config, raw, ema=unet)
+    sample = SampleConfig(sampler="ddim", steps=2, num_samples=2, guidance=2.0, seed=3)
+    prompts = ["hello friend", "thank you"]
+    paths = sample_checkpoint(tmp_path / "run", prompts, tmp_path / "out", sample=sample,
+                              device="cpu", progress=False)
+
+    captions = ["hello friend", "hello friend", "thank you", "thank you"]
+    assert len(paths) == 4 and (tmp_path / "out" / "grid.gif").exists()
+    assert [p.with_suffix(".txt").read_text().strip() for p in paths] == captions
+
+    (encoder,) = encoders
+    text = TextBatch(*encoder.encode(captions))
+    uncond = TextBatch(*encoder.empty_embedding(4))
+    shape = (4, config.data.num_frames, config.data.image_size, config.data.image_size, 3)
+    videos = generate(unet, config.diffusion, sample, text, uncond, shape, seed=3)
+    assert np.abs(videos[0] - videos[1]).mean() > 1e-2  # one prompt, two different samples
+    expected = write_sample_folder(tmp_path / "expected", [to_uint8(v) for v in videos],
+                                   captions, sample.fps)
+    for got, want in zip(paths, expected, strict=True):
+        assert Path(got).name == Path(want).name
+        assert Path(got).read_bytes() == Path(want).read_bytes()
