@@ -64,10 +64,6 @@ def backend_module(name: str):
     return importlib.import_module(f"{click.get_current_context().obj}.{name}")
 
 
-def prog_name() -> str:
-    return click.get_current_context().find_root().info_name or "t2s"
-
-
 def load_config(preset_name: str | None, config_file: str | None,
                 overrides: tuple[str, ...]) -> Config:
     """A preset or a config.json, then `--set` overrides, then validation (the CLI's one path)."""
@@ -178,18 +174,39 @@ def eval_command(clips_dir, prompts_file, json_out) -> None:
 
 @click.command("demo")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option("--n", "n", type=click.IntRange(1), default=400, show_default=True)
-def demo_command(out, n) -> None:
-    """The README's main job on the built-in toy-signer data.
+@click.option("--preset", "preset_name", type=click.Choice(["toy", "toy-long"]), default="toy",
+              show_default=True, help="toy: ~10 minutes of training on a 2-core CPU; toy-long: "
+                                      "about an hour, for a better model.")
+@click.option("--n", "n", type=click.IntRange(1), default=400, show_default=True,
+              help="Toy clips to make (20 sentences, many signers each).")
+@click.option("--device", default=None, help="Device (default: the best available).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Change the preset, e.g. --set train.steps=300.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def demo_command(ctx, out, preset_name, n, device, overrides, quiet) -> None:
+    """The README's main job: train on the toy-signer set, sample, score.
 
-    Today it makes the toy data set (once), decodes it into the training cache, checks that the
-    faithfulness metric recognises the data's own clips, and prints what comes next. Training
-    and sampling join it as the backends land.
+    Makes 400 toy clips of 20 sentences (once), trains the `toy` preset, samples every training
+    sentence and 10 unseen sentences of the same words (GIFs + grid.gif under OUT/samples), and
+    prints the faithfulness metric for both: prompt-identification accuracy (chance 1/20 for
+    the seen ones) and hand-trajectory error. A finished run is reused; an interrupted one
+    resumes.
     """
-    from shared.demo import prepare_demo
+    from shared.demo import run_demo
 
-    for line in prepare_demo(Path(out), n=n, prog=prog_name(), workers=os.cpu_count() or 1):
+    for line in run_demo(Path(out), ctx.obj, preset_name, n=n, device=device,
+                         workers=os.cpu_count() or 1, progress=not quiet, overrides=overrides):
         click.echo(line)
+
+
+def demo_main() -> None:
+    """`t2s-demo`: the demo on the backend that suits this machine (MLX on Apple Silicon)."""
+    from shared.demo import default_backend
+
+    backend = default_backend()
+    tool = make_group("t2s-demo", f"text2sign demo on {backend}", backend=backend)
+    tool(["demo", *sys.argv[1:]], prog_name="t2s-demo")
 
 
 # ------------------------------------------------------------------------- train / sample

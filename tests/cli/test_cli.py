@@ -77,11 +77,17 @@ def test_mlx_cli_does_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
-def test_demo_makes_data_cache_and_checks_the_metric(tmp_path):
-    result = run("t2s-torch", "demo", "--out", str(tmp_path / "demo"), "--n", "40")
+@pytest.mark.parametrize("tool", ["t2s-torch", "t2s-mlx"])
+def test_demo_trains_samples_and_scores_seen_and_unseen(tmp_path, tool):
+    args = ("demo", "--out", str(tmp_path / "demo"), "--n", "8", "--quiet", "--set",
+            "train.steps=2", "--set", "sample.steps=2", "--set", "train.batch_size=4")
+    result = run(tool, *args)
     assert result.returncode == 0, result.stderr
-    assert "wrote 40 clips" in result.stdout
-    assert "40 clips of 16 x 32 x 32 ready" in result.stdout
-    assert "among 20 candidate prompts" in result.stdout
-    again = run("t2s-torch", "demo", "--out", str(tmp_path / "demo"), "--n", "40")
-    assert "found 40 clips" in again.stdout
+    out = result.stdout
+    assert "wrote 8 clips" in out and "training: 2 steps" in out
+    assert "seen captions (20," in out and "among 20 candidate prompts" in out
+    assert "unseen captions (10," in out and "among 10 candidate prompts" in out
+    seen = tmp_path / "demo" / "samples" / "seen"
+    assert len(list(seen.glob("0*.gif"))) == 40 and (seen / "grid.gif").exists()
+    again = run(tool, *args)
+    assert "found 8 clips" in again.stdout and "found a finished run" in again.stdout
