@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-CheckResult = tuple[str, bool, str]
-
-
-def _check(name: str, fn: Callable[[], str]) -> CheckResult:
-    try:
-        return name, True, fn()
-    except Exception as e:  # a doctor reports every failure, it never stops at the first
-        return name, False, f"{type(e).__name__}: {e}"
+from shared.doctor import CheckResult, check
 
 
 def run_checks(device: str | None = None) -> Iterator[CheckResult]:
@@ -23,11 +16,11 @@ def run_checks(device: str | None = None) -> Iterator[CheckResult]:
     from shared.config import preset
     from t2s_torch.device import describe_device, select_device
 
-    dev_result = _check("device", lambda: ", ".join(
+    dev_result = check("device", lambda: ", ".join(
         f"{k}={v}" for k, v in describe_device(select_device(device)).items()))
     yield dev_result
     for module in ("transformers", "diffusers", "accelerate", "tensorboard", "safetensors", "av"):
-        yield _check(f"import {module}",
+        yield check(f"import {module}",
                      lambda m=module: getattr(importlib.import_module(m), "__version__", "ok"))
     config = preset("tiny")
 
@@ -38,7 +31,7 @@ def run_checks(device: str | None = None) -> Iterator[CheckResult]:
         states = enc.encode(["hello friend"]).states
         return f"{config.text.name} from {enc.model_dir}: token states {tuple(states.shape)}"
 
-    yield _check("text encoder", encoder)
+    yield check("text encoder", encoder)
 
     def unet() -> str:
         from t2s_torch.unet import UNet3D
@@ -56,4 +49,4 @@ def run_checks(device: str | None = None) -> Iterator[CheckResult]:
         return (f"tiny UNet forward + backward on {dev} in "
                 f"{time.perf_counter() - start:.2f} s, output {tuple(out.shape)}")
 
-    yield _check("UNet forward/backward", unet)
+    yield check("UNet forward/backward", unet)
