@@ -25,7 +25,7 @@ def test_small_preset_is_the_macbook_reference_size():
 
 
 def test_unknown_preset_lists_the_choices():
-    with pytest.raises(ConfigError, match="tiny, small, base"):
+    with pytest.raises(ConfigError, match=", ".join(PRESETS)):
         preset("huge")
 
 
