@@ -85,7 +85,7 @@ def test_training_loss_and_every_gradient_match(overrides):
     loss_fn = mnn.value_and_grad(twin, lambda: mdiffusion.loss(
         twin, mx.array(x0), mtext, mx.array(t), mx.array(noise)))
     loss_m, grads = loss_fn()
-    assert float(loss_m) == pytest.approx(float(loss_t), rel=1e-4)
+    assert float(loss_m) == pytest.approx(loss_t.item(), rel=1e-4)
     torch_grads = {k: p.grad.numpy() for k, p in model.named_parameters()}
     mlx_grads = dict(tree_flatten(grads))
     assert mlx_grads.keys() == torch_grads.keys()
