@@ -179,3 +179,12 @@ def compare_keys(expected: set[str], found: set[str], path: Path) -> None:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise CheckpointError(f"{path}: weights do not fit the model its config builds: "
                               f"{'; '.join(parts)}; was it written by another model or version?")
+
+
+def refuse_existing_run(run_dir: Path) -> None:
+    """A new run must not mix its checkpoints with an older run's in the same folder."""
+    existing = list_checkpoints(run_dir / "checkpoints")
+    if existing:
+        raise CheckpointError(f"{run_dir} already holds a run (checkpoints up to step "
+                              f"{existing[-1][0]}); continue it with --resume, or train into "
+                              "another --out")

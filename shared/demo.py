@@ -7,6 +7,7 @@ an interrupted one resumes, so running the demo twice costs little the second ti
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import platform
 import time
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shared.checkpoint import list_checkpoints
-from shared.config import SampleConfig, apply_overrides, preset
+from shared.config import apply_overrides, preset
 from shared.eval import evaluate_folder
 from shared.toy import make_toy_dataset, sample_prompts
 
@@ -83,7 +84,7 @@ def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
                f"{sum(result.losses[-50:]) / max(1, len(result.losses[-50:])):.3f}")
 
     seen = [p for p in (data_dir / "prompts.txt").read_text().splitlines() if p]
-    sample = SampleConfig(**{**config.sample.__dict__, "num_samples": 2})
+    sample = dataclasses.replace(config.sample, num_samples=2)
     for label, prompts in (("seen", seen), ("unseen", unseen_prompts(seen))):
         folder = out / "samples" / label
         start = time.perf_counter()

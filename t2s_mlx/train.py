@@ -29,10 +29,11 @@ import numpy as np
 from mlx.utils import tree_map
 from tqdm.auto import tqdm
 
-from shared.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
+from shared.batching import fitting_batch
+from shared.checkpoint import refuse_existing_run, resolve_checkpoint
 from shared.config import Config
 from shared.data import Batch, BatchIterator, ClipDataset, cache_root
-from shared.errors import TrainingDiverged
+from shared.errors import diverged
 from shared.lr import warmup_cosine
 from shared.tensorboard import TensorBoardLogger
 from shared.video import to_uint8, write_grid
@@ -183,7 +184,7 @@ class Trainer:
         norm = self._update(grads)
         mx.eval(self.model.parameters(), self.optimizer.state, norm)
         if not math.isfinite(float(norm)):
-            raise TrainingDiverged(self._diverged_message(float(norm), "gradient norm"))
+            raise diverged(self.out_dir, self.step + 1, float(norm), "gradient norm")
         self.ema.update(self.model)
         mx.eval(self.ema.model.parameters())
         return float(norm)
@@ -242,11 +243,7 @@ class Trainer:
             self.load(checkpoint)
             self.log(f"resumed from {checkpoint} at step {self.step}")
         else:
-            existing = list_checkpoints(self.out_dir / "checkpoints")
-            if existing:
-                raise CheckpointError(f"{self.out_dir} already holds a run (checkpoints up to "
-                                      f"step {existing[-1][0]}); continue it with --resume, or "
-                                      "train into another --out")
+            refuse_existing_run(self.out_dir)
             self.micro_batch, self.grad_accum = self._resolve_batch()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.config.save(self.out_dir / "config.json")
@@ -276,7 +273,7 @@ class Trainer:
                     grads = tree_map(lambda g: g / self.grad_accum, grads)
                 loss = float(mx.stack(losses).mean())
                 if not math.isfinite(loss):
-                    raise TrainingDiverged(self._diverged_message(loss, "loss"))
+                    raise diverged(self.out_dir, self.step + 1, loss, "loss")
                 grad_norm = self._optimizer_step(grads)
                 seconds = time.perf_counter() - start
                 self.step += 1
@@ -300,15 +297,6 @@ class Trainer:
             tb.close()
         result.step, result.checkpoint = self.step, last_saved
         return result
-
-    def _diverged_message(self, value: float, what: str) -> str:
-        try:
-            good = resolve_checkpoint(self.out_dir)
-            where = f"the last good checkpoint is {good} (resume from it with --resume)"
-        except CheckpointError:
-            where = "no checkpoint was written before it"
-        return (f"the {what} became {value} at step {self.step + 1}; {where}. Lower train.lr, "
-                "keep train.grad_clip on, or train with mixed_precision=no")
 
     def write_samples(self, tb: TensorBoardLogger, prompts: list[str] | None = None,
                       num: int = 4) -> Path:
@@ -349,9 +337,7 @@ def find_batch_size(probe: Callable[[int], None], target: int,
     two = mx.get_peak_memory()
     per_clip = max(two - one, one // 2, 1)
     free = memory_info()["free"] * 0.7
-    size = 1
-    while size * 2 <= target and (size * 2) * per_clip <= free:
-        size *= 2
+    size = fitting_batch(per_clip, free, target)
     log(f"--batch-size auto: ~{per_clip / 2**20:.0f} MiB per clip, "
         f"{free / 2**30:.1f} GiB usable: micro-batch {size}")
     return size

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from shared.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
+from shared.batching import fitting_batch
+from shared.checkpoint import refuse_existing_run, resolve_checkpoint
 from shared.config import Config
 from shared.data import Batch, BatchIterator, ClipDataset, cache_root
-from shared.errors import TrainingDiverged
+from shared.errors import diverged
 from shared.lr import warmup_cosine
 from shared.tensorboard import TensorBoardLogger
 from shared.video import to_uint8, write_grid
@@ -246,7 +247,7 @@ class Trainer:
         if self.scaler is None and not torch.isfinite(grad_norm):
             # fp16's scaler skips such steps by design; anywhere else the update would poison
             # the weights (and every later checkpoint), so stop before applying it.
-            raise TrainingDiverged(self._diverged_message(float(grad_norm), "gradient norm"))
+            raise diverged(self.out_dir, self.step + 1, float(grad_norm), "gradient norm")
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -266,11 +267,7 @@ class Trainer:
             self.load(checkpoint)
             self.log(f"resumed from {checkpoint} at step {self.step}")
         else:
-            existing = list_checkpoints(self.out_dir / "checkpoints")
-            if existing:
-                raise CheckpointError(f"{self.out_dir} already holds a run (checkpoints up to "
-                                      f"step {existing[-1][0]}); continue it with --resume, or "
-                                      "train into another --out")
+            refuse_existing_run(self.out_dir)
             self.micro_batch, self.grad_accum = self._resolve_batch()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.config.save(self.out_dir / "config.json")
@@ -296,7 +293,7 @@ class Trainer:
                 losses = [self._micro_step(next(batches)) for _ in range(self.grad_accum)]
                 loss = float(torch.stack(losses).mean())
                 if not math.isfinite(loss):
-                    raise TrainingDiverged(self._diverged_message(loss, "loss"))
+                    raise diverged(self.out_dir, self.step + 1, loss, "loss")
                 grad_norm = self._optimizer_step()
                 synchronize(self.device)
                 seconds = time.perf_counter() - start
@@ -321,15 +318,6 @@ class Trainer:
             tb.close()
         result.step, result.checkpoint = self.step, last_saved
         return result
-
-    def _diverged_message(self, value: float, what: str) -> str:
-        try:
-            good = resolve_checkpoint(self.out_dir)
-            where = f"the last good checkpoint is {good} (resume from it with --resume)"
-        except CheckpointError:
-            where = "no checkpoint was written before it"
-        return (f"the {what} became {value} at step {self.step + 1}; {where}. Lower train.lr, "
-                "keep train.grad_clip on, or train with mixed_precision=no")
 
     @torch.no_grad()
     def write_samples(self, tb: TensorBoardLogger, prompts: list[str] | None = None,
@@ -404,9 +392,7 @@ def find_batch_size(probe: Callable[[int], None], target: int, device: torch.dev
     two = _peak_bytes(device)
     per_clip = max(two - one, one - before, 1)
     free = memory_info(device).get("free", 0) * 0.7
-    size = 1
-    while size * 2 <= target and (size * 2) * per_clip <= free:
-        size *= 2
+    size = fitting_batch(per_clip, free, target)
     log(f"--batch-size auto: ~{per_clip / 2**20:.0f} MiB per clip, "
         f"{free / 2**30:.1f} GiB usable: micro-batch {size}")
     return size
