@@ -230,6 +230,11 @@ def train_options(f):
                      help="Clips per forward pass; 'auto' finds the largest that fits and "
                           "accumulates gradients up to train.effective_batch."),
         click.option("--lr", type=float, default=None, help="Peak learning rate."),
+        click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]),
+                     default=None,
+                     help="Compute in bf16/fp16 with float32 master weights (t2s-mlx: bf16 "
+                          "only; fp16 uses a gradient scaler on CUDA).  [default: the config's "
+                          "train.mixed_precision]"),
         click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
                      help="Override any config field (repeatable)."),
         click.option("--device", default=None,
@@ -250,7 +255,7 @@ def train_options(f):
 def build_train_config(preset_name: str | None, config_file: str | None, data_dir: str | None,
                        out_dir: str | None, steps: int | None, batch_size: str | None,
                        lr: float | None, overrides: tuple[str, ...], resume: bool,
-                       strict: bool) -> Config:
+                       strict: bool, mixed_precision: str | None = None) -> Config:
     """The run's config: a preset or file (with --resume, the run's own config.json), then the
     dedicated flags, then --set overrides; validated."""
     run_config = Path(out_dir or "runs/train") / "config.json"
@@ -265,6 +270,7 @@ def build_train_config(preset_name: str | None, config_file: str | None, data_di
     flags += [f"train.batch_size={batch_size}"] if batch_size else []
     flags += [f"train.lr={lr}"] if lr else []
     flags += ["data.strict=true"] if strict else []
+    flags += [f"train.mixed_precision={mixed_precision}"] if mixed_precision else []
     return load_config(preset_name, config_file, tuple(flags) + tuple(overrides))
 
 
@@ -308,7 +314,7 @@ def build_sample_config(base: Config, seed: int | None, num_samples: int | None,
 @train_options
 @click.pass_context
 def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch_size, lr,
-                  overrides, device, resume, strict, quiet) -> None:
+                  mixed_precision, overrides, device, resume, strict, quiet) -> None:
     """Train the 3D UNet on a folder of captioned clips.
 
     \b
@@ -322,7 +328,7 @@ def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch
     (`tensorboard --logdir RUN/tb`). Ctrl-C saves a checkpoint first; --resume continues exactly.
     """
     config = build_train_config(preset_name, config_file, data_dir, out_dir, steps, batch_size,
-                                lr, overrides, resume, strict)
+                                lr, overrides, resume, strict, mixed_precision)
     trainer = backend_module("train").Trainer(config, device=device, progress=not quiet,
                                               log=click.echo)
     result = trainer.train(resume=resume)

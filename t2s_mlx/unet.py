@@ -424,6 +424,8 @@ class UNet3D(nn.Module):
         timesteps = timesteps if isinstance(timesteps, mx.array) else mx.array(timesteps)
         if timesteps.ndim == 0:
             timesteps = mx.broadcast_to(timesteps, (b,))
+        # Inputs follow the weights' dtype (bf16 training casts the weights, not the data).
+        x = x.astype(self.conv_in.weight.dtype)
         temb = self.time_embed(timesteps)
         if pooled is not None:
             temb = temb + self.text_embed(pooled.astype(temb.dtype))

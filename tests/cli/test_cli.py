@@ -91,3 +91,17 @@ def test_demo_trains_samples_and_scores_seen_and_unseen(tmp_path):
     assert len(list(seen.glob("0*.gif"))) == 40 and (seen / "grid.gif").exists()
     again = run(tool, *args)
     assert "found 8 clips" in again.stdout and "found a finished run" in again.stdout
+
+
+def test_mixed_precision_flag_reaches_the_run_config(tmp_path):
+    data = tmp_path / "data"
+    assert run("t2s-torch", "data", "toy", str(data), "--n", "4", "--num-prompts", "2",
+               "--frames", "4", "--height", "36", "--width", "64").returncode == 0
+    common = ["train", "--data", str(data), "--preset", "tiny", "--steps", "1", "--quiet"]
+    refused = run("t2s-mlx", *common, "--out", str(tmp_path / "mlx"), "--mixed-precision", "fp16")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "mixed_precision=bf16" in refused.stderr
+    done = run("t2s-torch", *common, "--out", str(tmp_path / "torch"), "--mixed-precision", "bf16")
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((tmp_path / "torch" / "config.json").read_text())
+    assert saved["train"]["mixed_precision"] == "bf16"
