@@ -10,6 +10,11 @@ One `Trainer` owns a run directory::
 Everything random in a step (timesteps, noise, caption dropout) is drawn from the trainer's own
 generator, dropout from torch's global one, and the data order from (seed, epoch); all of these
 are checkpointed, so `resume` continues the exact run: 2N steps equal N + resume + N.
+
+Under `torchrun` / `accelerate launch` the same trainer runs data-parallel (see
+`t2s_torch.distributed`): every rank draws the step's randomness for the whole global batch and
+keeps its own rows, so N ranks at micro-batch B train exactly as one process at N x B; rank 0
+alone writes.
 """
 
 from __future__ import annotations
@@ -53,6 +58,16 @@ from t2s_torch.device import (
     synchronize,
 )
 from t2s_torch.diffusion import GaussianDiffusion, TextBatch
+from t2s_torch.distributed import (
+    all_mean,
+    all_min,
+    barrier,
+    init_distributed,
+    no_sync,
+    rank_device,
+    shard,
+    wrap,
+)
 from t2s_torch.sample import generate
 from t2s_torch.text_encoder import TextEncoder
 from t2s_torch.unet import UNet3D
@@ -99,9 +114,10 @@ class Trainer:
     def __init__(self, config: Config, device: str | None = None, progress: bool = True,
                  log: Callable[[str], None] = print):
         self.config = config.validate()
-        self.device = select_device(device)
-        self.progress = progress
-        self.log = log
+        self.world = init_distributed(select_device(device))
+        self.device = rank_device(select_device(device), self.world)
+        self.progress = progress and self.world.is_main
+        self.log = log if self.world.is_main else (lambda _: None)
         self.out_dir = Path(config.train.out_dir)
         tc = config.train
         self.autocast = autocast_context(self.device, tc.mixed_precision)
@@ -120,6 +136,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.model = UNet3D(config.model).to(self.device)
         self.ema = EMA(self.model, tc.ema_decay)
+        self.step_model = wrap(self.model, self.world, self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
             weight_decay=tc.weight_decay)
@@ -150,8 +167,10 @@ class Trainer:
         tc = self.config.train
         if tc.batch_size != "auto":
             return int(tc.batch_size), tc.grad_accum
-        micro = find_batch_size(self._probe_step, tc.effective_batch, self.device, self.log)
-        return micro, max(1, math.ceil(tc.effective_batch / micro))
+        per_rank = max(1, math.ceil(tc.effective_batch / self.world.world_size))
+        micro = find_batch_size(self._probe_step, per_rank, self.device, self.log)
+        micro = all_min(micro, self.world, self.device)
+        return micro, max(1, math.ceil(per_rank / micro))
 
     def _probe_step(self, batch: int) -> None:
         """One forward + backward at micro-batch `batch` on random data (weights untouched)."""
@@ -170,7 +189,7 @@ class Trainer:
     def _trainer_state(self) -> dict[str, Any]:
         state = {
             "micro_batch": self.micro_batch, "grad_accum": self.grad_accum,
-            "ema_updates": self.ema.updates,
+            "world_size": self.world.world_size, "ema_updates": self.ema.updates,
             "generator": encode_bytes(self.generator.get_state()),
             "torch_rng": encode_bytes(torch.get_rng_state()),
             "param_groups": [{k: v for k, v in g.items() if k != "params"}
@@ -197,6 +216,7 @@ class Trainer:
             group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
         self.step = int(state["step"])
         self.micro_batch, self.grad_accum = int(state["micro_batch"]), int(state["grad_accum"])
+        self.grad_accum = self._regroup(int(state.get("world_size", 1)))
         self.ema.updates = int(state["ema_updates"])
         if "generator" in state:
             self.generator.set_state(decode_bytes(state["generator"]))
@@ -210,25 +230,52 @@ class Trainer:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
+    def _regroup(self, saved_world: int) -> int:
+        """Gradient accumulation for a run resumed on a different number of processes: the
+        global batch (clips per optimizer step) stays what it was when it divides evenly."""
+        if saved_world == self.world.world_size:
+            return self.grad_accum
+        clips = self.micro_batch * self.grad_accum * saved_world
+        per_step = self.micro_batch * self.world.world_size
+        if clips % per_step:
+            self.log(f"resumed on {self.world.world_size} process(es) from a run on "
+                     f"{saved_world}: {clips} clips per step cannot be kept at micro-batch "
+                     f"{self.micro_batch}; the step now takes "
+                     f"{per_step * self.grad_accum} clips")
+            return self.grad_accum
+        return clips // per_step
+
     # ----------------------------------------------------------------------------- training
 
+    @property
+    def clips_per_step(self) -> int:
+        return self.micro_batch * self.grad_accum * self.world.world_size
+
     def _batches(self) -> Iterator[Batch]:
+        # The position in the data stream is counted in clips, so a run resumed on another
+        # number of processes continues where the global stream stopped.
+        start = self.step * self.clips_per_step // (self.micro_batch * self.world.world_size)
         return iter(BatchIterator(self.dataset, self.micro_batch, shuffle=True,
                                   seed=self.config.data.seed, prefetch=self.config.data.prefetch,
-                                  start_batch=self.step * self.grad_accum))
+                                  rank=self.world.rank, world_size=self.world.world_size,
+                                  start_batch=start))
 
-    def _micro_step(self, batch: Batch) -> torch.Tensor:
+    def _micro_step(self, batch: Batch, last: bool = True) -> torch.Tensor:
         x0 = to_model_input(batch.video, self.device)
-        b = x0.shape[0]
+        b, n = x0.shape[0], self.world.world_size
         g = self.generator
-        keep = torch.rand(b, generator=g, device=self.device) >= self.config.train.cond_drop_prob
+        # Drawn for the global batch, then this rank's rows: the same numbers on every rank.
+        keep = shard(torch.rand(b * n, generator=g, device=self.device), self.world) \
+            >= self.config.train.cond_drop_prob
         text = self.text_for(batch.captions).select(keep, self._uncond(b))
-        t = self.diffusion.sample_timesteps(b, g, self.device)
-        noise = torch.randn(x0.shape, generator=g, device=self.device)
-        with self.autocast:
-            loss = self.diffusion.loss(self.model, x0, text, t, noise)
-        scaled = loss / self.grad_accum
-        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        t = shard(self.diffusion.sample_timesteps(b * n, g, self.device), self.world)
+        noise = shard(torch.randn((b * n, *x0.shape[1:]), generator=g, device=self.device),
+                      self.world)
+        with no_sync(self.step_model, skip=not last):
+            with self.autocast:
+                loss = self.diffusion.loss(self.step_model, x0, text, t, noise)
+            scaled = loss / self.grad_accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         return loss.detach()
 
     def _set_lr(self) -> float:
@@ -268,15 +315,19 @@ class Trainer:
             self.log(f"resumed from {checkpoint} at step {self.step}")
         else:
             refuse_existing_run(self.out_dir)
+            barrier(self.world)  # every rank has looked before rank 0 writes
             self.micro_batch, self.grad_accum = self._resolve_batch()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.config.save(self.out_dir / "config.json")
+        main = self.world.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.out_dir / "config.json")
+        ranks = f" x {self.world.world_size} processes" if self.world.enabled else ""
         self.log(f"training on {self.device} with {len(self.dataset)} clips: micro-batch "
-                 f"{self.micro_batch} x {self.grad_accum} accumulation = "
-                 f"{self.micro_batch * self.grad_accum} clips per step")
+                 f"{self.micro_batch} x {self.grad_accum} accumulation{ranks} = "
+                 f"{self.clips_per_step} clips per step")
         result = TrainResult(self.step, micro_batch=self.micro_batch, grad_accum=self.grad_accum)
-        tb = TensorBoardLogger(self.out_dir / "tb")
-        if self.step == 0:
+        tb = TensorBoardLogger(self.out_dir / "tb") if main else None
+        if tb is not None and self.step == 0:
             log_model_graph(self.model, self.config, self.out_dir / "tb")
             tb.log_config(self.config.to_dict())
             tb.text("device", "\n".join(f"- {k}: {v}" for k, v in
@@ -290,8 +341,9 @@ class Trainer:
             while self.step < last_step:
                 start = time.perf_counter()
                 lr = self._set_lr()
-                losses = [self._micro_step(next(batches)) for _ in range(self.grad_accum)]
-                loss = float(torch.stack(losses).mean())
+                losses = [self._micro_step(next(batches), last=i == self.grad_accum - 1)
+                          for i in range(self.grad_accum)]
+                loss = float(all_mean(torch.stack(losses).mean(), self.world))
                 if not math.isfinite(loss):
                     raise diverged(self.out_dir, self.step + 1, loss, "loss")
                 grad_norm = self._optimizer_step()
@@ -301,21 +353,22 @@ class Trainer:
                 result.losses.append(loss)
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                if self.step % tc.log_every == 0 or self.step == last_step:
+                if tb is not None and (self.step % tc.log_every == 0 or self.step == last_step):
                     tb.scalars({"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                                "train/samples_per_s":
-                                    self.micro_batch * self.grad_accum / seconds}, self.step)
-                if tc.sample_every and self.step % tc.sample_every == 0:
+                                "train/samples_per_s": self.clips_per_step / seconds}, self.step)
+                if tb is not None and tc.sample_every and self.step % tc.sample_every == 0:
                     self.write_samples(tb)
                 if self.step % tc.checkpoint_every == 0 or self.step == last_step:
-                    last_saved = self.save()
+                    last_saved = self.save() if main else None
         except KeyboardInterrupt:
-            last_saved = self.save()
-            self.log(f"interrupted: saved {last_saved}; continue with --resume")
+            if main:
+                last_saved = self.save()
+                self.log(f"interrupted: saved {last_saved}; continue with --resume")
             raise
         finally:
             bar.close()
-            tb.close()
+            if tb is not None:
+                tb.close()
         result.step, result.checkpoint = self.step, last_saved
         return result
 

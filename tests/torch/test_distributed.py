@@ -1,0 +1,103 @@
+"""Data-parallel training through the real launcher: `torchrun` (gloo on CPU) around the real
+`t2s-torch train`. Two processes at micro-batch 2 must train exactly as one at batch 4, and a
+two-process checkpoint must resume in one process."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from shared.toy import make_toy_dataset
+from t2s_torch.distributed import Distributed, launched_world
+
+TOOL = str(Path(sys.executable).parent / "t2s-torch")
+COMMON = ("--preset", "tiny", "--quiet", "--set", "data.num_frames=2", "--set",
+          "data.image_size=8", "--set", "data.val_fraction=0", "--set", "train.sample_every=0",
+          "--set", "train.checkpoint_every=2", "--set", "train.lr=1e-3", "--set",
+          "train.warmup_steps=1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+                f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
+                f"--master_port={free_port()}", TOOL] if processes > 1 else [TOOL]
+    env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent)}
+    import os
+
+    result = subprocess.run([*launcher, "train", *COMMON, *args], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, **env})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def weights(run: Path, step: int, name: str = "model.safetensors") -> dict[str, np.ndarray]:
+    return load_file(str(run / "checkpoints" / f"step_{step:07d}" / name))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ddp")
+    data = root / "data"
+    make_toy_dataset(data, n=8, num_prompts=3, num_frames=4, height=36, width=64,
+                     progress=False)
+    two, one = root / "two", root / "one"
+    out = train("--data", str(data), "--out", str(two), "--steps", "3", "--batch-size", "2",
+                processes=2)
+    assert "x 2 processes = 4 clips per step" in out.stdout
+    train("--data", str(data), "--out", str(one), "--steps", "3", "--batch-size", "4")
+    return {"data": data, "two": two, "one": one}
+
+
+def test_launcher_environment_is_read():
+    assert launched_world() == Distributed() or launched_world().world_size > 1
+    world = Distributed(rank=1, world_size=2, local_rank=1)
+    assert world.enabled and not world.is_main
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_with_the_doubled_batch(runs):
+    for name in ("model.safetensors", "ema.safetensors"):
+        two, one = weights(runs["two"], 3, name), weights(runs["one"], 3, name)
+        assert two.keys() == one.keys()
+        start = weights(runs["one"], 2, name)
+        moved = max(np.abs(one[k] - start[k]).max() for k in one)
+        assert moved > 1e-4  # the last step really changed the weights ...
+        for k in one:  # ... and both runs changed them the same way
+            np.testing.assert_allclose(two[k], one[k], atol=2e-5, rtol=1e-4, err_msg=k)
+    state = json.loads((runs["two"] / "checkpoints" / "step_0000003" /
+                        "trainer_state.json").read_text())
+    assert (state["world_size"], state["micro_batch"], state["grad_accum"]) == (2, 2, 1)
+    # Rank 0 alone wrote: one TensorBoard event file, no stray files from rank 1.
+    assert len(list((runs["two"] / "tb").glob("events.out.tfevents.*"))) >= 1
+    assert sorted(p.name for p in (runs["two"] / "checkpoints").iterdir()) == [
+        "latest", "step_0000002", "step_0000003"]
+
+
+@pytest.mark.slow
+def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
+    run = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(runs["two"], run)
+    out = train("--out", str(run), "--steps", "5", "--resume", "--data", str(runs["data"]))
+    assert "resumed from" in out.stdout and "at step 3" in out.stdout
+    # The global batch is kept: 2 processes x 2 clips become 1 process x 2 clips x 2 steps.
+    assert "micro-batch 2 x 2 accumulation = 4 clips per step" in out.stdout
+    state = json.loads((run / "checkpoints" / "step_0000005" / "trainer_state.json").read_text())
+    assert (state["step"], state["world_size"], state["grad_accum"]) == (5, 1, 2)
+    after, before = weights(run, 5), weights(run, 3)
+    assert all(np.isfinite(v).all() for v in after.values())
+    assert max(np.abs(after[k] - before[k]).max() for k in after) > 1e-4
