@@ -143,6 +143,103 @@ def data_toy_command(out, n, seed, num_prompts, vocab_size, frames, height, widt
     click.echo(f"wrote {len(written)} clips ({prompts} distinct captions) to {out}")
 
 
+@data_group.command("prepare")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--segments", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV/TSV of segments (How2Sign's columns are recognised); without it SOURCE "
+                   "is a folder of clips captioned by sidecar .txt files or their file names.")
+@click.option("--columns", default=None, metavar="KEY=COLUMN,...",
+              help="Map other layouts: keys video, start, end, text, name, e.g. "
+                   "video=clip_file,start=t0,end=t1,text=gloss.")
+@click.option("--frames", type=click.IntRange(1), default=28, show_default=True,
+              help="Frames per clip, evenly spaced over the segment.")
+@click.option("--keep-fps", is_flag=True, help="Keep every source frame instead of --frames.")
+@click.option("--height", type=click.IntRange(2), default=180, show_default=True)
+@click.option("--width", type=click.IntRange(2), default=320, show_default=True)
+@click.option("--fit", type=click.Choice(["letterbox", "crop", "stretch"]), default="letterbox",
+              show_default=True, help="How a picture of another shape is made to fit.")
+@click.option("--format", "fmt", type=click.Choice(["gif", "mp4"]), default="gif",
+              show_default=True)
+@click.option("--manifest", "manifest_format", type=click.Choice(["csv", "jsonl"]),
+              default="csv", show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Processes cutting clips (default: all cores).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad row instead of skipping it.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def data_prepare_command(source, out, segments, columns, frames, keep_fps, height, width, fit,
+                         fmt, manifest_format, workers, strict, quiet) -> None:
+    """Cut a sign-language corpus into training clips in OUT.
+
+    \b
+    Examples (t2s-mlx takes the same):
+      t2s-torch data prepare how2sign/raw_videos data/how2sign \\
+          --segments how2sign_realigned_train.csv
+      t2s-torch data prepare my_words/ data/words --fit crop
+
+    Each segment (or clip) becomes a GIF (or MP4) of --frames frames at --width x --height with
+    a same-named .txt caption, listed in OUT/manifest.csv with its source, times and sha256.
+    Bad rows (missing video, end before start, past the video's end, empty caption,
+    undecodable) are skipped and listed with their line in OUT/rejected.csv. Running again
+    redoes only what is missing or changed; the output is the same, byte for byte.
+    """
+    from shared.prepare import PrepareConfig, parse_columns, prepare_corpus
+
+    config = PrepareConfig(num_frames=frames, keep_fps=keep_fps, height=height, width=width,
+                           fit=fit, fmt=fmt, manifest=manifest_format,
+                           columns=parse_columns(columns), workers=workers or os.cpu_count() or 1,
+                           strict=strict, progress=not quiet)
+    summary = prepare_corpus(source, out, segments, config)
+    shown = 20
+    for bad in summary.bad[:shown]:
+        click.echo(f"skipped {bad.format()}", err=True)
+    if len(summary.bad) > shown:
+        click.echo(f"... and {len(summary.bad) - shown} more", err=True)
+    click.echo(summary.format())
+
+
+@data_group.command("stats")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--labels", "labels_file", default=None,
+              help="A `filename,text` labels CSV instead of .txt captions (as data.labels_file).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the statistics as JSON.")
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True,
+              help="How many of the most frequent words, resolutions, ... to list.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def data_stats_command(data_dir, labels_file, json_out, top, quiet) -> None:
+    """Describe a training folder: clips, durations, frame counts, resolutions, captions,
+    vocabulary, most frequent words, duplicate captions and identical files.
+
+    Sees exactly the clips `train --data DATA_DIR` would (same discovery, same skip rules).
+    """
+    from shared.datastats import collect_stats
+
+    stats = collect_stats(data_dir, labels_file=labels_file, progress=not quiet)
+    click.echo(stats.format(top))
+    if json_out:
+        Path(json_out).write_text(json.dumps(stats.to_dict(top), indent=2) + "\n")
+
+
+@data_group.command("preview")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_png", type=click.Path(dir_okay=False))
+@click.option("-n", "--num-clips", type=click.IntRange(1), default=12, show_default=True,
+              help="Clips to show, spread evenly over the folder.")
+@click.option("--labels", "labels_file", default=None,
+              help="A `filename,text` labels CSV instead of .txt captions (as data.labels_file).")
+def data_preview_command(data_dir, out_png, num_clips, labels_file) -> None:
+    """Write a contact sheet OUT_PNG (first / middle / last frame and caption of each clip) and
+    a GIF grid of the same clips beside it (OUT_PNG with .gif), to look at before training."""
+    from shared.preview import PreviewConfig, make_preview
+
+    preview = make_preview(data_dir, out_png,
+                           PreviewConfig(num_clips=num_clips, labels_file=labels_file))
+    for path, why in preview.skipped:
+        click.echo(f"skipped {path}: {why}", err=True)
+    click.echo(f"wrote {preview.sheet} and {preview.grid} ({len(preview.shown)} clips)")
+
+
 # ------------------------------------------------------------------------------------ eval
 
 
@@ -333,7 +430,8 @@ def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch
                                               log=click.echo)
     result = trainer.train(resume=resume)
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
-    click.echo(f"trained to step {result.step}{last}; checkpoint: {result.checkpoint}")
+    # trainer.log: silent on the data-parallel ranks other than 0
+    trainer.log(f"trained to step {result.step}{last}; checkpoint: {result.checkpoint}")
 
 
 @click.command("sample")
