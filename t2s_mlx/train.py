@@ -9,6 +9,10 @@ once per optimizer step.
 Randomness: MLX's global generator is reseeded from (seed, step, micro-step) before each
 micro-step, so a step's draws depend on nothing but its number, and `--resume` continues the
 exact run without saving generator state.
+
+Under `mlx.launch` the same trainer runs data-parallel (see `t2s_mlx.distributed`): every rank
+draws the step's randomness for the whole global batch and keeps its own rows, so N ranks at
+micro-batch B train exactly as one process at N x B; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from shared.batching import fitting_batch
 from shared.checkpoint import refuse_existing_run, resolve_checkpoint
 from shared.config import Config
 from shared.data import Batch, BatchIterator, ClipDataset, cache_root
+from shared.distributed import regroup, shard, stream_start
 from shared.errors import diverged
 from shared.lr import warmup_cosine
 from shared.tensorboard import TensorBoardLogger
@@ -46,6 +51,7 @@ from t2s_mlx.checkpoint import (
 )
 from t2s_mlx.device import describe_device, memory_info, select_device
 from t2s_mlx.diffusion import GaussianDiffusion, TextBatch
+from t2s_mlx.distributed import all_mean, all_min, average_gradients, barrier, init_distributed
 from t2s_mlx.sample import generate
 from t2s_mlx.text_encoder import TextEncoder
 from t2s_mlx.unet import UNet3D
@@ -91,9 +97,10 @@ class Trainer:
     def __init__(self, config: Config, device: str | None = None, progress: bool = True,
                  log: Callable[[str], None] = print):
         self.config = config.validate()
+        self.world = init_distributed()
         self.device = select_device(device)
-        self.progress = progress
-        self.log = log
+        self.progress = progress and self.world.is_main
+        self.log = log if self.world.is_main else (lambda _: None)
         self.out_dir = Path(config.train.out_dir)
         tc = config.train
         if tc.mixed_precision == "fp16":
@@ -148,15 +155,17 @@ class Trainer:
         else:
             value_and_grad = nn.value_and_grad(model, loss_fn)
         micro_state = [model.state, mx.random.state]
+        world = self.world
 
         @partial(mx.compile, inputs=micro_state, outputs=micro_state)
         def micro(x0, states, mask, pooled, u_states, u_mask, u_pooled):
-            b = x0.shape[0]
-            keep = mx.random.uniform(shape=(b,)) >= tc.cond_drop_prob
+            b, n = x0.shape[0], world.world_size
+            # Drawn for the global batch, then this rank's rows: the same numbers everywhere.
+            keep = shard(mx.random.uniform(shape=(b * n,)), world) >= tc.cond_drop_prob
             text = TextBatch(states, mask, pooled).select(keep, TextBatch(u_states, u_mask,
                                                                           u_pooled))
-            t = diffusion.sample_timesteps(b)
-            noise = mx.random.normal(x0.shape)
+            t = shard(diffusion.sample_timesteps(b * n), world)
+            noise = shard(mx.random.normal((b * n, *x0.shape[1:])), world)
             return value_and_grad(x0, text, t, noise)
 
         update_state = [model.state, self.optimizer.state]
@@ -184,7 +193,7 @@ class Trainer:
         return lr
 
     def _optimizer_step(self, grads: Any) -> float:
-        norm = self._update(grads)
+        norm = self._update(average_gradients(grads, self.world))
         mx.eval(self.model.parameters(), self.optimizer.state, norm)
         if not math.isfinite(float(norm)):
             raise diverged(self.out_dir, self.step + 1, float(norm), "gradient norm")
@@ -198,8 +207,9 @@ class Trainer:
         tc = self.config.train
         if tc.batch_size != "auto":
             return int(tc.batch_size), tc.grad_accum
-        micro = find_batch_size(self._probe_step, tc.effective_batch, self.log)
-        return micro, max(1, math.ceil(tc.effective_batch / micro))
+        per_rank = max(1, math.ceil(tc.effective_batch / self.world.world_size))
+        micro = all_min(find_batch_size(self._probe_step, per_rank, self.log), self.world)
+        return micro, max(1, math.ceil(per_rank / micro))
 
     def _probe_step(self, batch: int) -> None:
         """One forward + backward at micro-batch `batch` on random data (weights untouched)."""
@@ -213,7 +223,7 @@ class Trainer:
 
     def _trainer_state(self) -> dict[str, Any]:
         return {"micro_batch": self.micro_batch, "grad_accum": self.grad_accum,
-                "ema_updates": self.ema.updates}
+                "world_size": self.world.world_size, "ema_updates": self.ema.updates}
 
     def save(self) -> Path:
         return save_checkpoint(self.out_dir, self.step, self.config, self.model, self.ema.model,
@@ -226,15 +236,25 @@ class Trainer:
         state = load_trainer_state(checkpoint)
         self.step = int(state["step"])
         self.micro_batch, self.grad_accum = int(state["micro_batch"]), int(state["grad_accum"])
+        self.grad_accum, note = regroup(self.micro_batch, self.grad_accum,
+                                        int(state.get("world_size", 1)), self.world)
+        if note:
+            self.log(note)
         self.ema.updates = int(state["ema_updates"])
         self._build_steps()  # the compiled steps captured the optimizer state it replaced
 
     # ----------------------------------------------------------------------------- training
 
+    @property
+    def clips_per_step(self) -> int:
+        return self.micro_batch * self.grad_accum * self.world.world_size
+
     def _batches(self) -> Iterator[Batch]:
+        start = stream_start(self.step, self.clips_per_step, self.micro_batch, self.world)
         return iter(BatchIterator(self.dataset, self.micro_batch, shuffle=True,
                                   seed=self.config.data.seed, prefetch=self.config.data.prefetch,
-                                  start_batch=self.step * self.grad_accum))
+                                  rank=self.world.rank, world_size=self.world.world_size,
+                                  start_batch=start))
 
     def train(self, resume: bool = False, until: int | None = None) -> TrainResult:
         """Train to `config.train.steps`; `until` stops (with a checkpoint) at an earlier step,
@@ -247,15 +267,19 @@ class Trainer:
             self.log(f"resumed from {checkpoint} at step {self.step}")
         else:
             refuse_existing_run(self.out_dir)
+            barrier(self.world)  # every rank has looked before rank 0 writes
             self.micro_batch, self.grad_accum = self._resolve_batch()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.config.save(self.out_dir / "config.json")
+        main = self.world.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.out_dir / "config.json")
+        ranks = f" x {self.world.world_size} processes" if self.world.enabled else ""
         self.log(f"training on {self.device} with {len(self.dataset)} clips: micro-batch "
-                 f"{self.micro_batch} x {self.grad_accum} accumulation = "
-                 f"{self.micro_batch * self.grad_accum} clips per step")
+                 f"{self.micro_batch} x {self.grad_accum} accumulation{ranks} = "
+                 f"{self.clips_per_step} clips per step")
         result = TrainResult(self.step, micro_batch=self.micro_batch, grad_accum=self.grad_accum)
-        tb = TensorBoardLogger(self.out_dir / "tb")
-        if self.step == 0:
+        tb = TensorBoardLogger(self.out_dir / "tb") if main else None
+        if tb is not None and self.step == 0:
             tb.log_config(self.config.to_dict())
             tb.text("device", "\n".join(f"- {k}: {v}" for k, v in describe_device().items()))
         batches = self._batches()
@@ -274,7 +298,7 @@ class Trainer:
                     grads = g if grads is None else tree_map(mx.add, grads, g)
                 if self.grad_accum > 1:
                     grads = tree_map(lambda g: g / self.grad_accum, grads)
-                loss = float(mx.stack(losses).mean())
+                loss = float(all_mean(mx.stack(losses).mean(), self.world))
                 if not math.isfinite(loss):
                     raise diverged(self.out_dir, self.step + 1, loss, "loss")
                 grad_norm = self._optimizer_step(grads)
@@ -283,21 +307,22 @@ class Trainer:
                 result.losses.append(loss)
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                if self.step % tc.log_every == 0 or self.step == last_step:
+                if tb is not None and (self.step % tc.log_every == 0 or self.step == last_step):
                     tb.scalars({"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                                "train/samples_per_s":
-                                    self.micro_batch * self.grad_accum / seconds}, self.step)
-                if tc.sample_every and self.step % tc.sample_every == 0:
+                                "train/samples_per_s": self.clips_per_step / seconds}, self.step)
+                if tb is not None and tc.sample_every and self.step % tc.sample_every == 0:
                     self.write_samples(tb)
                 if self.step % tc.checkpoint_every == 0 or self.step == last_step:
-                    last_saved = self.save()
+                    last_saved = self.save() if main else None
         except KeyboardInterrupt:
-            last_saved = self.save()
-            self.log(f"interrupted: saved {last_saved}; continue with --resume")
+            if main:
+                last_saved = self.save()
+                self.log(f"interrupted: saved {last_saved}; continue with --resume")
             raise
         finally:
             bar.close()
-            tb.close()
+            if tb is not None:
+                tb.close()
         result.step, result.checkpoint = self.step, last_saved
         return result
 

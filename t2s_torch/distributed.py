@@ -13,28 +13,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place among the training processes (one process: rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 alone writes checkpoints, samples, logs and progress bars."""
-        return self.rank == 0
+from shared.distributed import Distributed
 
 
 def launched_world() -> Distributed:
@@ -106,12 +89,3 @@ def wrap(model: torch.nn.Module, world: Distributed,
         return model
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def shard(global_rows: torch.Tensor, world: Distributed) -> torch.Tensor:
-    """This rank's rows of a tensor drawn for the whole global batch.
-
-    `BatchIterator` gives rank r the clips r, r + N, r + 2N, ... of each global batch, so taking
-    the same stride here pairs every clip with the draw one process would have given it.
-    """
-    return global_rows[world.rank::world.world_size]

@@ -36,6 +36,7 @@ from shared.batching import fitting_batch
 from shared.checkpoint import refuse_existing_run, resolve_checkpoint
 from shared.config import Config
 from shared.data import Batch, BatchIterator, ClipDataset, cache_root
+from shared.distributed import regroup, shard, stream_start
 from shared.errors import diverged
 from shared.lr import warmup_cosine
 from shared.tensorboard import TensorBoardLogger
@@ -65,7 +66,6 @@ from t2s_torch.distributed import (
     init_distributed,
     no_sync,
     rank_device,
-    shard,
     wrap,
 )
 from t2s_torch.sample import generate
@@ -216,7 +216,10 @@ class Trainer:
             group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
         self.step = int(state["step"])
         self.micro_batch, self.grad_accum = int(state["micro_batch"]), int(state["grad_accum"])
-        self.grad_accum = self._regroup(int(state.get("world_size", 1)))
+        self.grad_accum, note = regroup(self.micro_batch, self.grad_accum,
+                                        int(state.get("world_size", 1)), self.world)
+        if note:
+            self.log(note)
         self.ema.updates = int(state["ema_updates"])
         if "generator" in state:
             self.generator.set_state(decode_bytes(state["generator"]))
@@ -230,21 +233,6 @@ class Trainer:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
-    def _regroup(self, saved_world: int) -> int:
-        """Gradient accumulation for a run resumed on a different number of processes: the
-        global batch (clips per optimizer step) stays what it was when it divides evenly."""
-        if saved_world == self.world.world_size:
-            return self.grad_accum
-        clips = self.micro_batch * self.grad_accum * saved_world
-        per_step = self.micro_batch * self.world.world_size
-        if clips % per_step:
-            self.log(f"resumed on {self.world.world_size} process(es) from a run on "
-                     f"{saved_world}: {clips} clips per step cannot be kept at micro-batch "
-                     f"{self.micro_batch}; the step now takes "
-                     f"{per_step * self.grad_accum} clips")
-            return self.grad_accum
-        return clips // per_step
-
     # ----------------------------------------------------------------------------- training
 
     @property
@@ -252,9 +240,7 @@ class Trainer:
         return self.micro_batch * self.grad_accum * self.world.world_size
 
     def _batches(self) -> Iterator[Batch]:
-        # The position in the data stream is counted in clips, so a run resumed on another
-        # number of processes continues where the global stream stopped.
-        start = self.step * self.clips_per_step // (self.micro_batch * self.world.world_size)
+        start = stream_start(self.step, self.clips_per_step, self.micro_batch, self.world)
         return iter(BatchIterator(self.dataset, self.micro_batch, shuffle=True,
                                   seed=self.config.data.seed, prefetch=self.config.data.prefetch,
                                   rank=self.world.rank, world_size=self.world.world_size,

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from shared.distributed import Distributed
 from shared.toy import make_toy_dataset
-from t2s_torch.distributed import Distributed, launched_world
+from t2s_torch.distributed import launched_world
 
 TOOL = str(Path(sys.executable).parent / "t2s-torch")
 COMMON = ("--preset", "tiny", "--quiet", "--set", "data.num_frames=2", "--set",
