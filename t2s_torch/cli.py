@@ -7,6 +7,7 @@ calls this package's library functions: `t2s_torch.train`, `.sample`, `.doctor`.
 from __future__ import annotations
 
 from shared.cli import make_group
+from t2s_torch.tav.cli import finetune_tav_command, sample_tav_command
 
 main = make_group(
     "t2s-torch",
@@ -14,6 +15,8 @@ main = make_group(
     "text in, a short sign-language video out.",
     backend="t2s_torch",
 )
+main.add_command(finetune_tav_command)
+main.add_command(sample_tav_command)
 
 if __name__ == "__main__":
     main()
