@@ -1,0 +1,57 @@
+"""Which sampler to default to: from the same starting noise on a trained model, how close do
+DPM-Solver++ (20 steps) and DDIM (50 steps) land to the 500-step DDIM solution, and how fast.
+
+    python benchmarks/run.py --quality runs/demo/run-toy/checkpoints/latest
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from shared.toy import sample_prompts
+
+REFERENCE = ("ddim", 500)
+CANDIDATES = (("ddim", 50), ("dpm++", 20))
+
+
+def quality_notes(checkpoint: Path, log: Callable[[str], None], num_prompts: int = 4
+                  ) -> list[str]:
+    import torch
+
+    from t2s_torch.checkpoint import load_model
+    from t2s_torch.diffusion import TextBatch
+    from t2s_torch.sample import generate
+    from t2s_torch.text_encoder import TextEncoder
+
+    device = torch.device("cpu")
+    config, model, path = load_model(checkpoint, device)
+    prompts = sample_prompts(num_prompts, seed=0)
+    encoder = TextEncoder(config.text, device=device)
+    text = TextBatch(*encoder.encode(prompts))
+    uncond = TextBatch(*encoder.empty_embedding(len(prompts)))
+    d = config.data
+    shape = (len(prompts), d.num_frames, d.image_size, d.image_size, config.model.out_channels)
+
+    def run(sampler: str, steps: int) -> tuple[np.ndarray, float]:
+        sample = dataclasses.replace(config.sample, sampler=sampler, steps=steps, eta=0.0)
+        log(f"quality: {sampler} {steps} steps on {path.name}")
+        start = time.perf_counter()
+        video = generate(model, config.diffusion, sample, text, uncond, shape, seed=7,
+                         device=device)
+        return video, (time.perf_counter() - start) / len(prompts)
+
+    reference, ref_s = run(*REFERENCE)
+    lines = [f"- sampler quality on {path} (guidance {config.sample.guidance}, {num_prompts} "
+             f"prompts, same starting noise): {REFERENCE[0]} {REFERENCE[1]} steps "
+             f"{ref_s:.2f} s/video is the reference"]
+    for sampler, steps in CANDIDATES:
+        video, seconds = run(sampler, steps)
+        rmse = float(np.sqrt(np.mean((video - reference) ** 2)))
+        lines.append(f"  - {sampler} {steps} steps: RMSE to the reference {rmse:.4f}, "
+                     f"{seconds:.3f} s/video")
+    return lines

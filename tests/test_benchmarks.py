@@ -1,0 +1,57 @@
+"""`benchmarks/run.py --quick`: the CI smoke run. No speed assertions (the machine is shared);
+what must hold is the bookkeeping: every row present, every figure finite, the derived figures
+consistent with the measured ones and with the analytic FLOP count."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.config import apply_overrides, preset
+from shared.flops import num_parameters, training_flops_per_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_reports_every_row_consistently(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
+                             "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["ceilings"]) == {"torch/cpu", "mlx/cpu"}
+    for ceiling in report["ceilings"].values():
+        assert ceiling["matmul_gflops"] > 0 and ceiling["conv3d_gflops"] > 0
+
+    rows = report["rows"]
+    ours = [r for r in rows if r["model"] == "ours"]
+    assert {(r["backend"], r["conv_mode"], r["checkpointing"]) for r in ours} == {
+        (b, m, c) for b in ("torch", "mlx") for m, c in
+        (("factorized", False), ("factorized", True), ("full", False))}
+    assert [r["backend"] for r in rows if r["model"] != "ours"] == ["torch"]  # the peer
+    for r in rows:
+        assert math.isfinite(r["step_s"]) and r["step_s"] > 0 and r["peak_bytes"] > 0
+        assert r["samples_per_s"] == pytest.approx(r["batch"] / r["step_s"])
+        assert r["achieved_gflops"] == pytest.approx(
+            r["train_flops_per_sample"] * r["samples_per_s"] / 1e9)
+        ceiling = report["ceilings"][f"{r['backend']}/{r['device']}"]
+        best = max(ceiling["matmul_gflops"], ceiling["conv3d_gflops"])
+        assert r["mfu"] == pytest.approx(r["achieved_gflops"] / best)
+    for r in ours:
+        config = apply_overrides(preset("tiny"), [f"model.conv_mode={r['conv_mode']}"])
+        flops = training_flops_per_sample(config)
+        assert r["train_flops_per_sample"] == (flops * 4 // 3 if r["checkpointing"] else flops)
+        assert r["params"] == num_parameters(config)
+        assert (r["nfe_s"] is None) == r["checkpointing"]  # sampling timed once per model
+    # the markdown table on stdout carries every row and the comparisons
+    table = [line for line in result.stdout.splitlines() if line.startswith("| torch/cpu |")
+             or line.startswith("| mlx/cpu |")]
+    assert len(table) == len(rows) + 2  # + the two ceiling rows
+    assert "gradient checkpointing takes" in result.stdout
+    assert "UNet3DConditionModel" in result.stdout
