@@ -1,7 +1,7 @@
 """What latent mode costs and saves: the real-size Stable Diffusion VAE on one clip, both backends.
 
     python benchmarks/vae.py [--frames 28] [--size 128] [--skip-mlx] [--mlx-budget 300]
-                             [--json FILE]
+                             [--threads N] [--json FILE]
 
 Builds an AutoencoderKL with the SD VAE's architecture (block_out_channels 128/256/512/512,
 layers_per_block 2, latent_channels 4, norm_num_groups 32; the config is written here by hand, no
@@ -52,7 +52,8 @@ def build_vae(folder: Path) -> None:
     AutoencoderKL(**SD_VAE).save_pretrained(folder)
 
 
-def child(backend: str, folder: str, frames: int, size: int, budget: float) -> dict:
+def child(backend: str, folder: str, frames: int, size: int, budget: float,
+          threads: int = 0) -> dict:
     """Encode + decode one clip in this process; a JSON-able report."""
     import numpy as np
 
@@ -64,6 +65,8 @@ def child(backend: str, folder: str, frames: int, size: int, budget: float) -> d
 
         from t2s_torch.vae import LatentVAE
 
+        if threads:
+            torch.set_num_threads(threads)
         vae = LatentVAE.from_pretrained(folder, device="cpu")
         report["threads"] = torch.get_num_threads()
         from torch.utils.flop_counter import FlopCounterMode
@@ -125,12 +128,15 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--skip-mlx", action="store_true")
     parser.add_argument("--mlx-budget", type=float, default=300.0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", nargs=2, metavar=("BACKEND", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.frames, args.size,
-                               args.mlx_budget if args.child[0] == "mlx" else float("inf"))))
+                               args.mlx_budget if args.child[0] == "mlx" else float("inf"),
+                               args.threads)))
         return 0
 
     results = {"flops": flops_ratio(args.frames, args.size), "load_average": os.getloadavg()}
@@ -147,7 +153,8 @@ def main() -> int:
                 continue
             out = subprocess.run(
                 [sys.executable, __file__, "--child", backend, tmp, "--frames", str(args.frames),
-                 "--size", str(args.size), "--mlx-budget", str(args.mlx_budget)],
+                 "--size", str(args.size), "--mlx-budget", str(args.mlx_budget),
+                 "--threads", str(args.threads)],
                 capture_output=True, text=True)
             if out.returncode:
                 print(f"{backend}: failed\n{out.stderr[-2000:]}")

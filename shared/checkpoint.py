@@ -15,8 +15,10 @@ place, `latest` is a one-line pointer file replaced atomically after the rename,
 keeps the newest `keep_last`. A crash at any moment leaves `latest` on a complete checkpoint.
 
 The layout rule is the one table the converters need: parameter keys are identical in both
-backends, and only 5-D tensors (conv weights) differ, torch (O, I, kF, kH, kW) against MLX
-(O, kF, kH, kW, I).
+backends, and only conv weights differ: 5-D, torch (O, I, kF, kH, kW) against MLX
+(O, kF, kH, kW, I) (the 3D UNet); 4-D, torch (O, I, kH, kW) against MLX (O, kH, kW, I) (the 2D
+convs of a latent-mode VAE, read from diffusers' files by the MLX port). The UNet has no 4-D
+tensors, so the 4-D entry never touches its checkpoints.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 LAYOUTS = ("torch", "mlx")
 
 # Conv weight permutations between the layouts, by tensor rank (the one layout table).
-TORCH_TO_MLX_AXES = {5: (0, 2, 3, 4, 1)}
-MLX_TO_TORCH_AXES = {5: (0, 4, 1, 2, 3)}
+TORCH_TO_MLX_AXES = {5: (0, 2, 3, 4, 1), 4: (0, 2, 3, 1)}
+MLX_TO_TORCH_AXES = {5: (0, 4, 1, 2, 3), 4: (0, 3, 1, 2)}
 
 
 class CheckpointError(RuntimeError):

@@ -198,6 +198,42 @@ def data_prepare_command(source, out, segments, columns, frames, keep_fps, heigh
     click.echo(summary.format())
 
 
+@data_group.command("encode")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--vae", required=True, metavar="PATH_OR_ID",
+              help="The diffusers AutoencoderKL to encode with: a local folder, or a Hugging "
+                   "Face id (from the local cache; downloaded only when online); train with the "
+                   "same --vae.")
+@click.option("--preset", "preset_name", type=click.Choice(PRESETS), default=None,
+              help="The preset you will train with: it sets frames and size (default: small).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="A config.json instead of a preset.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Override a field, as for train (e.g. --set data.image_size=256).")
+@click.option("--device", default=None, help="Device to encode on (default: the best available).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def data_encode_command(data_dir, vae, preset_name, config_file, overrides, device,
+                        quiet) -> None:
+    """Encode every clip of DATA_DIR to VAE latents once, for latent-mode training.
+
+    \b
+    Example (t2s-mlx takes the same):
+      t2s-torch data encode data/how2sign --vae stabilityai/sd-vae-ft-mse --preset small
+
+    Latents go beside the decoded-clip cache (DATA_DIR/.t2s_cache/latents-v1-<vae hash>-f<F>-s<S>)
+    and are reused by `train --vae`; an interrupted run resumes, and an edited clip, another
+    frame count or size, or another VAE is re-encoded. Training encodes whatever is missing by
+    itself; this verb only lets you pay for it up front (e.g. on a bigger machine).
+    """
+    from shared.latents import encode_data
+
+    flags = (f"data.data_dir={data_dir}", f"data.vae={vae}", "diffusion.clip_sample=false")
+    config = load_config(preset_name, config_file, flags + tuple(overrides))
+    latent_vae = backend_module("vae").LatentVAE
+    click.echo(encode_data(config, lambda: latent_vae.from_pretrained(vae, device=device),
+                           progress=not quiet))
+
+
 @data_group.command("stats")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--labels", "labels_file", default=None,
@@ -342,6 +378,11 @@ def train_options(f):
                           "optimizer, EMA, data order and random state."),
         click.option("--strict", is_flag=True,
                      help="Stop at the first bad clip instead of skipping it with a warning."),
+        click.option("--vae", default=None, metavar="PATH_OR_ID",
+                     help="Latent mode: train on the latents of this diffusers AutoencoderKL "
+                          "(a local folder, or a Hugging Face id such as "
+                          "stabilityai/sd-vae-ft-mse, from the local cache when offline). Sets "
+                          "diffusion.clip_sample=false."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -352,7 +393,8 @@ def train_options(f):
 def build_train_config(preset_name: str | None, config_file: str | None, data_dir: str | None,
                        out_dir: str | None, steps: int | None, batch_size: str | None,
                        lr: float | None, overrides: tuple[str, ...], resume: bool,
-                       strict: bool, mixed_precision: str | None = None) -> Config:
+                       strict: bool, mixed_precision: str | None = None,
+                       vae: str | None = None) -> Config:
     """The run's config: a preset or file (with --resume, the run's own config.json), then the
     dedicated flags, then --set overrides; validated."""
     run_config = Path(out_dir or "runs/train") / "config.json"
@@ -368,6 +410,8 @@ def build_train_config(preset_name: str | None, config_file: str | None, data_di
     flags += [f"train.lr={lr}"] if lr else []
     flags += ["data.strict=true"] if strict else []
     flags += [f"train.mixed_precision={mixed_precision}"] if mixed_precision else []
+    # latents are not bounded to [-1, 1], so the sampler must not clip them
+    flags += [f"data.vae={vae}", "diffusion.clip_sample=false"] if vae else []
     return load_config(preset_name, config_file, tuple(flags) + tuple(overrides))
 
 
@@ -411,7 +455,7 @@ def build_sample_config(base: Config, seed: int | None, num_samples: int | None,
 @train_options
 @click.pass_context
 def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch_size, lr,
-                  mixed_precision, overrides, device, resume, strict, quiet) -> None:
+                  mixed_precision, overrides, device, resume, strict, vae, quiet) -> None:
     """Train the 3D UNet on a folder of captioned clips.
 
     \b
@@ -425,7 +469,7 @@ def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch
     (`tensorboard --logdir RUN/tb`). Ctrl-C saves a checkpoint first; --resume continues exactly.
     """
     config = build_train_config(preset_name, config_file, data_dir, out_dir, steps, batch_size,
-                                lr, overrides, resume, strict, mixed_precision)
+                                lr, overrides, resume, strict, mixed_precision, vae)
     trainer = backend_module("train").Trainer(config, device=device, progress=not quiet,
                                               log=click.echo)
     result = trainer.train(resume=resume)

@@ -92,6 +92,18 @@ class DataConfig:
     # Where decoded clips are cached; None = `<data_dir>/.t2s_cache`.
     cache_dir: str | None = None
     prefetch: int = 4
+    # Latent mode: a diffusers AutoencoderKL (local folder or Hugging Face id) whose latents the
+    # UNet models instead of pixels; "" = pixel mode. `vae_hash` (its weights' hash) and
+    # `vae_downsample` (pixels per latent side) are filled in when training starts, so a
+    # checkpoint names the exact VAE its latents belong to.
+    vae: str = ""
+    vae_hash: str = ""
+    vae_downsample: int = 8
+
+    @property
+    def model_size(self) -> int:
+        """The spatial size the UNet works at: image_size, or its latent size in latent mode."""
+        return self.image_size // self.vae_downsample if self.vae else self.image_size
 
 
 @dataclass
@@ -199,7 +211,22 @@ class Config:
                f"model.conv_mode={m.conv_mode!r}: use 'factorized' or 'full'")
         _check(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
         _check(m.in_channels >= 1 and m.out_channels >= 1, "model channels must be >= 1")
+        bound = bool(data.vae and data.vae_hash)  # sizes are the VAE's once it was read
+        if bound:
+            _check(data.vae_downsample >= 1 and data.image_size % data.vae_downsample == 0,
+                   f"data.image_size={data.image_size} is not divisible by the VAE's "
+                   f"downsampling {data.vae_downsample}; use a multiple of it")
+        if data.vae:
+            _check(not d.clip_sample,
+                   "latent mode (data.vae set) needs diffusion.clip_sample=false: latents are "
+                   "not bounded to [-1, 1] (--vae sets it; or --set diffusion.clip_sample=false)")
         factor = 2 ** (m.num_levels - 1)
+        if bound:
+            _check(data.model_size % factor == 0,
+                   f"latent size {data.model_size} (data.image_size={data.image_size} / VAE "
+                   f"downsampling {data.vae_downsample}) is not divisible by 2**"
+                   f"{m.num_levels - 1}={factor}; use an image_size that is a multiple of "
+                   f"{factor * data.vae_downsample}")
         _check(data.image_size % factor == 0,
                f"data.image_size={data.image_size} is not divisible by 2**{m.num_levels - 1}"
                f"={factor} (one halving per extra model level); use a multiple of {factor}")

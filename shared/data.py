@@ -337,13 +337,27 @@ class ClipDataset:
     def captions(self) -> list[str]:
         return [c.caption for c in self.clips]
 
+    @property
+    def arrays(self) -> list[Path]:
+        """The cached `.npy` behind each item (uint8 pixels, unless `serve_arrays` changed it)."""
+        return list(self._arrays)
+
+    def serve_arrays(self, paths: Sequence[Path]) -> None:
+        """Serve other cached arrays for the same clips, in the same order: latent mode's
+        float16 latents (F, h, w, C) instead of uint8 pixels (see `shared.latents`)."""
+        if len(paths) != len(self._arrays):
+            raise ValueError(f"{len(paths)} arrays for {len(self._arrays)} clips")
+        self._arrays = list(paths)
+
 
 # ---------------------------------------------------------------- batches
 
 
 @dataclass
 class Batch:
-    video: np.ndarray  # uint8 (B, F, S, S, 3); the model's [-1, 1] is the device's first op
+    # uint8 (B, F, S, S, 3), the model's [-1, 1] being the device's first op; in latent mode
+    # float16 latents (B, F, h, w, C), used as they are
+    video: np.ndarray
     captions: list[str]
     indices: np.ndarray  # int64 (B,), positions in the dataset
 

@@ -39,6 +39,7 @@ from shared.config import Config
 from shared.data import Batch, BatchIterator, ClipDataset, cache_root
 from shared.distributed import regroup, shard, stream_start
 from shared.errors import diverged
+from shared.latents import bind_vae, check_vae, use_latents
 from shared.lr import warmup_cosine
 from shared.tensorboard import TensorBoardLogger
 from shared.video import to_uint8, write_grid
@@ -55,6 +56,7 @@ from t2s_mlx.distributed import all_mean, all_min, average_gradients, barrier, i
 from t2s_mlx.sample import generate
 from t2s_mlx.text_encoder import TextEncoder
 from t2s_mlx.unet import UNet3D
+from t2s_mlx.vae import LatentVAE
 
 
 class EMA:
@@ -87,7 +89,10 @@ class TrainResult:
 
 
 def to_model_input(video: np.ndarray) -> mx.array:
-    """uint8 (B, F, H, W, C) numpy -> float32 (B, F, H, W, C) in [-1, 1] (channels-last)."""
+    """uint8 (B, F, H, W, C) numpy -> float32 (B, F, H, W, C) in [-1, 1] (channels-last); cached
+    latents (float16, latent mode) are already what the model trains on and are only widened."""
+    if video.dtype != np.uint8:
+        return mx.array(video).astype(mx.float32)
     return mx.array(video).astype(mx.float32) * (1 / 127.5) - 1.0
 
 
@@ -96,6 +101,8 @@ class Trainer:
 
     def __init__(self, config: Config, device: str | None = None, progress: bool = True,
                  log: Callable[[str], None] = print):
+        if config.data.vae:  # latent mode: channels and sizes come from the VAE
+            bind_vae(config)
         self.config = config.validate()
         self.world = init_distributed()
         self.device = select_device(device)
@@ -110,6 +117,11 @@ class Trainer:
                              "--set train.mixed_precision=bf16 (or no)")
 
         self.dataset = ClipDataset(config.data, split="train", progress=progress)
+        self._vae: LatentVAE | None = None
+        if config.data.vae:
+            use_latents(self.dataset, config.data.vae_hash, lambda clip: self.vae.encode(clip),
+                        progress=self.progress, rank=self.world.rank,
+                        world_size=self.world.world_size, barrier=lambda: barrier(self.world))
         text_cache = cache_root(config.data).parent / "text"
         self.encoder = TextEncoder(config.text, cache_dir=text_cache)
         self.encoder.check_context_dim(config.model.context_dim)
@@ -129,6 +141,15 @@ class Trainer:
         self.step = 0
         self.micro_batch, self.grad_accum = 0, 1
         self._build_steps()
+
+    @property
+    def vae(self) -> LatentVAE:
+        """Latent mode's VAE, loaded on first use: to encode clips not in the latent cache yet,
+        and to decode samples."""
+        if self._vae is None:
+            self._vae = LatentVAE.from_pretrained(self.config.data.vae)
+            check_vae(self.config, self._vae.hash, self._vae.info.path)
+        return self._vae
 
     # ----------------------------------------------------------------------------- text
 
@@ -213,7 +234,7 @@ class Trainer:
 
     def _probe_step(self, batch: int) -> None:
         """One forward + backward at micro-batch `batch` on random data (weights untouched)."""
-        d, s = self.config.data, self.config.data.image_size
+        d, s = self.config.data, self.config.data.model_size
         x0 = mx.random.normal((batch, d.num_frames, s, s, self.config.model.in_channels))
         u = self._uncond(batch)
         loss, grads = self._micro(x0, u.states, u.mask, u.pooled, u.states, u.mask, u.pooled)
@@ -333,10 +354,11 @@ class Trainer:
         d = self.config.data
         text = TextBatch(*self.encoder.encode(prompts))
         uncond = self._uncond(len(prompts))
-        shape = (len(prompts), d.num_frames, d.image_size, d.image_size,
+        shape = (len(prompts), d.num_frames, d.model_size, d.model_size,
                  self.config.model.out_channels)
+        decode = self.vae.decode_video if d.vae else None
         videos = generate(self.ema.model, self.config.diffusion, self.config.sample, text,
-                          uncond, shape, seed=self.config.sample.seed)
+                          uncond, shape, seed=self.config.sample.seed, decode=decode)
         clips = [to_uint8(v) for v in videos]
         path = write_grid(self.out_dir / "samples" / f"step_{self.step:07d}.gif", clips, prompts,
                           fps=self.config.sample.fps)

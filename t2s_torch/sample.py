@@ -7,13 +7,14 @@ the shared numpy noise stream (channels-last) onto the device (channels-first).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from shared.config import DiffusionConfig, SampleConfig
+from shared.config import Config, DiffusionConfig, SampleConfig
 from shared.sampling import cfg_combine, make_sampler_table, numpy_noise, step
 from shared.video import to_uint8, write_sample_folder
 from t2s_torch.diffusion import TextBatch
@@ -48,12 +49,15 @@ def guided_prediction(model: torch.nn.Module, x: torch.Tensor, t: int, text: Tex
 def generate(model: torch.nn.Module, diffusion: DiffusionConfig, sample: SampleConfig,
              text: TextBatch, uncond: TextBatch | None, shape: tuple[int, int, int, int, int],
              seed: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-             progress: bool = False) -> np.ndarray:
+             progress: bool = False,
+             decode: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Sample videos for `text` (one per row); return float32 (B, F, H, W, C) in [-1, 1].
 
     `shape` is channels-last (B, F, H, W, C). `uncond` is the empty caption's embedding with the
     same batch size (None: no guidance). Every random number comes from
     `shared.sampling.numpy_noise(seed)`, so the result is the same on any device and backend.
+    `decode` is latent mode's hook: it maps the sampled latents (channels-last, unclipped) to
+    frames in [-1, 1] (`LatentVAE.decode_video`).
     """
     device = torch.device(device)
     table = make_sampler_table(diffusion, sample)
@@ -73,16 +77,21 @@ def generate(model: torch.nn.Module, diffusion: DiffusionConfig, sample: SampleC
                               prev_x0=prev_x0)
     finally:
         model.train(was_training)
+    if decode is not None:
+        return decode(to_channels_last(x))
     return np.clip(to_channels_last(x), -1.0, 1.0)
 
 
 def sample_checkpoint(checkpoint: str | Path, prompts: list[str], out_dir: str | Path,
                       sample: SampleConfig | None = None, device: str | None = None,
-                      use_ema: bool = True, progress: bool = True) -> list[Path]:
+                      use_ema: bool = True, progress: bool = True,
+                      vae: str | None = None) -> list[Path]:
     """Load a checkpoint, sample `sample.num_samples` videos per prompt, write GIFs + a grid.
 
     Samples are drawn as one batch, prompt-major (all samples of prompt 0 first), from the
     seed's numpy noise stream: the same checkpoint and seed give the same files on any device.
+    A latent-mode checkpoint names its VAE (`data.vae`; `vae` points elsewhere, e.g. a local
+    copy) and the hash of its weights: any other VAE is refused.
     """
     from t2s_torch.checkpoint import load_model
     from t2s_torch.device import select_device
@@ -100,7 +109,20 @@ def sample_checkpoint(checkpoint: str | Path, prompts: list[str], out_dir: str |
     text = TextBatch(*encoder.encode(captions))
     uncond = TextBatch(*encoder.empty_embedding(len(captions)))
     d = config.data
-    shape = (len(captions), d.num_frames, d.image_size, d.image_size, config.model.out_channels)
+    decode = load_decoder(config, vae, dev) if d.vae else None
+    shape = (len(captions), d.num_frames, d.model_size, d.model_size, config.model.out_channels)
     videos = generate(model, config.diffusion, sample, text, uncond, shape, seed=sample.seed,
-                      device=dev, progress=progress)
+                      device=dev, progress=progress, decode=decode)
     return write_sample_folder(out_dir, [to_uint8(v) for v in videos], captions, sample.fps)
+
+
+def load_decoder(config: Config, vae: str | None, device: torch.device
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    """Latent mode's decode hook: the checkpoint's VAE (or `vae`), refused unless its weights'
+    hash is the one the checkpoint was trained with."""
+    from shared.latents import check_vae
+    from t2s_torch.vae import LatentVAE
+
+    latent_vae = LatentVAE.from_pretrained(vae or config.data.vae, device=device)
+    check_vae(config, latent_vae.hash, latent_vae.info.path)
+    return latent_vae.decode_video

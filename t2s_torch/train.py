@@ -38,6 +38,7 @@ from shared.config import Config
 from shared.data import Batch, BatchIterator, ClipDataset, cache_root
 from shared.distributed import regroup, shard, stream_start
 from shared.errors import diverged
+from shared.latents import bind_vae, check_vae, use_latents
 from shared.lr import warmup_cosine
 from shared.tensorboard import TensorBoardLogger
 from shared.video import to_uint8, write_grid
@@ -71,6 +72,7 @@ from t2s_torch.distributed import (
 from t2s_torch.sample import generate
 from t2s_torch.text_encoder import TextEncoder
 from t2s_torch.unet import UNet3D
+from t2s_torch.vae import LatentVAE
 
 
 class EMA:
@@ -103,8 +105,11 @@ class TrainResult:
 
 
 def to_model_input(video: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (B, F, H, W, C) numpy -> float32 (B, C, F, H, W) in [-1, 1] on the device."""
+    """uint8 (B, F, H, W, C) numpy -> float32 (B, C, F, H, W) in [-1, 1] on the device; cached
+    latents (float16, latent mode) are already what the model trains on and are only widened."""
     x = torch.from_numpy(np.ascontiguousarray(video)).to(device, non_blocking=True)
+    if x.dtype != torch.uint8:
+        return x.permute(0, 4, 1, 2, 3).float()
     return x.permute(0, 4, 1, 2, 3).float().mul_(1 / 127.5).sub_(1.0)
 
 
@@ -113,6 +118,8 @@ class Trainer:
 
     def __init__(self, config: Config, device: str | None = None, progress: bool = True,
                  log: Callable[[str], None] = print):
+        if config.data.vae:  # latent mode: channels and sizes come from the VAE
+            bind_vae(config)
         self.config = config.validate()
         self.world = init_distributed(select_device(device))
         self.device = rank_device(select_device(device), self.world)
@@ -125,6 +132,11 @@ class Trainer:
             self.device, tc.mixed_precision) else None
 
         self.dataset = ClipDataset(config.data, split="train", progress=progress)
+        self._vae: LatentVAE | None = None
+        if config.data.vae:
+            use_latents(self.dataset, config.data.vae_hash, lambda clip: self.vae.encode(clip),
+                        progress=self.progress, rank=self.world.rank,
+                        world_size=self.world.world_size, barrier=lambda: barrier(self.world))
         text_cache = cache_root(config.data).parent / "text"
         self.encoder = TextEncoder(config.text, device=self.device, cache_dir=text_cache)
         self.encoder.check_context_dim(config.model.context_dim)
@@ -144,6 +156,15 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)
         self.step = 0
         self.micro_batch, self.grad_accum = 0, 1
+
+    @property
+    def vae(self) -> LatentVAE:
+        """Latent mode's VAE, loaded on first use: to encode clips not in the latent cache yet,
+        and to decode samples."""
+        if self._vae is None:
+            self._vae = LatentVAE.from_pretrained(self.config.data.vae, device=self.device)
+            check_vae(self.config, self._vae.hash, self._vae.info.path)
+        return self._vae
 
     # ----------------------------------------------------------------------------- text
 
@@ -174,7 +195,7 @@ class Trainer:
 
     def _probe_step(self, batch: int) -> None:
         """One forward + backward at micro-batch `batch` on random data (weights untouched)."""
-        d, s = self.config.data, self.config.data.image_size
+        d, s = self.config.data, self.config.data.model_size
         x = torch.randn(batch, self.config.model.in_channels, d.num_frames, s, s,
                         device=self.device)
         text = self._uncond(batch)
@@ -366,10 +387,12 @@ class Trainer:
         d = self.config.data
         text = TextBatch(*self.encoder.encode(prompts))
         uncond = self._uncond(len(prompts))
-        shape = (len(prompts), d.num_frames, d.image_size, d.image_size,
+        shape = (len(prompts), d.num_frames, d.model_size, d.model_size,
                  self.config.model.out_channels)
+        decode = self.vae.decode_video if d.vae else None
         videos = generate(self.ema.model, self.config.diffusion, self.config.sample, text,
-                          uncond, shape, seed=self.config.sample.seed, device=self.device)
+                          uncond, shape, seed=self.config.sample.seed, device=self.device,
+                          decode=decode)
         clips = [to_uint8(v) for v in videos]
         path = write_grid(self.out_dir / "samples" / f"step_{self.step:07d}.gif", clips, prompts,
                           fps=self.config.sample.fps)
