@@ -35,6 +35,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import RESULT_PREFIX, Job, job_config  # noqa: E402
 from shared.flops import num_parameters, training_flops_per_sample  # noqa: E402
 
+# Latent mode as the Stable Diffusion VAE makes it: 8x smaller per side, 4 channels. The UNet
+# work is all that changes (the clips are encoded once, before training).
+VAE_FACTOR, VAE_CHANNELS = 8, 4
 DEFAULT_BATCH = {"tiny": 4, "toy": 16, "toy-long": 16, "small": 1, "base": 1}
 SAMPLERS = (("ddim", 50), ("dpm++", 20))
 
@@ -118,6 +121,8 @@ class Plan:
     bf16_on_gpu: bool
     timeout: float
     ceiling_scale: int = 1
+    latent: bool = False
+    threads: int = 0
 
 
 def measure(plan: Plan, log) -> dict[str, Any]:
@@ -127,7 +132,8 @@ def measure(plan: Plan, log) -> dict[str, Any]:
     for backend, device in plan.targets:
         log(f"{backend}/{device}: device ceiling (matmul, conv3d)")
         peak = run_child(Job("peak", backend, device, repeats=max(3, plan.repeats),
-                             ceiling_scale=plan.ceiling_scale), plan.timeout)
+                             threads=plan.threads, ceiling_scale=plan.ceiling_scale),
+                         plan.timeout)
         ceilings[f"{backend}/{device}"] = peak
         precisions = ["no"] + (["bf16"] if plan.bf16_on_gpu and device in ("cuda", "gpu")
                                else [])
@@ -143,7 +149,7 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                     variants = [False, True] if (plan.checkpointing and i == 0) else [False]
                     for ckpt in variants:
                         job = Job("train", backend, device, preset_name, mode, ckpt, precision,
-                                  batch, plan.warmup, plan.repeats)
+                                  batch, plan.warmup, plan.repeats, plan.threads)
                         log(f"{backend}/{device}: train {preset_name} {mode}"
                             f"{' +checkpointing' if ckpt else ''} {precision} batch {batch}")
                         rows.append(train_row(job, run_child(job, plan.timeout), peak))
@@ -153,9 +159,21 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                                                plan.timeout)
                             rows[-1].nfe_s = sample["nfe_s"]
                             rows[-1].extra["sample_peak_bytes"] = sample["peak_bytes"]
+                if plan.latent:
+                    size = job_config(Job("train", preset=preset_name)).data.image_size
+                    job = Job("train", backend, device, preset_name, plan.conv_modes[0], False,
+                              precision, batch, plan.warmup, plan.repeats, plan.threads,
+                              overrides=[f"data.image_size={size // VAE_FACTOR}",
+                                         f"model.in_channels={VAE_CHANNELS}",
+                                         f"model.out_channels={VAE_CHANNELS}"])
+                    log(f"{backend}/{device}: train {preset_name} latent "
+                        f"({size // VAE_FACTOR}² x {VAE_CHANNELS})")
+                    rows.append(train_row(job, run_child(job, plan.timeout), peak))
+                    rows[-1].model = f"ours, latent /{VAE_FACTOR}"
                 if plan.peer and backend == "torch":
                     job = Job("peer", backend, device, preset_name, plan.conv_modes[0], False,
-                              precision, batch, plan.warmup, plan.repeats, count_flops=True)
+                              precision, batch, plan.warmup, plan.repeats, plan.threads,
+                              count_flops=True)
                     log(f"{backend}/{device}: peer diffusers UNet3DConditionModel {preset_name}")
                     rows.append(peer_row(job, run_child(job, plan.timeout)))
     return {"ceilings": ceilings, "rows": rows, "notes": notes}
@@ -208,7 +226,7 @@ def comparisons(rows: list[Row]) -> list[str]:
     lines = []
     ours = [r for r in rows if r.model == "ours"]
     for r in rows:
-        if r.model != "ours":
+        if r.model.startswith("diffusers"):
             mine = next((o for o in ours if (o.backend, o.device, o.preset, o.precision) ==
                          (r.backend, r.device, r.preset, r.precision) and not o.checkpointing),
                         None)
@@ -219,6 +237,19 @@ def comparisons(rows: list[Row]) -> list[str]:
                     f"UNet3DConditionModel at {mine.train_flops_per_sample / 1e9:.0f} vs "
                     f"{r.train_flops_per_sample / 1e9:.0f} GFLOP/clip, with "
                     f"{mine.peak_bytes / max(r.peak_bytes, 1):.2f}x its peak memory")
+    for r in rows:
+        if r.model.startswith("ours, latent"):
+            pixel = next((o for o in ours if (o.backend, o.device, o.preset, o.conv_mode,
+                                              o.precision) ==
+                          (r.backend, r.device, r.preset, r.conv_mode, r.precision)
+                          and not o.checkpointing), None)
+            if pixel:
+                lines.append(
+                    f"- {r.backend}/{r.device} {r.preset}: latent mode trains "
+                    f"{r.samples_per_s / pixel.samples_per_s:.0f}x the clips/s of pixel mode "
+                    f"({r.train_flops_per_sample / 1e9:.0f} vs "
+                    f"{pixel.train_flops_per_sample / 1e9:.0f} GFLOP/clip; the VAE's one-off "
+                    "encoding excluded: benchmarks/vae.py)")
     for r in ours:
         if r.checkpointing:
             off = next((o for o in ours if (o.backend, o.device, o.preset, o.conv_mode,
@@ -335,6 +366,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-checkpointing", action="store_true",
                    help="skip the gradient-checkpointing row")
     p.add_argument("--no-bf16", action="store_true", help="fp32 only on GPUs")
+    p.add_argument("--latent", action="store_true",
+                   help="add latent-mode rows (the UNet on SD-VAE latents: /8 per side, 4 ch)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per measurement (default: torch's own choice)")
     p.add_argument("--data", action="store_true",
                    help="also time cached data loading against the training step")
     p.add_argument("--quality", type=Path, default=None, metavar="CHECKPOINT",
@@ -355,7 +390,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 args.repeats or (2 if args.quick else 3), args.warmup, batch,
                 peer=not args.no_peer, sampling=not args.no_sampling,
                 checkpointing=not args.no_checkpointing, bf16_on_gpu=not args.no_bf16,
-                timeout=args.timeout, ceiling_scale=2 if args.quick else 1)
+                timeout=args.timeout, ceiling_scale=2 if args.quick else 1,
+                latent=args.latent, threads=args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
