@@ -165,9 +165,10 @@ def block_flops(config: Config, batch: int = 1,
     length = config.text.max_length if text_length is None else text_length
     if batch < 1 or length < 1:
         raise ValueError(f"batch={batch} and text_length={length} must both be >= 1")
+    size = d.model_size  # the side the UNet sees: pixels, or latents in latent mode
     factor = 2 ** (m.num_levels - 1)
-    if d.image_size % factor:
-        raise ConfigError(f"data.image_size={d.image_size} is not divisible by {factor} "
+    if size % factor:
+        raise ConfigError(f"model input size {size} is not divisible by {factor} "
                           f"(one halving per extra model level)")
     b, f = batch, d.num_frames
     chs = m.level_channels()
@@ -176,11 +177,11 @@ def block_flops(config: Config, batch: int = 1,
     attn_levels = set(m.attention_levels)
 
     def positions(level: int) -> int:
-        side = d.image_size // 2 ** level
+        side = size // 2 ** level
         return b * f * side * side
 
     def video(channels: int, level: int) -> tuple[int, ...]:
-        side = d.image_size // 2 ** level
+        side = size // 2 ** level
         return (b, channels, f, side, side)
 
     rows: list[BlockFlops] = []
@@ -202,7 +203,7 @@ def block_flops(config: Config, batch: int = 1,
     prev = chs[0]
     for i, ch in enumerate(chs):
         t = _Tally()
-        pixels = (d.image_size // 2 ** i) ** 2
+        pixels = (size // 2 ** i) ** 2
         for j in range(m.num_res_blocks):
             _resblock(t, m, b, positions(i), prev if j == 0 else ch, ch)
             if i in attn_levels:
@@ -217,14 +218,14 @@ def block_flops(config: Config, batch: int = 1,
 
     t = _Tally()
     _resblock(t, m, b, positions(last), prev, prev)
-    _transformer(t, m, b, f, (d.image_size // 2 ** last) ** 2, prev, length)
+    _transformer(t, m, b, f, (size // 2 ** last) ** 2, prev, length)
     _resblock(t, m, b, positions(last), prev, prev)
     rows.append(t.row("mid_block", video(prev, last)))
 
     for k, level in enumerate(reversed(range(m.num_levels))):
         ch = chs[level]
         skips = [skip_chs.pop() for _ in range(m.num_res_blocks + 1)]
-        pixels = (d.image_size // 2 ** level) ** 2
+        pixels = (size // 2 ** level) ** 2
         t = _Tally()
         for j, s in enumerate(skips):
             _resblock(t, m, b, positions(level), (prev if j == 0 else ch) + s, ch)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import Config, ConfigError, preset
+from shared.config import Config, ConfigError, apply_overrides, preset
 from shared.flops import (
     BlockFlops,
     block_flops,
@@ -283,3 +283,13 @@ def test_import_pulls_in_no_framework() -> None:
             "bad = [m for m in ('torch', 'mlx') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_latent_mode_counts_the_latent_size() -> None:
+    # 128 px frames through an 8x VAE: the UNet sees 16 x 16 x 4, and so must the count.
+    latent = apply_overrides(preset("small"), ["data.vae=some/vae", "data.vae_downsample=8",
+                                               "model.in_channels=4", "model.out_channels=4"])
+    pixels_of_that_size = apply_overrides(preset("small"), [
+        "data.image_size=16", "model.in_channels=4", "model.out_channels=4"])
+    assert forward_flops(latent) == forward_flops(pixels_of_that_size)
+    assert forward_flops(latent) < forward_flops(preset("small")) / 50
