@@ -433,6 +433,10 @@ def sample_options(f):
                      help="Classifier-free guidance scale (1 = none)."),
         click.option("--device", default=None, help="Device (default: the best available)."),
         click.option("--no-ema", is_flag=True, help="Use the raw weights, not the EMA ones."),
+        click.option("--vae", default=None, metavar="PATH_OR_ID",
+                     help="Latent mode: decode with this VAE (a folder, or an id in the local "
+                          "cache) instead of the one the checkpoint names, e.g. after moving "
+                          "it; its weights must be the ones the model was trained with."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.argument("prompts", nargs=-1, required=True),
     ]
@@ -481,7 +485,7 @@ def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch
 @click.command("sample")
 @sample_options
 def sample_command(checkpoint, out_dir, seed, num_samples, sampler, steps, eta, guidance, device,
-                   no_ema, quiet, prompts) -> None:
+                   no_ema, vae, quiet, prompts) -> None:
     """Generate sign videos for PROMPTS with a trained checkpoint.
 
     \b
@@ -498,7 +502,7 @@ def sample_command(checkpoint, out_dir, seed, num_samples, sampler, steps, eta, 
     sample = build_sample_config(base, seed, num_samples, sampler, steps, eta, guidance)
     paths = backend_module("sample").sample_checkpoint(
         checkpoint, list(prompts), out_dir, sample, device=device, use_ema=not no_ema,
-        progress=not quiet)
+        progress=not quiet, vae=vae)
     click.echo(f"wrote {len(paths)} samples and grid.gif to {out_dir}")
 
 

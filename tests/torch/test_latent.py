@@ -162,6 +162,12 @@ def test_the_cli_refuses_a_replaced_vae_in_one_line(toy_data, vae_dir, tmp_path)
     error = result.output.splitlines()[-1]  # (above it: the text encoder's loading bar)
     assert error.startswith("Error: the VAE at") and "Traceback" not in result.output
     assert "not the one this model was trained with" in error
+    # --vae points at the same weights elsewhere (a moved VAE): accepted
+    result = CliRunner().invoke(torch_main, ["sample", "--checkpoint", str(run), "--out",
+                                             str(tmp_path / "s2"), "--steps", "2", "--quiet",
+                                             "--vae", str(vae_dir), "hello"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s2" / "grid.gif").exists()
 
 
 def test_data_encode_is_resumable_and_invalidates_what_changed(toy_data, vae_dir, tmp_path):
