@@ -115,6 +115,20 @@ class FactorizedConv3d(nn.Module):
         return out.reshape(b, c, f, height, width)
 
 
+class PointwiseConv3d(nn.Conv3d):
+    """A 1x1x1 conv (keys `weight`, `bias` as nn.Conv3d) run as a 1x1 conv2d over (frames,
+    pixels): oneDNN's conv3d falls back to im2col + GEMM for this shape, conv2d does not
+    (measured 1.25-2.5x faster forward + backward)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, height, width = x.shape
+        out = F.conv2d(x.reshape(b, c, f, height * width), self.weight[..., 0], self.bias)
+        return out.reshape(b, -1, f, height, width)
+
+
 def make_conv(in_ch: int, out_ch: int, conv_mode: str) -> nn.Module:
     """The ResBlock conv: full 3x3x3 (keys `weight`, `bias`) or factorized (`spatial`,
     `temporal`)."""
@@ -142,7 +156,7 @@ class ResBlock3D(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.conv2 = make_conv(out_ch, out_ch, config.conv_mode)
         zero_module(self.conv2.spatial if config.conv_mode == "factorized" else self.conv2)
-        self.skip = nn.Conv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.skip = PointwiseConv3d(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
