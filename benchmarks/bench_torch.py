@@ -24,10 +24,10 @@ from benchmarks.common import (  # noqa: E402
     ceiling_shapes,
     conv3d_flops,
     job_config,
-    max_rss_bytes,
     median,
     report,
 )
+from shared.batching import max_rss_bytes  # noqa: E402
 from t2s_torch.device import autocast_context, select_device, synchronize  # noqa: E402
 from t2s_torch.diffusion import GaussianDiffusion, TextBatch  # noqa: E402
 from t2s_torch.sample import guided_prediction  # noqa: E402

@@ -4,8 +4,6 @@ description, the config it builds, the device-ceiling workloads, and how a child
 from __future__ import annotations
 
 import json
-import os
-import resource
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
@@ -71,12 +69,6 @@ def conv3d_flops(shape: tuple[int, int, int, int, int]) -> int:
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
-
-
-def max_rss_bytes() -> int:
-    """This process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    scale = 1 if os.uname().sysname == "Darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def report(result: dict) -> None:

@@ -221,15 +221,22 @@ def ceiling_gflops(ceiling: dict[str, float]) -> float:
     return max(ceiling["matmul_gflops"], ceiling["conv3d_gflops"])
 
 
+def plain_row(ours: list[Row], row: Row, same_conv: bool = True) -> Row | None:
+    """Our pixel-mode row without checkpointing that `row` is compared with: same backend,
+    device, preset and precision (and conv mode unless the peer, which has its own)."""
+    def key(r: Row) -> tuple:
+        return (r.backend, r.device, r.preset, r.precision, r.conv_mode if same_conv else "")
+
+    return next((o for o in ours if key(o) == key(row) and not o.checkpointing), None)
+
+
 def comparisons(rows: list[Row]) -> list[str]:
     """The ratios users choose by: ours vs the peer, checkpointing on vs off, samplers."""
     lines = []
     ours = [r for r in rows if r.model == "ours"]
     for r in rows:
         if r.model.startswith("diffusers"):
-            mine = next((o for o in ours if (o.backend, o.device, o.preset, o.precision) ==
-                         (r.backend, r.device, r.preset, r.precision) and not o.checkpointing),
-                        None)
+            mine = plain_row(ours, r, same_conv=False)
             if mine:
                 lines.append(
                     f"- {r.backend}/{r.device} {r.preset}: ours ({mine.conv_mode}) trains "
@@ -239,10 +246,7 @@ def comparisons(rows: list[Row]) -> list[str]:
                     f"{mine.peak_bytes / max(r.peak_bytes, 1):.2f}x its peak memory")
     for r in rows:
         if r.model.startswith("ours, latent"):
-            pixel = next((o for o in ours if (o.backend, o.device, o.preset, o.conv_mode,
-                                              o.precision) ==
-                          (r.backend, r.device, r.preset, r.conv_mode, r.precision)
-                          and not o.checkpointing), None)
+            pixel = plain_row(ours, r)
             if pixel:
                 lines.append(
                     f"- {r.backend}/{r.device} {r.preset}: latent mode trains "
@@ -252,10 +256,7 @@ def comparisons(rows: list[Row]) -> list[str]:
                     "encoding excluded: benchmarks/vae.py)")
     for r in ours:
         if r.checkpointing:
-            off = next((o for o in ours if (o.backend, o.device, o.preset, o.conv_mode,
-                                            o.precision) ==
-                        (r.backend, r.device, r.preset, r.conv_mode, r.precision)
-                        and not o.checkpointing), None)
+            off = plain_row(ours, r)
             if off:
                 lines.append(
                     f"- {r.backend}/{r.device} {r.preset}: gradient checkpointing takes "

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,8 +39,9 @@ SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock
 
 
 def peak_rss_mib() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    from shared.batching import max_rss_bytes
+
+    return max_rss_bytes() / 2**20
 
 
 def build_vae(folder: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import resource
+
 
 def fitting_batch(per_clip_bytes: float, free_bytes: float, target: int) -> int:
     """The largest power-of-two micro-batch, at most `target`, whose memory fits `free_bytes`
@@ -10,3 +13,10 @@ def fitting_batch(per_clip_bytes: float, free_bytes: float, target: int) -> int:
     while size * 2 <= target and (size * 2) * per_clip_bytes <= free_bytes:
         size *= 2
     return size
+
+
+def max_rss_bytes() -> int:
+    """This process's peak resident memory: the CPU's (and unified memory's) measure of what a
+    probe or a benchmark used (ru_maxrss is bytes on macOS, KiB elsewhere)."""
+    scale = 1 if os.uname().sysname == "Darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale

@@ -7,11 +7,13 @@ and print: the work is done by library functions that tests call directly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -28,16 +30,23 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError)
 
 
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """The library's user-facing errors as one clean `Error:` line (T2S_DEBUG=1: traceback)."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        if os.environ.get("T2S_DEBUG"):
+            raise
+        raise click.ClickException(str(e)) from e
+
+
 class T2SGroup(click.Group):
-    """A click group that turns the library's user-facing errors into one clean message."""
+    """A click group whose commands report user-facing errors in one line."""
 
     def invoke(self, ctx: click.Context):
-        try:
+        with user_errors():
             return super().invoke(ctx)
-        except USER_ERRORS as e:
-            if os.environ.get("T2S_DEBUG"):
-                raise
-            raise click.ClickException(str(e)) from e
 
 
 def make_group(name: str, help_text: str, backend: str) -> T2SGroup:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from shared.batching import fitting_batch
+from shared.batching import fitting_batch, max_rss_bytes
 from shared.checkpoint import refuse_existing_run, resolve_checkpoint
 from shared.config import Config
 from shared.data import Batch, BatchIterator, ClipDataset, cache_root
@@ -121,8 +120,9 @@ class Trainer:
         if config.data.vae:  # latent mode: channels and sizes come from the VAE
             bind_vae(config)
         self.config = config.validate()
-        self.world = init_distributed(select_device(device))
-        self.device = rank_device(select_device(device), self.world)
+        requested = select_device(device)
+        self.world = init_distributed(requested)
+        self.device = rank_device(requested, self.world)
         self.progress = progress and self.world.is_main
         self.log = log if self.world.is_main else (lambda _: None)
         self.out_dir = Path(config.train.out_dir)
@@ -463,7 +463,4 @@ def find_batch_size(probe: Callable[[int], None], target: int, device: torch.dev
 def _peak_bytes(device: torch.device) -> int:
     if device.type == "mps":
         return int(torch.mps.driver_allocated_memory())
-    import resource
-
-    scale = 1 if os.uname().sysname == "Darwin" else 1024  # ru_maxrss: bytes on macOS, KiB else
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return max_rss_bytes()

@@ -7,11 +7,9 @@ torch and diffusers are imported when a command runs, so `--help` stays fast.
 
 from __future__ import annotations
 
-import os
-
 import click
 
-from shared.cli import USER_ERRORS
+from shared.cli import user_errors
 from t2s_torch.tav.config import MIXED_PRECISION, TAVConfig
 
 _DEFAULTS = TAVConfig()
@@ -21,16 +19,8 @@ class TAVCommand(click.Command):
     """A command whose user errors end in one line also when run on its own (python -m)."""
 
     def invoke(self, ctx: click.Context):
-        try:
+        with user_errors():
             return super().invoke(ctx)
-        except USER_ERRORS as e:
-            if os.environ.get("T2S_DEBUG"):
-                raise
-            raise click.ClickException(str(e)) from e
-
-
-def run_standalone(command: click.Command, argv: list[str] | None, prog_name: str) -> None:
-    command.main(args=argv, prog_name=prog_name)
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...]:

@@ -381,9 +381,9 @@ class TAVTrainer:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m t2s_torch.tav.train`: the same options as `t2s-torch finetune-tav`."""
-    from t2s_torch.tav.cli import finetune_tav_command, run_standalone
+    from t2s_torch.tav.cli import finetune_tav_command
 
-    run_standalone(finetune_tav_command, argv, "python -m t2s_torch.tav.train")
+    finetune_tav_command.main(args=argv, prog_name="python -m t2s_torch.tav.train")
 
 
 if __name__ == "__main__":
