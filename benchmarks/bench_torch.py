@@ -28,7 +28,12 @@ from benchmarks.common import (  # noqa: E402
     report,
 )
 from shared.batching import max_rss_bytes  # noqa: E402
-from t2s_torch.device import autocast_context, select_device, synchronize  # noqa: E402
+from t2s_torch.device import (  # noqa: E402
+    autocast_context,
+    prefers_channels_last,
+    select_device,
+    synchronize,
+)
 from t2s_torch.diffusion import GaussianDiffusion, TextBatch  # noqa: E402
 from t2s_torch.sample import guided_prediction  # noqa: E402
 from t2s_torch.unet import UNet3D  # noqa: E402
@@ -71,10 +76,21 @@ def measure_peak(job: Job, device: torch.device) -> dict[str, Any]:
     matmul = median(timed(lambda: a @ b, device, 2, job.repeats))
     conv = torch.nn.Conv3d(64, 64, 3, padding=1, bias=False).to(device)
     x = torch.randn(*shape, device=device)
-    with torch.no_grad():
-        conv_s = median(timed(lambda: conv(x), device, 1, job.repeats))
+    per_format = {}
+    for name, fmt in (("first", torch.contiguous_format), ("last", torch.channels_last_3d)):
+        conv, x = conv.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+
+        def forward(conv=conv, x=x) -> torch.Tensor:
+            return conv(x)
+
+        with torch.no_grad():
+            seconds = median(timed(forward, device, 1, job.repeats))
+        per_format[name] = conv3d_flops(shape) / seconds / 1e9
+    # The device's conv3d throughput is its best layout's: channels-last on oneDNN (CPU).
     return {"matmul_gflops": 2 * n**3 / matmul / 1e9,
-            "conv3d_gflops": conv3d_flops(shape) / conv_s / 1e9}
+            "conv3d_gflops": max(per_format.values()),
+            "conv3d_gflops_channels_first": per_format["first"],
+            "conv3d_gflops_channels_last": per_format["last"]}
 
 
 # ------------------------------------------------------------------------------------- ours
@@ -86,12 +102,18 @@ def random_text(batch: int, length: int, dim: int, device: torch.device) -> Text
                      torch.randn(batch, dim, device=device))
 
 
+def our_model(job: Job, device: torch.device) -> UNet3D:
+    """Our UNet on `device`, channels-last as the job says (auto: as the trainer runs it)."""
+    enabled = {"on": True, "off": False}.get(job.channels_last, prefers_channels_last(device))
+    return UNet3D(job_config(job).model).to(device).use_channels_last(enabled)
+
+
 def measure_train(job: Job, device: torch.device) -> dict[str, Any]:
     """Optimizer steps of the real loss at a fixed batch, fresh inputs every step."""
     config = job_config(job)
     m, d = config.model, config.data
     torch.manual_seed(0)
-    model = UNet3D(m).to(device).train()
+    model = our_model(job, device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     diffusion = GaussianDiffusion(config.diffusion, device)
     autocast = autocast_context(device, job.precision)
@@ -118,7 +140,7 @@ def measure_sample(job: Job, device: torch.device) -> dict[str, Any]:
     every sampler step costs, the sampler's own arithmetic being negligible beside it."""
     config = job_config(job)
     m, d = config.model, config.data
-    model = UNet3D(m).to(device).eval()
+    model = our_model(job, device).eval()
     x = torch.randn(job.batch, m.in_channels, d.num_frames, d.image_size, d.image_size,
                     device=device)
     text = random_text(job.batch, config.text.max_length, m.context_dim, device)

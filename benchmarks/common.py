@@ -39,6 +39,7 @@ class Job:
     threads: int = 0  # 0: the framework's default
     count_flops: bool = False
     ceiling_scale: int = 1  # 1: the full ceiling workloads; 2: the quick run's smaller ones
+    channels_last: str = "auto"  # torch activations: auto (the device's default) | on | off
     overrides: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:

@@ -123,6 +123,7 @@ class Plan:
     ceiling_scale: int = 1
     latent: bool = False
     threads: int = 0
+    channels_last: str = "auto"
 
 
 def measure(plan: Plan, log) -> dict[str, Any]:
@@ -149,7 +150,8 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                     variants = [False, True] if (plan.checkpointing and i == 0) else [False]
                     for ckpt in variants:
                         job = Job("train", backend, device, preset_name, mode, ckpt, precision,
-                                  batch, plan.warmup, plan.repeats, plan.threads)
+                                  batch, plan.warmup, plan.repeats, plan.threads,
+                                  channels_last=plan.channels_last)
                         log(f"{backend}/{device}: train {preset_name} {mode}"
                             f"{' +checkpointing' if ckpt else ''} {precision} batch {batch}")
                         rows.append(train_row(job, run_child(job, plan.timeout), peak))
@@ -163,6 +165,7 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                     size = job_config(Job("train", preset=preset_name)).data.image_size
                     job = Job("train", backend, device, preset_name, plan.conv_modes[0], False,
                               precision, batch, plan.warmup, plan.repeats, plan.threads,
+                              channels_last=plan.channels_last,
                               overrides=[f"data.image_size={size // VAE_FACTOR}",
                                          f"model.in_channels={VAE_CHANNELS}",
                                          f"model.out_channels={VAE_CHANNELS}"])
@@ -315,6 +318,8 @@ def header_info(plan: Plan) -> dict[str, str]:
 
             info[name] = version(name)
     info["repeats"] = f"median of {plan.repeats} after {plan.warmup} warm-up step(s)"
+    info["torch channels-last"] = plan.channels_last + (
+        " (on for cpu, off for cuda / mps)" if plan.channels_last == "auto" else "")
     if plan.ceiling_scale > 1:
         info["ceiling"] = "quick: 1024² matmul and a batch-1 conv3d (smaller than the full run)"
     return info
@@ -375,6 +380,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also time cached data loading against the training step")
     p.add_argument("--quality", type=Path, default=None, metavar="CHECKPOINT",
                    help="a trained torch checkpoint: DPM++ 20 and DDIM 50 against DDIM 500")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="torch activations channels-last (auto: as training runs them, on the "
+                        "CPU only); run on and off to see what the layout is worth")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
     p.add_argument("--json", type=Path, default=None, help="also write every figure here")
     return p.parse_args(argv)
@@ -392,7 +400,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 peer=not args.no_peer, sampling=not args.no_sampling,
                 checkpointing=not args.no_checkpointing, bf16_on_gpu=not args.no_bf16,
                 timeout=args.timeout, ceiling_scale=2 if args.quick else 1,
-                latent=args.latent, threads=args.threads)
+                latent=args.latent, threads=args.threads, channels_last=args.channels_last)
 
 
 def main(argv: list[str] | None = None) -> int:

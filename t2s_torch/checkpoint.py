@@ -128,6 +128,7 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
 def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
                use_ema: bool = True) -> tuple[Config, torch.nn.Module, Path]:
     """Build the UNet a checkpoint's config describes and load its (EMA) weights for inference."""
+    from t2s_torch.device import prefers_channels_last
     from t2s_torch.unet import UNet3D
 
     path = resolve_checkpoint(checkpoint)
@@ -135,4 +136,5 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
     model = UNet3D(config.model)
     weights = path / EMA_FILE if use_ema and (path / EMA_FILE).exists() else path / MODEL_FILE
     load_into(model, weights)
-    return config, model.to(device).eval(), path
+    model = model.to(device).use_channels_last(prefers_channels_last(device))
+    return config, model.eval(), path

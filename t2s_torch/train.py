@@ -55,6 +55,7 @@ from t2s_torch.device import (
     describe_device,
     memory_info,
     needs_grad_scaler,
+    prefers_channels_last,
     select_device,
     synchronize,
 )
@@ -147,6 +148,7 @@ class Trainer:
 
         torch.manual_seed(tc.seed)
         self.model = UNet3D(config.model).to(self.device)
+        self.model.use_channels_last(prefers_channels_last(self.device))
         self.ema = EMA(self.model, tc.ema_decay)
         self.step_model = wrap(self.model, self.world, self.device)
         self.optimizer = torch.optim.AdamW(

@@ -270,6 +270,34 @@ def test_gradients_reach_every_parameter(name):
     assert all(torch.isfinite(g).all() for g in grads.values())
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name", ["factorized", "full", "three_levels"])
+def test_channels_last_computes_the_same_model(name, batch):
+    """The CPU default layout: same outputs and gradients as channels-first, the same weights
+    (keys and values), and activations really laid out channels-last (batch 1 included, where
+    oneDNN picks channels-first for conv_in's 3-channel input)."""
+    config = CONFIGS[name]
+    first = build(config).train()
+    last = build(config).train().use_channels_last()
+    for key, value in first.state_dict().items():
+        torch.testing.assert_close(last.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    assert last.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    layouts = []
+    last.down_blocks[0].resnets[0].conv1.register_forward_hook(
+        lambda _m, args, _out: layouts.append(
+            args[0].is_contiguous(memory_format=torch.channels_last_3d)
+            and not args[0].is_contiguous()))
+    args = inputs(config, batch=batch)
+    out_first, grads_first = loss_and_grads(first, args)
+    out_last, grads_last = loss_and_grads(last, args)
+    assert layouts == [True]
+    torch.testing.assert_close(out_last, out_first, rtol=0, atol=2e-5)
+    for key, g in grads_first.items():
+        torch.testing.assert_close(grads_last[key], g, rtol=1e-4, atol=1e-5, msg=key)
+    last.use_channels_last(False)
+    assert last.conv_in.weight.is_contiguous()
+
+
 def test_gradient_checkpointing_matches_and_is_used(monkeypatch):
     config = tiny(dropout=0.1)
     plain = build(config).train()
