@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -72,16 +74,41 @@ class Row:
 # --------------------------------------------------------------------------------- children
 
 
+class MeasurementFailed(RuntimeError):
+    """One figure could not be measured; the run goes on and the table's notes say why."""
+
+
 def run_child(job: Job, timeout: float) -> dict[str, Any]:
     """Run one measurement in a fresh process; its last result line is the answer."""
     script = ROOT / "benchmarks" / ("bench_mlx.py" if job.backend == "mlx" else "bench_torch.py")
-    proc = subprocess.run([sys.executable, str(script), job.to_json()], capture_output=True,
-                          text=True, timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, str(script), job.to_json()], capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MeasurementFailed(f"did not finish within --timeout {timeout:.0f} s") from None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"{job.backend} {job.kind} {job.preset} failed: " + " | ".join(tail))
+        raise MeasurementFailed(failure_reason(proc.returncode, tail))
     return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def failure_reason(returncode: int, tail: list[str]) -> str:
+    """What a failed child's exit says: a SIGKILL without a traceback is the kernel's
+    out-of-memory killer far more often than anything else."""
+    if returncode == -signal.SIGKILL:
+        return (f"killed by SIGKILL, most likely out of memory (this machine has "
+                f"{_ram_gib():.0f} GiB); try a smaller --batch")
+    if returncode < 0:
+        return f"killed by signal {-returncode}"
+    return f"exit status {returncode}: " + (" | ".join(tail) or "no output")
+
+
+def _ram_gib() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return float("nan")
 
 
 def available_targets(backends: list[str], devices: list[str] | None) -> list[tuple[str, str]]:
@@ -130,11 +157,23 @@ def measure(plan: Plan, log) -> dict[str, Any]:
     """Every row of the plan: ceilings first, then per target and preset the training rows
     (each conv mode; checkpointing on for the first), the peer right after ours, sampling."""
     ceilings, rows, notes = {}, [], []
+
+    def attempt(job: Job, what: str) -> dict[str, Any] | None:
+        try:
+            return run_child(job, plan.timeout)
+        except MeasurementFailed as failure:
+            notes.append(f"- {job.backend}/{job.device} {job.preset} {what}: not measured, "
+                         f"{failure}")
+            log(f"{job.backend}/{job.device}: {what} failed ({failure})")
+            return None
+
     for backend, device in plan.targets:
         log(f"{backend}/{device}: device ceiling (matmul, conv3d)")
-        peak = run_child(Job("peak", backend, device, repeats=max(3, plan.repeats),
-                             threads=plan.threads, ceiling_scale=plan.ceiling_scale),
-                         plan.timeout)
+        peak = attempt(Job("peak", backend, device, repeats=max(3, plan.repeats),
+                           threads=plan.threads, ceiling_scale=plan.ceiling_scale),
+                       "device ceiling")
+        if peak is None:
+            continue
         ceilings[f"{backend}/{device}"] = peak
         precisions = ["no"] + (["bf16"] if plan.bf16_on_gpu and device in ("cuda", "gpu")
                                else [])
@@ -154,11 +193,16 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                                   channels_last=plan.channels_last)
                         log(f"{backend}/{device}: train {preset_name} {mode}"
                             f"{' +checkpointing' if ckpt else ''} {precision} batch {batch}")
-                        rows.append(train_row(job, run_child(job, plan.timeout), peak))
+                        result = attempt(job, f"train {mode}{' +checkpointing' * ckpt}")
+                        if result is None:
+                            continue
+                        rows.append(train_row(job, result, peak))
                         if plan.sampling and not ckpt:
                             log(f"{backend}/{device}: sampling step {preset_name} {mode}")
-                            sample = run_child(replace(job, kind="sample", batch=1),
-                                               plan.timeout)
+                            sample = attempt(replace(job, kind="sample", batch=1),
+                                             f"sampling {mode}")
+                            if sample is None:
+                                continue
                             rows[-1].nfe_s = sample["nfe_s"]
                             rows[-1].extra["sample_peak_bytes"] = sample["peak_bytes"]
                 if plan.latent:
@@ -171,14 +215,18 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                                          f"model.out_channels={VAE_CHANNELS}"])
                     log(f"{backend}/{device}: train {preset_name} latent "
                         f"({size // VAE_FACTOR}² x {VAE_CHANNELS})")
-                    rows.append(train_row(job, run_child(job, plan.timeout), peak))
-                    rows[-1].model = f"ours, latent /{VAE_FACTOR}"
+                    result = attempt(job, "train latent")
+                    if result is not None:
+                        rows.append(train_row(job, result, peak))
+                        rows[-1].model = f"ours, latent /{VAE_FACTOR}"
                 if plan.peer and backend == "torch":
                     job = Job("peer", backend, device, preset_name, plan.conv_modes[0], False,
                               precision, batch, plan.warmup, plan.repeats, plan.threads,
                               count_flops=True)
                     log(f"{backend}/{device}: peer diffusers UNet3DConditionModel {preset_name}")
-                    rows.append(peer_row(job, run_child(job, plan.timeout)))
+                    result = attempt(job, "peer diffusers UNet3DConditionModel")
+                    if result is not None:
+                        rows.append(peer_row(job, result))
     return {"ceilings": ceilings, "rows": rows, "notes": notes}
 
 

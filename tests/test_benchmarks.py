@@ -55,3 +55,16 @@ def test_quick_benchmark_reports_every_row_consistently(tmp_path):
     assert len(table) == len(rows) + 2  # + the two ceiling rows
     assert "gradient checkpointing takes" in result.stdout
     assert "UNet3DConditionModel" in result.stdout
+
+
+def test_a_failed_measurement_says_why():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import Job
+    from benchmarks.run import MeasurementFailed, failure_reason, run_child
+
+    with pytest.raises(MeasurementFailed, match="unknown preset 'nope'"):
+        run_child(Job("train", preset="nope"), timeout=120)
+    with pytest.raises(MeasurementFailed, match="within --timeout 1 s"):
+        run_child(Job("train", preset="tiny"), timeout=1)
+    assert "out of memory" in failure_reason(-9, [])
+    assert failure_reason(-15, []) == "killed by signal 15"
