@@ -1,7 +1,7 @@
 """Which sampler to default to: from the same starting noise on a trained model, how close do
 DPM-Solver++ (20 steps) and DDIM (50 steps) land to the 500-step DDIM solution, and how fast.
 
-    python benchmarks/run.py --quality runs/demo/run-toy/checkpoints/latest
+    python benchmarks/run.py --quality runs/demo/run-toy
 """
 
 from __future__ import annotations

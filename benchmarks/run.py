@@ -3,7 +3,7 @@
     python benchmarks/run.py                     # tiny + small, every backend and device here
     python benchmarks/run.py --quick             # the CI smoke run (tiny; < 2 min on 2 cores)
     python benchmarks/run.py --presets small --backends mlx --json mac.json   # on a Mac
-    python benchmarks/run.py --quality runs/demo/run-toy/checkpoints/latest   # sampler check
+    python benchmarks/run.py --quality runs/demo/run-toy                      # sampler check
 
 Each figure comes from its own child process (`bench_torch.py` / `bench_mlx.py`), so peak memory
 is that measurement's alone (CPU: the child's max RSS; CUDA: max_memory_allocated; MPS: driver
@@ -454,20 +454,33 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     plan = make_plan(args)
+    if args.quality:  # before the long measurements, not after them
+        from shared.checkpoint import CheckpointError, resolve_checkpoint
+
+        try:
+            resolve_checkpoint(args.quality)
+        except CheckpointError as error:
+            raise SystemExit(f"--quality: {error}") from None
     start = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
     result = measure(plan, log)
+    extras = []
     if args.data:
         from benchmarks.loading import data_notes
 
-        result["notes"] += data_notes(plan.presets, result["rows"], log)
+        extras.append(("data loading", lambda: data_notes(plan.presets, result["rows"], log)))
     if args.quality:
         from benchmarks.quality import quality_notes
 
-        result["notes"] += quality_notes(args.quality, log)
+        extras.append(("sampler quality", lambda: quality_notes(args.quality, log)))
+    for what, notes in extras:  # a failure here must not lose the table measured above
+        try:
+            result["notes"] += notes()
+        except Exception as error:  # noqa: BLE001 - reported in the table, not raised
+            result["notes"].append(f"- {what}: not measured, {type(error).__name__}: {error}")
     header = header_info(plan)
     print(markdown(result, header))
     if args.json:
