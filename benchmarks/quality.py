@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.config import DiffusionConfig
 from shared.toy import sample_prompts
 
 REFERENCE = ("ddim", 500)
@@ -37,7 +38,7 @@ def quality_notes(checkpoint: Path, log: Callable[[str], None], num_prompts: int
     d = config.data
     shape = (len(prompts), d.num_frames, d.image_size, d.image_size, config.model.out_channels)
 
-    def run(diffusion, sampler: str, steps: int) -> tuple[np.ndarray, float]:
+    def run(diffusion: DiffusionConfig, sampler: str, steps: int) -> tuple[np.ndarray, float]:
         # "trailing" spacing: every sampler starts at t = T - 1. With "leading" (the default)
         # diffusers' DPM grid starts at T * (1 - 1 / (steps + 1)) - t = 500 for 500 steps - so
         # the samplers would not even solve the same problem (measured: DPM++ moved further
@@ -50,7 +51,8 @@ def quality_notes(checkpoint: Path, log: Callable[[str], None], num_prompts: int
         return video, (time.perf_counter() - start) / len(prompts)
 
     lines = []
-    variants = [("x0 clipped as trained", config.diffusion)]
+    variants = [("x0 clipped" if config.diffusion.clip_sample else "x0 not clipped",
+                 config.diffusion)]
     if config.diffusion.clip_sample:  # clipping bends the ODE: each solver bends it its own way
         variants.append(("x0 not clipped", dataclasses.replace(config.diffusion,
                                                                clip_sample=False)))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import platform
 import signal
 import subprocess
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULT_PREFIX, Job, job_config  # noqa: E402
+from shared.batching import physical_ram_bytes  # noqa: E402
 from shared.flops import num_parameters, training_flops_per_sample  # noqa: E402
 
 # Latent mode as the Stable Diffusion VAE makes it: 8x smaller per side, 4 channels. The UNet
@@ -97,18 +97,12 @@ def failure_reason(returncode: int, tail: list[str]) -> str:
     """What a failed child's exit says: a SIGKILL without a traceback is the kernel's
     out-of-memory killer far more often than anything else."""
     if returncode == -signal.SIGKILL:
-        return (f"killed by SIGKILL, most likely out of memory (this machine has "
-                f"{_ram_gib():.0f} GiB); try a smaller --batch")
+        ram = physical_ram_bytes()
+        has = f" (this machine has {ram / 2**30:.0f} GiB)" if ram else ""
+        return f"killed by SIGKILL, most likely out of memory{has}; try a smaller --batch"
     if returncode < 0:
         return f"killed by signal {-returncode}"
     return f"exit status {returncode}: " + (" | ".join(tail) or "no output")
-
-
-def _ram_gib() -> float:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return float("nan")
 
 
 def available_targets(backends: list[str], devices: list[str] | None) -> list[tuple[str, str]]:

@@ -15,6 +15,15 @@ def fitting_batch(per_clip_bytes: float, free_bytes: float, target: int) -> int:
     return size
 
 
+def physical_ram_bytes() -> int | None:
+    """The machine's RAM (None where the OS does not say): the CPU's memory budget, and what a
+    benchmark child killed for memory ran out of."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def max_rss_bytes() -> int:
     """This process's peak resident memory: the CPU's (and unified memory's) measure of what a
     probe or a benchmark used (ru_maxrss is bytes on macOS, KiB elsewhere)."""

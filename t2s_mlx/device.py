@@ -11,6 +11,8 @@ import platform
 
 import mlx.core as mx
 
+from shared.batching import physical_ram_bytes
+
 
 class DeviceError(ValueError):
     """A device that cannot be used here; the message says why and what to pass."""
@@ -34,14 +36,10 @@ def select_device(requested: str | None = None) -> mx.Device:
 def memory_info() -> dict[str, int]:
     """Bytes MLX may use (its memory limit: on a Mac, the share of unified memory the GPU may
     wire) and bytes it holds now; used by `--batch-size auto`."""
-    info = {"total": int(mx.get_memory_limit()) if mx.is_available(mx.gpu) else _physical_ram(),
-            "allocated": int(mx.get_active_memory())}
+    total = int(mx.get_memory_limit()) if mx.is_available(mx.gpu) else physical_ram_bytes() or 0
+    info = {"total": total, "allocated": int(mx.get_active_memory())}
     info["free"] = max(0, info["total"] - info["allocated"])
     return info
-
-
-def _physical_ram() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def describe_device() -> dict[str, str]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from shared.batching import physical_ram_bytes
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _DEVICE_RE = re.compile(r"^(cpu|cuda|mps)(?::(\d+))?$")
@@ -156,8 +158,9 @@ def prefers_channels_last(device: torch.device | str) -> bool:
     """Whether the UNet runs its activations channels-last (`UNet3D.use_channels_last`) here.
 
     On the CPU oneDNN's conv3d kernels are ~1.2-1.8x faster channels-last for every conv shape
-    of the `small` preset and the whole training step ~20% faster (measured, `benchmarks/run.py
-    --channels-last on|off`). CUDA and MPS stay channels-first until they are measured.
+    of the `small` preset and the whole training step ~20% faster (measured on a 2-core x86;
+    `benchmarks/run.py --channels-last on|off` repeats it). CUDA and MPS stay channels-first
+    until they are measured.
     """
     return torch.device(device).type == "cpu"
 
@@ -193,7 +196,7 @@ def memory_info(device: torch.device | str) -> dict[str, int]:
             total = int(recommended())
             info.update(total=total, free=max(total - allocated, 0))
     else:
-        total = _physical_ram()
+        total = physical_ram_bytes()
         limit = _cgroup_limit()
         if limit is not None:
             total = min(total, limit) if total else limit
@@ -203,13 +206,6 @@ def memory_info(device: torch.device | str) -> dict[str, int]:
         if available is not None:
             info["free"] = min(available, total) if total else available
     return info
-
-
-def _physical_ram() -> int | None:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def _meminfo_available() -> int | None:
