@@ -8,16 +8,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.config import preset
+from shared.config import apply_overrides, preset
 from shared.data import BatchIterator, ClipDataset
 from shared.toy import make_toy_dataset
 
 
-def cached_clips_per_s(preset_name: str, n: int = 48, batch: int = 4) -> float:
+def cached_clips_per_s(preset_name: str, n: int = 48, batch: int = 4,
+                       overrides: list[str] | None = None) -> float:
     """Clips/s of a second pass over a toy set of reference-size GIFs (the cache built)."""
     with tempfile.TemporaryDirectory(prefix="t2s-bench-data-") as tmp:
         make_toy_dataset(Path(tmp) / "toy", n=n, num_prompts=8, progress=False)
-        config = preset(preset_name).data
+        config = apply_overrides(preset(preset_name), overrides or []).data
         config.data_dir, config.val_fraction = str(Path(tmp) / "toy"), 0.0
         config.cache_dir = str(Path(tmp) / "cache")
         ClipDataset(config, split="all", progress=False)  # decode once, fill the cache
@@ -29,11 +30,12 @@ def cached_clips_per_s(preset_name: str, n: int = 48, batch: int = 4) -> float:
         return clips / (time.perf_counter() - start)
 
 
-def data_notes(presets: list[str], rows: list, log: Callable[[str], None]) -> list[str]:
+def data_notes(presets: list[str], rows: list, log: Callable[[str], None],
+               overrides: list[str] | None = None) -> list[str]:
     lines = []
     for name in presets:
         log(f"data loading: {name}")
-        loading = cached_clips_per_s(name)
+        loading = cached_clips_per_s(name, overrides=overrides)
         trained = [r.samples_per_s for r in rows if r.preset == name and r.model == "ours"]
         fastest = max(trained) if trained else float("nan")
         lines.append(f"- data {name}: the cached loader gives {loading:.0f} clips/s, "

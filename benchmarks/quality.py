@@ -38,31 +38,36 @@ def quality_notes(checkpoint: Path, log: Callable[[str], None], num_prompts: int
     d = config.data
     shape = (len(prompts), d.num_frames, d.image_size, d.image_size, config.model.out_channels)
 
-    def run(diffusion: DiffusionConfig, sampler: str, steps: int) -> tuple[np.ndarray, float]:
-        # "trailing" spacing: every sampler starts at t = T - 1. With "leading" (the default)
+    def run(diffusion: DiffusionConfig, sampler: str, steps: int, consistent: bool
+            ) -> tuple[np.ndarray, float]:
+        # "trailing" spacing (the default): every sampler starts at t = T - 1. With "leading"
         # diffusers' DPM grid starts at T * (1 - 1 / (steps + 1)) - t = 500 for 500 steps - so
-        # the samplers would not even solve the same problem (measured: DPM++ moved further
-        # from the reference as its step count grew).
+        # the samplers would not even solve the same problem.
         sample = dataclasses.replace(config.sample, sampler=sampler, steps=steps, eta=0.0,
-                                     timestep_spacing="trailing")
+                                     timestep_spacing="trailing",
+                                     use_clipped_model_output=consistent)
         log(f"quality: {sampler} {steps} steps on {path.name}")
         start = time.perf_counter()
         video = generate(model, diffusion, sample, text, uncond, shape, seed=7, device=device)
         return video, (time.perf_counter() - start) / len(prompts)
 
+    # x0 clipping bends the ODE, and DDIM bends it its own way unless it re-derives its noise
+    # estimate from the clipped x0 (use_clipped_model_output), as DPM-Solver++ always does; so
+    # with clipping the run also measures both samplers on that one clipped ODE.
+    unclipped = dataclasses.replace(config.diffusion, clip_sample=False)
+    variants = [("x0 not clipped", unclipped, False)]
+    if config.diffusion.clip_sample:
+        variants = [("x0 clipped, DDIM with the model's noise estimate", config.diffusion, False),
+                    ("x0 clipped, DDIM with use_clipped_model_output", config.diffusion, True),
+                    *variants]
     lines = []
-    variants = [("x0 clipped" if config.diffusion.clip_sample else "x0 not clipped",
-                 config.diffusion)]
-    if config.diffusion.clip_sample:  # clipping bends the ODE: each solver bends it its own way
-        variants.append(("x0 not clipped", dataclasses.replace(config.diffusion,
-                                                               clip_sample=False)))
-    for label, diffusion in variants:
-        reference, ref_s = run(diffusion, *REFERENCE)
+    for label, diffusion, consistent in variants:
+        reference, ref_s = run(diffusion, *REFERENCE, consistent)
         lines.append(f"- sampler quality on {path} ({label}, trailing timesteps, guidance "
                      f"{config.sample.guidance}, {num_prompts} prompts, same starting noise): "
                      f"{REFERENCE[0]} {REFERENCE[1]} steps {ref_s:.2f} s/video is the reference")
         for sampler, steps in CANDIDATES:
-            video, seconds = run(diffusion, sampler, steps)
+            video, seconds = run(diffusion, sampler, steps, consistent)
             rmse = float(np.sqrt(np.mean((video - reference) ** 2)))
             lines.append(f"  - {sampler} {steps} steps: RMSE to the reference {rmse:.4f}, "
                          f"{seconds:.3f} s/video")

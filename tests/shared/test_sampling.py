@@ -290,7 +290,9 @@ def _abs_sum_mean(x: np.ndarray) -> tuple[float, float]:
 ])
 def test_ddim_golden_full_loop(overrides, sample_overrides, result_sum, result_mean):
     diffusion = DiffusionConfig(clip_sample=True, **overrides)
+    # diffusers' DDIMScheduler defaults to "leading" spacing, its goldens with it
     table = make_sampler_table(diffusion, SampleConfig(sampler="ddim", steps=10, eta=0.0,
+                                                       timestep_spacing="leading",
                                                        **sample_overrides))
     x = sample_loop(_dummy_model, table, _dummy_sample_deter())
     total, mean = _abs_sum_mean(x)
@@ -302,7 +304,8 @@ def test_ddim_golden_full_loop_with_noise():
     # test_scheduler_ddim.py test_full_loop_with_noise: noise the sample to timesteps[8] with
     # add_noise, then run the last two of ten steps.
     diffusion = DiffusionConfig(clip_sample=True)
-    table = make_sampler_table(diffusion, SampleConfig(sampler="ddim", steps=10))
+    table = make_sampler_table(diffusion, SampleConfig(sampler="ddim", steps=10,
+                                                       timestep_spacing="leading"))
     a, b = NoiseSchedule.from_config(diffusion).q_sample_coefficients(table.timesteps[8])
     x = a * _dummy_sample_deter() + b * _dummy_sample_deter(flip=True)
     for i in (8, 9):
@@ -320,7 +323,8 @@ def test_ddim_golden_full_loop_with_noise():
 ])
 def test_ddpm_golden_full_loop(prediction_type, result_sum, result_mean):
     diffusion = DiffusionConfig(prediction_type=prediction_type, clip_sample=True)
-    table = make_sampler_table(diffusion, SampleConfig(sampler="ddpm", steps=1000))
+    table = make_sampler_table(diffusion, SampleConfig(sampler="ddpm", steps=1000,
+                                                       timestep_spacing="leading"))
     generator = torch.Generator().manual_seed(0)
     x = sample_loop(_dummy_model, table, _dummy_sample_deter(),
                     noise=lambda s: torch.randn(s, generator=generator).double().numpy())
@@ -472,3 +476,21 @@ def test_step_asks_for_what_it_needs(linear):
         step(dpmpp_2m_table(linear, 10), 1, x, x)
     with pytest.raises(ValueError, match="clip"):
         step(ddim_table(linear, 10), 0, x, x)
+
+
+def test_sample_config_chooses_ddim_clipped_model_output():
+    """`sample.use_clipped_model_output` reaches DDIM's table (the keyword still overrides it)."""
+    diffusion = DiffusionConfig(clip_sample=True)
+    schedule = NoiseSchedule.from_config(diffusion)
+    for flag in (False, True):
+        table = make_sampler_table(diffusion, SampleConfig(sampler="ddim", steps=10,
+                                                           use_clipped_model_output=flag))
+        ref = ddim_table(schedule, 10, timestep_spacing="trailing", clip_range=1.0,
+                         use_clipped_model_output=flag)
+        np.testing.assert_array_equal(table.prev_from_model, ref.prev_from_model)
+        np.testing.assert_array_equal(table.prev_from_x, ref.prev_from_x)
+    on = make_sampler_table(diffusion, SampleConfig(sampler="ddim", steps=10,
+                                                    use_clipped_model_output=True))
+    off = make_sampler_table(diffusion, SampleConfig(sampler="ddim", steps=10),
+                             use_clipped_model_output=False)
+    assert not np.allclose(on.prev_from_model, off.prev_from_model)
