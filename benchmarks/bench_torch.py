@@ -160,12 +160,13 @@ def measure_sample(job: Job, device: torch.device) -> dict[str, Any]:
 
 
 def peer_model(job: Job) -> torch.nn.Module:
-    """diffusers' UNet3DConditionModel shaped like our preset: the same widths per level, two
-    resnets per level, cross-attention at our attention levels only, the same text width."""
+    """diffusers' UNet3DConditionModel shaped like our preset: the same widths per level (unless
+    `job.peer_widths` says otherwise), two resnets per level, cross-attention at our attention
+    levels only, the same text width."""
     from diffusers import UNet3DConditionModel
 
     m = job_config(job).model
-    widths = tuple(m.base_channels * k for k in m.channel_mult)
+    widths = tuple(job.peer_widths or (m.base_channels * k for k in m.channel_mult))
     down = tuple("CrossAttnDownBlock3D" if i in m.attention_levels else "DownBlock3D"
                  for i in range(len(widths)))
     up = tuple("CrossAttnUpBlock3D" if i in m.attention_levels else "UpBlock3D"
@@ -175,6 +176,9 @@ def peer_model(job: Job) -> torch.nn.Module:
         out_channels=m.out_channels, down_block_types=down, up_block_types=up,
         block_out_channels=widths, layers_per_block=m.num_res_blocks,
         norm_num_groups=m.norm_groups, cross_attention_dim=m.context_dim,
+        # One int for every level: its blocks take it as the head width (heads = channels / it),
+        # its first temporal transformer as the head width of 8 heads. This gives our head
+        # count at the deepest level and in the mid block.
         attention_head_dim=max(1, widths[-1] // m.num_heads))
 
 

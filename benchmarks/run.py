@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULT_PREFIX, Job, job_config  # noqa: E402
 from shared.batching import physical_ram_bytes  # noqa: E402
-from shared.config import ConfigError  # noqa: E402
+from shared.config import ConfigError, ModelConfig  # noqa: E402
 from shared.flops import num_parameters, training_flops_per_sample  # noqa: E402
 
 # Latent mode as the Stable Diffusion VAE makes it: 8x smaller per side, 4 channels. The UNet
@@ -226,6 +226,16 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                     result = attempt(job, "peer diffusers UNet3DConditionModel")
                     if result is not None:
                         rows.append(peer_row(job, result))
+                        ours = training_flops_per_sample(job_config(job))
+                        widths = flop_matched_widths(job_config(job).model, ours,
+                                                     result["train_flops_per_sample"])
+                        if widths is not None:
+                            job = replace(job, peer_widths=widths)
+                            log(f"{backend}/{device}: peer at widths {widths} (about our "
+                                "FLOPs per clip)")
+                            result = attempt(job, "peer at about our FLOPs")
+                            if result is not None:
+                                rows.append(peer_row(job, result))
     return {"ceilings": ceilings, "rows": rows, "notes": notes}
 
 
@@ -256,8 +266,23 @@ def train_row(job: Job, result: dict[str, Any], peak: dict[str, Any]) -> Row:
                                             "version": result["version"]})
 
 
+def flop_matched_widths(model: ModelConfig, ours: int, peer: int) -> list[int] | None:
+    """The peer's widths scaled so that its FLOPs per clip come near ours (FLOPs grow with the
+    square of the width), kept multiples of the norm groups; None when that changes nothing.
+    At the same widths diffusers' UNet3D does several times our work (a temporal transformer at
+    every level, four temporal convs per resnet), so a same-width comparison alone would favour
+    us for doing less."""
+    scale = (ours / peer) ** 0.5
+    g = model.norm_groups
+    same = [model.base_channels * k for k in model.channel_mult]
+    widths = [max(g, round(w * scale / g) * g) for w in same]
+    return None if widths == same else widths
+
+
 def peer_row(job: Job, result: dict[str, Any]) -> Row:
-    return Row(job.backend, job.device, "diffusers UNet3D", job.preset, "(2+1)D", False,
+    label = "diffusers UNet3D" + (
+        f" {'/'.join(map(str, job.peer_widths))}" if job.peer_widths else "")
+    return Row(job.backend, job.device, label, job.preset, "(2+1)D", False,
                job.precision, job.batch, result["params"], result["train_flops_per_sample"],
                result["step_s"], result["peak_bytes"],
                extra={"times": result["times"], "device_name": result["device_name"]})

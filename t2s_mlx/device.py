@@ -11,6 +11,7 @@ import platform
 
 import mlx.core as mx
 
+from shared.allocator import configure_malloc
 from shared.batching import physical_ram_bytes
 
 
@@ -19,7 +20,10 @@ class DeviceError(ValueError):
 
 
 def select_device(requested: str | None = None) -> mx.Device:
-    """Set and return MLX's default device: None / "auto" = the GPU if there is one, else CPU."""
+    """Set and return MLX's default device: None / "auto" = the GPU if there is one, else CPU.
+
+    Choosing the CPU also tunes this process's malloc for big arrays (`shared.allocator`).
+    """
     text = (requested or "auto").strip().lower()
     if text not in ("auto", "gpu", "cpu"):
         raise DeviceError(f"device {requested!r} is not one of auto, gpu, cpu; "
@@ -29,6 +33,8 @@ def select_device(requested: str | None = None) -> mx.Device:
         raise DeviceError(f"device 'gpu': this MLX build ({mx.__version__}, {platform.system()}) "
                           "has no GPU backend (Metal needs Apple Silicon); use --device cpu")
     device = mx.gpu if text == "gpu" or (text == "auto" and gpu) else mx.cpu
+    if device == mx.cpu:
+        configure_malloc()
     mx.set_default_device(device)
     return mx.default_device()
 

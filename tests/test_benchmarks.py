@@ -34,7 +34,14 @@ def test_quick_benchmark_reports_every_row_consistently(tmp_path):
     assert {(r["backend"], r["conv_mode"], r["checkpointing"]) for r in ours} == {
         (b, m, c) for b in ("torch", "mlx") for m, c in
         (("factorized", False), ("factorized", True), ("full", False))}
-    assert [r["backend"] for r in rows if r["model"] != "ours"] == ["torch"]  # the peer
+    # the peer at our widths, then at widths that bring its FLOPs per clip near ours
+    peers = [r for r in rows if r["model"] != "ours"]
+    assert [(r["backend"], r["model"]) for r in peers] == [
+        ("torch", "diffusers UNet3D"), ("torch", "diffusers UNet3D 8/16")]
+    ours_flops = next(r for r in ours if not r["checkpointing"] and r["backend"] == "torch"
+                      and r["conv_mode"] == "factorized")["train_flops_per_sample"]
+    same, matched = (r["train_flops_per_sample"] for r in peers)
+    assert abs(matched / ours_flops - 1) < abs(same / ours_flops - 1)
     for r in rows:
         assert math.isfinite(r["step_s"]) and r["step_s"] > 0 and r["peak_bytes"] > 0
         assert r["samples_per_s"] == pytest.approx(r["batch"] / r["step_s"])
@@ -84,7 +91,7 @@ def test_set_reshapes_every_model_measured(tmp_path):
     report = json.loads(out.read_text())
     assert report["header"]["overrides (every model)"] == " ".join(overrides)
     (ours,) = [r for r in report["rows"] if r["model"] == "ours"]
-    (peer,) = [r for r in report["rows"] if r["model"] != "ours"]
+    peer = next(r for r in report["rows"] if r["model"] == "diffusers UNet3D")
     config = apply_overrides(preset("tiny"), ["model.conv_mode=factorized", *overrides])
     assert ours["train_flops_per_sample"] == training_flops_per_sample(config)
     assert training_flops_per_sample(config) < training_flops_per_sample(preset("tiny"))
@@ -104,3 +111,17 @@ def test_a_bad_set_fails_before_measuring():
                             timeout=120)
     assert result.returncode != 0
     assert "num_frame" in result.stderr and "device ceiling" not in result.stderr
+
+
+def test_peer_has_our_heads_and_widths():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_torch import peer_model
+    from benchmarks.common import Job
+
+    config = preset("tiny").model
+    for widths in (None, [8, 16]):
+        peer = peer_model(Job("peer", preset="tiny", peer_widths=widths))
+        assert list(peer.config.block_out_channels) == (
+            widths or [config.base_channels * k for k in config.channel_mult])
+        for block in (peer.down_blocks[-1], peer.mid_block):  # the deepest level: our heads
+            assert block.attentions[0].transformer_blocks[0].attn1.heads == config.num_heads
