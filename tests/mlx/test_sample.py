@@ -206,7 +206,9 @@ def test_generate_in_bfloat16_stays_near_the_float32_loop():
     """dtype=bf16 runs the loop in bf16 (what a bf16 model samples in) and still returns
     float32 in [-1, 1], close to the float32 reference."""
     diffusion, sample = CASES["ddim-eta0"]
-    sample = replace(sample, guidance=1.0)
+    # "leading": a first step from t = 999 ("trailing") magnifies bf16's rounding of x ~150x
+    # (1 / sqrt(abar)) before clipping; this test is about the dtype plumbing, not that.
+    sample = replace(sample, guidance=1.0, timestep_spacing="leading")
     text = _text_np(SHAPE[0], seed=1)
     got = generate(Stub(), diffusion, sample, _to_batch(text), None, SHAPE, seed=5,
                    dtype=mx.bfloat16)

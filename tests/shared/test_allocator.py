@@ -34,7 +34,7 @@ def faults_of_second_allocation(env: dict[str, str]) -> tuple[bool, int]:
     return out[0] == "True", int(out[1])
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc",
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                     reason="mallopt tuning is glibc's")
 def test_tuned_malloc_reuses_freed_big_blocks():
     pages = (512 << 20) // os.sysconf("SC_PAGE_SIZE")
