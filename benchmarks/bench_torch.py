@@ -166,7 +166,7 @@ def peer_model(job: Job) -> torch.nn.Module:
     from diffusers import UNet3DConditionModel
 
     m = job_config(job).model
-    widths = tuple(job.peer_widths or (m.base_channels * k for k in m.channel_mult))
+    widths = tuple(job.peer_widths or m.level_channels())
     down = tuple("CrossAttnDownBlock3D" if i in m.attention_levels else "DownBlock3D"
                  for i in range(len(widths)))
     up = tuple("CrossAttnUpBlock3D" if i in m.attention_levels else "UpBlock3D"

@@ -226,8 +226,9 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                     result = attempt(job, "peer diffusers UNet3DConditionModel")
                     if result is not None:
                         rows.append(peer_row(job, result))
-                        ours = training_flops_per_sample(job_config(job))
-                        widths = flop_matched_widths(job_config(job).model, ours,
+                        config = job_config(job)
+                        widths = flop_matched_widths(config.model,
+                                                     training_flops_per_sample(config),
                                                      result["train_flops_per_sample"])
                         if widths is not None:
                             job = replace(job, peer_widths=widths)
@@ -274,7 +275,7 @@ def flop_matched_widths(model: ModelConfig, ours: int, peer: int) -> list[int] |
     us for doing less."""
     scale = (ours / peer) ** 0.5
     g = model.norm_groups
-    same = [model.base_channels * k for k in model.channel_mult]
+    same = model.level_channels()
     widths = [max(g, round(w * scale / g) * g) for w in same]
     return None if widths == same else widths
 

@@ -10,7 +10,8 @@ cores): 29.5 s/step with 22 s of system time by default, 17.0 s with 1.4 s of sy
 Either threshold alone gets half of that at most (22.0 s and 34.9 s).
 
 Process-wide by nature (there is one malloc per process), so it is applied where a process
-commits to CPU work: the trainers and the samplers on a CPU device, and the benchmark's children.
+commits to CPU work: both backends' `select_device` when it picks the CPU (training, sampling,
+eval and the benchmark's children all go through it).
 It is a no-op off glibc (macOS, musl) and can be switched off with T2S_MALLOC_TUNING=0.
 """
 

@@ -333,12 +333,11 @@ def dpmpp_2m_table(schedule: NoiseSchedule, num_steps: int, *, prediction_type: 
 
 
 def make_sampler_table(diffusion: DiffusionConfig, sample: SampleConfig, *,
-                       variance_type: str = "fixed_small",
-                       use_clipped_model_output: bool | None = None) -> SamplerTable:
+                       variance_type: str = "fixed_small") -> SamplerTable:
     """The table for `sample.sampler` with the run's schedule, prediction type and clipping.
 
-    `sample.eta`, `sample.set_alpha_to_one` and `sample.use_clipped_model_output` (which the
-    keyword overrides when given) only concern DDIM; `sample.timestep_spacing` and
+    `sample.eta`, `sample.set_alpha_to_one` and `sample.use_clipped_model_output` only concern
+    DDIM; `sample.timestep_spacing` and
     `sample.steps_offset` apply to every sampler.
     """
     schedule = NoiseSchedule.from_config(diffusion)
@@ -351,9 +350,7 @@ def make_sampler_table(diffusion: DiffusionConfig, sample: SampleConfig, *,
     if sample.sampler == "ddim":
         return ddim_table(schedule, sample.steps, eta=sample.eta,
                           set_alpha_to_one=sample.set_alpha_to_one,
-                          use_clipped_model_output=(sample.use_clipped_model_output
-                                                    if use_clipped_model_output is None
-                                                    else use_clipped_model_output), **common)
+                          use_clipped_model_output=sample.use_clipped_model_output, **common)
     if sample.sampler == "dpm++":
         return dpmpp_2m_table(schedule, sample.steps, **common)
     raise ValueError(f"sampler={sample.sampler!r}: use one of {', '.join(SAMPLERS)}")

@@ -109,7 +109,8 @@ class Case:
                                     clip_sample_range=self.clip_range)
         sample = SampleConfig(sampler=self.sampler, steps=self.steps, eta=self.eta,
                               timestep_spacing=self.spacing, steps_offset=self.steps_offset,
-                              set_alpha_to_one=self.set_alpha_to_one)
+                              set_alpha_to_one=self.set_alpha_to_one,
+                              use_clipped_model_output=self.use_clipped_model_output)
         return diffusion, sample
 
     def table(self):
@@ -120,8 +121,7 @@ class Case:
                 prediction_type=self.prediction_type, timestep_spacing=self.spacing,
                 steps_offset=self.steps_offset, clip_range=self.clip_range if self.clip else None,
                 lower_order_final=self.lower_order_final, final_sigmas_type=self.final_sigmas_type)
-        return make_sampler_table(diffusion, sample, variance_type=self.variance_type,
-                                  use_clipped_model_output=self.use_clipped_model_output)
+        return make_sampler_table(diffusion, sample, variance_type=self.variance_type)
 
     def reference(self):
         start, end = BETA_RANGE[self.schedule]
@@ -479,7 +479,7 @@ def test_step_asks_for_what_it_needs(linear):
 
 
 def test_sample_config_chooses_ddim_clipped_model_output():
-    """`sample.use_clipped_model_output` reaches DDIM's table (the keyword still overrides it)."""
+    """`sample.use_clipped_model_output` reaches DDIM's table."""
     diffusion = DiffusionConfig(clip_sample=True)
     schedule = NoiseSchedule.from_config(diffusion)
     for flag in (False, True):
@@ -491,6 +491,5 @@ def test_sample_config_chooses_ddim_clipped_model_output():
         np.testing.assert_array_equal(table.prev_from_x, ref.prev_from_x)
     on = make_sampler_table(diffusion, SampleConfig(sampler="ddim", steps=10,
                                                     use_clipped_model_output=True))
-    off = make_sampler_table(diffusion, SampleConfig(sampler="ddim", steps=10),
-                             use_clipped_model_output=False)
+    off = make_sampler_table(diffusion, SampleConfig(sampler="ddim", steps=10))
     assert not np.allclose(on.prev_from_model, off.prev_from_model)
