@@ -38,6 +38,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from shared.checkpoint import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
 from shared.config import ModelConfig
+from t2s_mlx.norm_silu import group_norm_silu
 
 NORM_EPS = 1e-5
 MAX_PERIOD = 10000.0
@@ -166,11 +167,9 @@ class ResBlock3D(nn.Module):
 
     def __call__(self, x: mx.array, temb: mx.array,
                  dropout_key: mx.array | None = None) -> mx.array:
-        h = self.conv1(nn.silu(self.norm1(x)))
-        scale, shift = mx.split(self.time_emb_proj(nn.silu(temb))[:, None, None, None, :], 2,
-                                axis=-1)
-        h = self.norm2(h) * (1 + scale) + shift
-        h = nn.silu(h)
+        h = self.conv1(group_norm_silu(self.norm1, x))
+        scale, shift = mx.split(self.time_emb_proj(nn.silu(temb)), 2, axis=-1)
+        h = group_norm_silu(self.norm2, h, scale, shift)
         if dropout_key is not None and self.training and self.dropout_p > 0:
             keep = 1.0 - self.dropout_p
             mask = mx.random.bernoulli(keep, h.shape, key=mx.stop_gradient(dropout_key))
@@ -444,7 +443,7 @@ class UNet3D(nn.Module):
         h = self.mid_block(h, temb, context, context_mask, ckpt)
         for block in self.up_blocks:
             h = block(h, skips, temb, context, context_mask, ckpt)
-        return self.conv_out(nn.silu(self.norm_out(h)))
+        return self.conv_out(group_norm_silu(self.norm_out, h))
 
 
 # ---------------------------------------------------------------------------------------------

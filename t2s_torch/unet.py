@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from shared.config import ModelConfig
+from t2s_torch.norm_silu import group_norm_silu
 
 NORM_EPS = 1e-5
 MAX_PERIOD = 10000.0
@@ -164,10 +165,9 @@ class ResBlock3D(nn.Module):
         self.skip = PointwiseConv3d(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.time_emb_proj(F.silu(temb))[:, :, None, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.dropout(F.silu(h)))
+        h = self.conv1(group_norm_silu(self.norm1, x))
+        scale, shift = self.time_emb_proj(F.silu(temb)).chunk(2, dim=1)
+        h = self.conv2(self.dropout(group_norm_silu(self.norm2, h, scale, shift)))
         return self.skip(x) + h
 
 
@@ -445,4 +445,4 @@ class UNet3D(nn.Module):
         h = self.mid_block(h, temb, context, context_mask, ckpt)
         for block in self.up_blocks:
             h = block(h, skips, temb, context, context_mask, ckpt)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(group_norm_silu(self.norm_out, h))
