@@ -129,6 +129,14 @@ class FactorizedConv3d(nn.Module):
         return self.temporal(self.spatial(x))
 
 
+def norm_silu_conv(norm: nn.GroupNorm, x: mx.array, conv: nn.Module,
+                   scale: mx.array | None = None, shift: mx.array | None = None) -> mx.array:
+    """`conv(silu(norm(x) * (1 + scale) + shift))`, the ResBlock's pre-activation conv. torch
+    fuses it into one autograd node to avoid keeping the activation between them; MLX's graph
+    needs nothing of the kind, so here it is the composition."""
+    return conv(group_norm_silu(norm, x, scale, shift))
+
+
 def make_conv(in_ch: int, out_ch: int, conv_mode: str) -> nn.Module:
     """The ResBlock conv: full 3x3x3 (keys `weight`, `bias`) or factorized (`spatial`,
     `temporal`)."""
@@ -167,7 +175,7 @@ class ResBlock3D(nn.Module):
 
     def __call__(self, x: mx.array, temb: mx.array,
                  dropout_key: mx.array | None = None) -> mx.array:
-        h = self.conv1(group_norm_silu(self.norm1, x))
+        h = norm_silu_conv(self.norm1, x, self.conv1)
         scale, shift = mx.split(self.time_emb_proj(nn.silu(temb)), 2, axis=-1)
         h = group_norm_silu(self.norm2, h, scale, shift)
         if dropout_key is not None and self.training and self.dropout_p > 0:
@@ -443,7 +451,7 @@ class UNet3D(nn.Module):
         h = self.mid_block(h, temb, context, context_mask, ckpt)
         for block in self.up_blocks:
             h = block(h, skips, temb, context, context_mask, ckpt)
-        return self.conv_out(group_norm_silu(self.norm_out, h))
+        return norm_silu_conv(self.norm_out, h, self.conv_out)
 
 
 # ---------------------------------------------------------------------------------------------

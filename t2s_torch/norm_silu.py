@@ -15,6 +15,11 @@ Math (per sample, group g, channel c in g, n = elements per group):
     dx = rstd_g * (a_c dz - mean_g(a dz) - xhat * mean_g(a dz xhat))
 with mean_g(a dz) = sum_{c in g} a_c S1_c / n and mean_g(a dz xhat) = sum_{c in g} a_c S2_c / n.
 
+With a conv after it (`conv=`, the ResBlocks' pre-activation convs and `conv_out`), the node
+also runs that conv and keeps not even its own output: the backward recomputes it from `x` for
+the conv's weight gradient (`aten.convolution_backward`, the kernel autograd would call), so the
+ResBlock keeps its input and its conv inputs' sources only.
+
 The MLX twin (`t2s_mlx/unet.py: group_norm_silu`) is the plain composition: MLX's graph does
 not keep intermediates that nothing reads, and `mx.compile` fuses the elementwise tail.
 """
@@ -38,12 +43,18 @@ def _per_channel(stat: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 class GroupNormSiLUFunction(torch.autograd.Function):
-    """y = silu(group_norm(x) * a + b) with a, b per (sample, channel); see the module docstring."""
+    """y = silu(group_norm(x) * a + b), a and b per (sample, channel), then optionally a
+    stride-1 conv3d of y; see the module docstring.
+
+    With the conv, y itself is never kept: the backward recomputes it from x (one elementwise
+    pass) for the conv's weight gradient, so the whole node keeps x and statistics only.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int,
-                eps: float, scale: torch.Tensor | None, shift: torch.Tensor | None
-                ) -> torch.Tensor:
+                eps: float, scale: torch.Tensor | None, shift: torch.Tensor | None,
+                conv_weight: torch.Tensor | None = None, conv_bias: torch.Tensor | None = None,
+                padding: tuple[int, int, int] = (0, 0, 0)) -> torch.Tensor:
         x = _dense(x)
         b, c = x.shape[:2]
         xhat, mean, rstd = torch.native_group_norm(x, None, None, b, c, x.numel() // (b * c),
@@ -51,13 +62,16 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         a, beta = _affine(weight, bias, scale, shift, b)
         view = (b, c) + (1,) * (x.dim() - 2)
         y = F.silu(xhat.mul_(a.reshape(view)).add_(beta.reshape(view)), inplace=True)
-        ctx.groups = groups
-        ctx.save_for_backward(x, weight, bias, scale, mean, rstd, a, beta)
-        return y
+        ctx.groups, ctx.padding = groups, padding
+        ctx.has_conv_bias = conv_bias is not None
+        ctx.save_for_backward(x, weight, bias, scale, mean, rstd, a, beta, conv_weight)
+        if conv_weight is None:
+            return y
+        return F.conv3d(y, conv_weight, conv_bias, padding=padding)
 
     @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x, weight, bias, scale, mean, rstd, a, beta = ctx.saved_tensors
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, bias, scale, mean, rstd, a, beta, conv_weight = ctx.saved_tensors
         b, c = x.shape[:2]
         view = (b, c) + (1,) * (x.dim() - 2)
         dims = tuple(range(2, x.dim()))
@@ -66,8 +80,17 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         k = a * rstd_c  # z = x * k + (beta - mean * k): the pre-activation again, one pass
         z = torch.addcmul((beta - mean_c * k).reshape(view).to(x.dtype), x,
                           k.reshape(view).to(x.dtype))
+        d_conv_weight = d_conv_bias = None
+        if conv_weight is None:
+            dy = grad
+        else:
+            dy, d_conv_weight, d_conv_bias = torch.ops.aten.convolution_backward(
+                grad.contiguous(memory_format=_layout(x)), F.silu(z), conv_weight,
+                [conv_weight.shape[0]] if ctx.has_conv_bias else None, [1, 1, 1],
+                list(ctx.padding), [1, 1, 1], False, [0, 0, 0], 1,
+                [True, True, ctx.has_conv_bias])
         dz = torch.ops.aten.silu_backward(dy, z)
-        del z
+        del z, dy
         s1 = dz.sum(dims, dtype=mean.dtype)  # (B, C): sum dz
         s2 = ((dz * x).sum(dims, dtype=mean.dtype) - mean_c * s1) * rstd_c  # sum dz * xhat
         n = x.numel() // (b * ctx.groups)
@@ -86,7 +109,8 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         if scale is not None:
             d_scale = (s2 * weight + s1 * bias).to(scale.dtype)
             d_shift = s1.to(scale.dtype)
-        return dx, d_weight, d_bias, None, None, d_scale, d_shift
+        return (dx, d_weight, d_bias, None, None, d_scale, d_shift, d_conv_weight, d_conv_bias,
+                None)
 
 
 def _affine(weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None,
@@ -98,10 +122,13 @@ def _affine(weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None
 
 
 def group_norm_silu(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = None,
-                    shift: torch.Tensor | None = None) -> torch.Tensor:
-    """`silu(norm(x) * (1 + scale) + shift)` (or `silu(norm(x))`), scale and shift (B, C).
+                    shift: torch.Tensor | None = None, conv: nn.Conv3d | None = None
+                    ) -> torch.Tensor:
+    """`silu(norm(x) * (1 + scale) + shift)` (or `silu(norm(x))`), scale and shift (B, C);
+    then `conv(...)` when a stride-1 `conv` is given.
 
-    Under autocast the work runs in float32, as autocast runs `group_norm` itself.
+    Under autocast the norm runs in float32, as autocast runs `group_norm` itself, and the conv
+    stays outside the node so autocast still lowers it.
     """
     if (scale is None) != (shift is None):
         raise ValueError("group_norm_silu: give both scale and shift, or neither")
@@ -110,12 +137,27 @@ def group_norm_silu(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | N
         h = norm(x)
         if scale is not None:
             h = h * (1 + _spatial(scale, x)) + _spatial(shift, x)
-        return F.silu(h)
+        h = F.silu(h)
+        return h if conv is None else conv(h)
     if torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
-            return group_norm_silu(norm, x.float(), _maybe_float(scale), _maybe_float(shift))
+            h = group_norm_silu(norm, x.float(), _maybe_float(scale), _maybe_float(shift))
+        return h if conv is None else conv(h)
+    if conv is None:
+        return GroupNormSiLUFunction.apply(x, norm.weight, norm.bias, norm.num_groups, norm.eps,
+                                           scale, shift)
+    if tuple(conv.stride) != (1, 1, 1) or tuple(conv.dilation) != (1, 1, 1) or conv.groups != 1 \
+            or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        raise ValueError(f"group_norm_silu fuses only stride-1 zero-padded convs, not {conv}")
     return GroupNormSiLUFunction.apply(x, norm.weight, norm.bias, norm.num_groups, norm.eps,
-                                       scale, shift)
+                                       scale, shift, conv.weight, conv.bias,
+                                       tuple(conv.padding))
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=CHANNELS_LAST):
+        return CHANNELS_LAST
+    return torch.contiguous_format
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:

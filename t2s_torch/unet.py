@@ -104,7 +104,10 @@ class FactorizedConv3d(nn.Module):
         nn.init.zeros_(self.temporal.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.spatial(x)
+        return self.mix_frames(self.spatial(x))
+
+    def mix_frames(self, h: torch.Tensor) -> torch.Tensor:
+        """The temporal half alone (`norm_silu_conv` runs the spatial half fused with its norm)."""
         if not h.is_contiguous():  # channels-last: oneDNN's conv3d is fastest as it is
             return self.temporal(h)
         # The (3, 1, 1) conv as a (3, 1) conv2d over (frames, pixels): the same weights (a view),
@@ -133,6 +136,17 @@ class PointwiseConv3d(nn.Conv3d):
         b, c, f, height, width = x.shape
         out = F.conv2d(x.reshape(b, c, f, height * width), self.weight[..., 0], self.bias)
         return out.reshape(b, -1, f, height, width)
+
+
+def norm_silu_conv(norm: nn.GroupNorm, x: torch.Tensor, conv: nn.Module,
+                   scale: torch.Tensor | None = None,
+                   shift: torch.Tensor | None = None) -> torch.Tensor:
+    """`conv(silu(norm(x) * (1 + scale) + shift))`, the ResBlock's pre-activation conv, as one
+    autograd node with its (spatial) conv so that the activation between them is recomputed in
+    the backward pass rather than kept (`t2s_torch.norm_silu`)."""
+    if isinstance(conv, FactorizedConv3d):
+        return conv.mix_frames(group_norm_silu(norm, x, scale, shift, conv=conv.spatial))
+    return group_norm_silu(norm, x, scale, shift, conv=conv)
 
 
 def make_conv(in_ch: int, out_ch: int, conv_mode: str) -> nn.Module:
@@ -165,9 +179,12 @@ class ResBlock3D(nn.Module):
         self.skip = PointwiseConv3d(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(group_norm_silu(self.norm1, x))
+        h = norm_silu_conv(self.norm1, x, self.conv1)
         scale, shift = self.time_emb_proj(F.silu(temb)).chunk(2, dim=1)
-        h = self.conv2(self.dropout(group_norm_silu(self.norm2, h, scale, shift)))
+        if self.training and self.dropout.p > 0:
+            h = self.conv2(self.dropout(group_norm_silu(self.norm2, h, scale, shift)))
+        else:
+            h = norm_silu_conv(self.norm2, h, self.conv2, scale, shift)
         return self.skip(x) + h
 
 
@@ -445,4 +462,4 @@ class UNet3D(nn.Module):
         h = self.mid_block(h, temb, context, context_mask, ckpt)
         for block in self.up_blocks:
             h = block(h, skips, temb, context, context_mask, ckpt)
-        return self.conv_out(group_norm_silu(self.norm_out, h))
+        return norm_silu_conv(self.norm_out, h, self.conv_out)

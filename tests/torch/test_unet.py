@@ -283,10 +283,9 @@ def test_channels_last_computes_the_same_model(name, batch):
         torch.testing.assert_close(last.state_dict()[key], value, rtol=0, atol=0, msg=key)
     assert last.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
     layouts = []
-    last.down_blocks[0].resnets[0].conv1.register_forward_hook(
-        lambda _m, args, _out: layouts.append(
-            args[0].is_contiguous(memory_format=torch.channels_last_3d)
-            and not args[0].is_contiguous()))
+    last.down_blocks[0].resnets[0].register_forward_hook(
+        lambda _m, _args, out: layouts.append(
+            out.is_contiguous(memory_format=torch.channels_last_3d) and not out.is_contiguous()))
     args = inputs(config, batch=batch)
     out_first, grads_first = loss_and_grads(first, args)
     out_last, grads_last = loss_and_grads(last, args)
