@@ -42,14 +42,13 @@ def quality_notes(checkpoint: Path, log: Callable[[str], None], num_prompts: int
 
     def run(diffusion: DiffusionConfig, sampler: str, steps: int, consistent: bool
             ) -> tuple[np.ndarray, float]:
-        # "trailing" spacing (the default): every sampler starts at t = T - 1. With "leading"
-        # diffusers' DPM grid starts at T * (1 - 1 / (steps + 1)) - t = 500 for 500 steps - so
-        # the samplers would not even solve the same problem.
+        # Each sampler on its default grid ("auto": DDIM trailing, from t = T - 1; DPM-Solver++
+        # even in log-SNR), so the rows are what `sample` does with these step counts.
         key = (diffusion.clip_sample, sampler, steps, consistent and sampler == "ddim")
         if key in done:  # DPM-Solver++ ignores use_clipped_model_output: run it once
             return done[key]
         sample = dataclasses.replace(config.sample, sampler=sampler, steps=steps, eta=0.0,
-                                     timestep_spacing="trailing",
+                                     timestep_spacing="auto",
                                      use_clipped_model_output=consistent)
         log(f"quality: {sampler} {steps} steps on {path.name}")
         start = time.perf_counter()
@@ -69,7 +68,7 @@ def quality_notes(checkpoint: Path, log: Callable[[str], None], num_prompts: int
     lines = []
     for label, diffusion, consistent in variants:
         reference, ref_s = run(diffusion, *REFERENCE, consistent)
-        lines.append(f"- sampler quality on {path} ({label}, trailing timesteps, guidance "
+        lines.append(f"- sampler quality on {path} ({label}, default timestep grids, guidance "
                      f"{config.sample.guidance}, {num_prompts} prompts, same starting noise): "
                      f"{REFERENCE[0]} {REFERENCE[1]} steps {ref_s:.2f} s/video is the reference")
         for sampler, steps in CANDIDATES:

@@ -139,11 +139,13 @@ class SampleConfig:
     steps: int = 50
     eta: float = 0.0
     guidance: float = 5.0
-    # "leading" | "trailing" | "linspace". Trailing starts every sampler at t = T - 1; with
-    # "leading" DPM-Solver++'s grid (diffusers') starts at T * (1 - 1 / (steps + 1)), far below
-    # T for many steps. Measured on the demo's toy model: the same prompt accuracy for DDIM 25
-    # either way (43.8%, 80 clips).
-    timestep_spacing: str = "trailing"
+    # "auto" | "leading" | "trailing" | "linspace" | "logsnr". "auto": "logsnr" (even steps in
+    # log-SNR, DPM-Solver's own grid) for dpm++, "trailing" for ddim / ddpm. Trailing starts at
+    # t = T - 1; with "leading" DPM-Solver++'s grid (diffusers') starts at
+    # T * (1 - 1 / (steps + 1)), far below T for many steps. Measured on the demo's toy model
+    # (RMSE to DDIM 500, clipped ODE): DPM++ 20 0.038 trailing vs 0.013 logsnr; DDIM 50 0.023
+    # trailing vs 0.027 logsnr.
+    timestep_spacing: str = "auto"
     set_alpha_to_one: bool = True
     steps_offset: int = 0
     # DDIM with x0 clipping (diffusion.clip_sample): re-derive the noise estimate from the
@@ -263,8 +265,9 @@ class Config:
                f"sample.sampler={s.sampler!r}: use ddpm, ddim or dpm++")
         _check(1 <= s.steps <= d.num_train_timesteps,
                f"sample.steps={s.steps} must be in 1..{d.num_train_timesteps}")
-        _check(s.timestep_spacing in ("leading", "trailing", "linspace"),
-               f"sample.timestep_spacing={s.timestep_spacing!r}: use leading, trailing or linspace")
+        _check(s.timestep_spacing in ("auto", "leading", "trailing", "linspace", "logsnr"),
+               f"sample.timestep_spacing={s.timestep_spacing!r}: use auto, leading, trailing, "
+               "linspace or logsnr")
         _check(0.0 <= s.eta <= 1.0, "sample.eta must be in [0, 1]")
         _check(self.text.max_length >= 2, "text.max_length must be >= 2")
         return self

@@ -31,7 +31,7 @@ from shared.config import DiffusionConfig, SampleConfig
 from shared.schedules import NoiseSchedule, eps_coefficients, x0_coefficients
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "logsnr")
 DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
 # Any array type with +, -, * against Python floats and basic slicing: np.ndarray,
@@ -59,13 +59,41 @@ def _trailing(num_train_timesteps: int, num_steps: int) -> np.ndarray:
     return np.round(grid).astype(np.int64) - 1
 
 
+def logsnr_timesteps(alphas_cumprod: np.ndarray, num_steps: int) -> np.ndarray:
+    """num_steps distinct descending timesteps, uniform in log-SNR from t = T - 1 towards t = 0.
+
+    num_steps + 1 points evenly spaced in lambda = log(alpha / sigma) from lambda(T - 1) to
+    lambda(0), the last dropped (the final step goes to t = 0, resp. sigma = 0), each rounded to
+    the timestep of nearest lambda; the model is then evaluated exactly where its noise level is
+    known. Even steps in lambda are what DPM-Solver's error analysis asks for (Lu et al. 2022,
+    "logSNR" skip type; diffusers' `use_lu_lambdas` is the same grid on fractional sigmas). Where
+    rounding would repeat a timestep (many steps, low noise) the grid moves down by one.
+    """
+    ac = np.array(alphas_cumprod, dtype=np.float64)
+    T = len(ac)
+    _check_steps(T, num_steps, "logsnr")
+    ac[-1] = max(ac[-1], 2.0**-24)  # zero terminal SNR: lambda would be -inf
+    lam = 0.5 * np.log(ac / (1.0 - ac))  # increasing as t decreases
+    targets = np.linspace(lam[-1], lam[0], num_steps + 1)[:-1]
+    ts = np.array([T - 1 - int(np.argmin(np.abs(lam[::-1] - v))) for v in targets])
+    for i in range(1, num_steps):  # strictly descending...
+        ts[i] = min(ts[i], ts[i - 1] - 1)
+    for i in range(num_steps - 1, -1, -1):  # ...and never below the room the tail needs
+        ts[i] = max(ts[i], num_steps - 1 - i)
+    return ts.astype(np.int64)
+
+
 def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "leading",
-                   steps_offset: int = 0) -> np.ndarray:
+                   steps_offset: int = 0, alphas_cumprod: np.ndarray | None = None
+                   ) -> np.ndarray:
     """Descending timesteps of DDPMScheduler / DDIMScheduler.set_timesteps.
 
-    `steps_offset` only applies to "leading", as in diffusers.
+    `steps_offset` only applies to "leading", as in diffusers. "logsnr" needs the schedule's
+    `alphas_cumprod` (`logsnr_timesteps`).
     """
     _check_steps(num_train_timesteps, num_steps, spacing)
+    if spacing == "logsnr":
+        return logsnr_timesteps(_need_schedule(alphas_cumprod), num_steps)
     if spacing == "linspace":
         grid = np.linspace(0, num_train_timesteps - 1, num_steps).round()[::-1]
         return grid.astype(np.int64)
@@ -76,13 +104,17 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
 
 
 def dpm_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "linspace",
-                  steps_offset: int = 0) -> np.ndarray:
+                  steps_offset: int = 0, alphas_cumprod: np.ndarray | None = None
+                  ) -> np.ndarray:
     """Descending timesteps of DPMSolverMultistepScheduler.set_timesteps.
 
     Unlike DDIM, "linspace" and "leading" lay num_steps + 1 points from T - 1 (resp. 0) and drop
     the one at 0, because the solver's last step goes to sigma = 0 rather than to t = 0.
+    "logsnr" needs the schedule's `alphas_cumprod` (`logsnr_timesteps`).
     """
     _check_steps(num_train_timesteps, num_steps, spacing)
+    if spacing == "logsnr":
+        return logsnr_timesteps(_need_schedule(alphas_cumprod), num_steps)
     if spacing == "linspace":
         grid = np.linspace(0, num_train_timesteps - 1, num_steps + 1).round()[::-1][:-1]
         return grid.astype(np.int64)
@@ -90,6 +122,12 @@ def dpm_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lins
         ratio = num_train_timesteps // (num_steps + 1)
         return (np.arange(1, num_steps + 1, dtype=np.int64) * ratio)[::-1] + steps_offset
     return _trailing(num_train_timesteps, num_steps)
+
+
+def _need_schedule(alphas_cumprod: np.ndarray | None) -> np.ndarray:
+    if alphas_cumprod is None:
+        raise ValueError('timestep_spacing="logsnr" needs the schedule: pass alphas_cumprod')
+    return alphas_cumprod
 
 
 # ------------------------------------------------------------------------------ tables
@@ -192,7 +230,7 @@ def ddpm_table(schedule: NoiseSchedule, num_steps: int, *, prediction_type: str 
         raise ValueError(f"variance_type={variance_type!r}: use one of "
                          f"{', '.join(DDPM_VARIANCE_TYPES)}")
     T = schedule.num_train_timesteps
-    ts = ddim_timesteps(T, num_steps, timestep_spacing, steps_offset)
+    ts = ddim_timesteps(T, num_steps, timestep_spacing, steps_offset, schedule.alphas_cumprod)
     _check_timesteps(ts, T)
     ac = schedule.alphas_cumprod
     a_t = ac[ts]
@@ -234,11 +272,13 @@ def ddim_table(schedule: NoiseSchedule, num_steps: int, *, prediction_type: str 
     if eta < 0.0:
         raise ValueError(f"eta={eta} must be >= 0")
     T = schedule.num_train_timesteps
-    ts = ddim_timesteps(T, num_steps, timestep_spacing, steps_offset)
+    ts = ddim_timesteps(T, num_steps, timestep_spacing, steps_offset, schedule.alphas_cumprod)
     _check_timesteps(ts, T)
     ac = schedule.alphas_cumprod
     final = 1.0 if set_alpha_to_one else ac[0]
-    prev = ts - T // num_steps
+    # diffusers' fixed stride fits its evenly spaced grids; an uneven grid steps to its next entry.
+    prev = (np.append(ts[1:], -1) if timestep_spacing == "logsnr"
+            else ts - T // num_steps)
     a_t = ac[ts]
     a_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], final)
     variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
@@ -286,7 +326,7 @@ def dpmpp_2m_table(schedule: NoiseSchedule, num_steps: int, *, prediction_type: 
     if final_sigmas_type not in ("zero", "sigma_min"):
         raise ValueError(f"final_sigmas_type={final_sigmas_type!r}: use 'zero' or 'sigma_min'")
     T = schedule.num_train_timesteps
-    ts = dpm_timesteps(T, num_steps, timestep_spacing, steps_offset)
+    ts = dpm_timesteps(T, num_steps, timestep_spacing, steps_offset, schedule.alphas_cumprod)
     _check_timesteps(ts, T)
     if np.any(np.diff(ts) >= 0):
         raise ValueError(f"dpm++ with {num_steps} {timestep_spacing} steps repeats timesteps "
@@ -332,6 +372,15 @@ def dpmpp_2m_table(schedule: NoiseSchedule, num_steps: int, *, prediction_type: 
     )
 
 
+def resolve_spacing(spacing: str, sampler: str) -> str:
+    """`SampleConfig.timestep_spacing` "auto": each sampler's measured best grid, "logsnr" for
+    DPM-Solver++ (its error is set by the steps in log-SNR), "trailing" for DDIM and DDPM (on the
+    toy model an even log-SNR grid made DDIM 50 slightly worse: 0.027 vs 0.023 RMSE to DDIM 500)."""
+    if spacing != "auto":
+        return spacing
+    return "logsnr" if sampler == "dpm++" else "trailing"
+
+
 def make_sampler_table(diffusion: DiffusionConfig, sample: SampleConfig, *,
                        variance_type: str = "fixed_small") -> SamplerTable:
     """The table for `sample.sampler` with the run's schedule, prediction type and clipping.
@@ -343,8 +392,8 @@ def make_sampler_table(diffusion: DiffusionConfig, sample: SampleConfig, *,
     schedule = NoiseSchedule.from_config(diffusion)
     clip_range = diffusion.clip_sample_range if diffusion.clip_sample else None
     common = dict(prediction_type=diffusion.prediction_type,
-                  timestep_spacing=sample.timestep_spacing, steps_offset=sample.steps_offset,
-                  clip_range=clip_range)
+                  timestep_spacing=resolve_spacing(sample.timestep_spacing, sample.sampler),
+                  steps_offset=sample.steps_offset, clip_range=clip_range)
     if sample.sampler == "ddpm":
         return ddpm_table(schedule, sample.steps, variance_type=variance_type, **common)
     if sample.sampler == "ddim":
