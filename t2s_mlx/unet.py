@@ -173,8 +173,12 @@ class ResBlock3D(nn.Module):
             return None
         return mx.random.randint(0, 2**31 - 1, shape=(2,)).astype(mx.uint32)
 
-    def __call__(self, x: mx.array, temb: mx.array,
-                 dropout_key: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, temb: mx.array, dropout_key: mx.array | None = None,
+                 concat: mx.array | None = None) -> mx.array:
+        """`concat`: a UNet skip to join to `x` along channels first (`[x, concat]`); joined here,
+        inside any gradient checkpoint, the joined copy is recomputed instead of kept."""
+        if concat is not None:
+            x = mx.concatenate([x, concat], axis=-1)
         h = norm_silu_conv(self.norm1, x, self.conv1)
         scale, shift = mx.split(self.time_emb_proj(nn.silu(temb)), 2, axis=-1)
         h = group_norm_silu(self.norm2, h, scale, shift)
@@ -369,12 +373,11 @@ class UpBlock3D(nn.Module):
                  context: mx.array, context_mask: mx.array | None,
                  ckpt: bool) -> mx.array:
         for j, resnet in enumerate(self.resnets):
-            h = mx.concatenate([h, skips.pop()], axis=-1)
-            h = maybe_checkpoint(resnet, ckpt, h, temb, resnet.dropout_key())
+            h = maybe_checkpoint(resnet, ckpt, h, temb, resnet.dropout_key(), skips.pop())
             if self.attentions:
                 h = maybe_checkpoint(self.attentions[j], ckpt, h, context, context_mask)
         if self.upsample is not None:
-            h = self.upsample(h)
+            h = maybe_checkpoint(self.upsample, ckpt, h)
         return h
 
 

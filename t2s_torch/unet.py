@@ -178,7 +178,12 @@ class ResBlock3D(nn.Module):
         zero_module(self.conv2.spatial if config.conv_mode == "factorized" else self.conv2)
         self.skip = PointwiseConv3d(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor,
+                concat: torch.Tensor | None = None) -> torch.Tensor:
+        """`concat`: a UNet skip to join to `x` along channels first (`[x, concat]`); joined here,
+        inside any gradient checkpoint, the joined copy is recomputed instead of kept."""
+        if concat is not None:
+            x = torch.cat([x, concat], dim=1)
         h = norm_silu_conv(self.norm1, x, self.conv1)
         scale, shift = self.time_emb_proj(F.silu(temb)).chunk(2, dim=1)
         if self.training and self.dropout.p > 0:
@@ -370,12 +375,11 @@ class UpBlock3D(nn.Module):
                 context: torch.Tensor, context_mask: torch.Tensor | None,
                 ckpt: bool) -> torch.Tensor:
         for j, resnet in enumerate(self.resnets):
-            h = torch.cat([h, skips.pop()], dim=1)
-            h = maybe_checkpoint(resnet, ckpt, h, temb)
+            h = maybe_checkpoint(resnet, ckpt, h, temb, skips.pop())
             if self.attentions:
                 h = maybe_checkpoint(self.attentions[j], ckpt, h, context, context_mask)
         if self.upsample is not None:
-            h = self.upsample(h)
+            h = maybe_checkpoint(self.upsample, ckpt, h)
         return h
 
 

@@ -447,6 +447,18 @@ def test_make_sampler_table_follows_the_config():
         make_sampler_table(DiffusionConfig(), SampleConfig(sampler="euler"))
 
 
+def test_auto_spacing_is_logsnr_for_dpm_solver_and_trailing_for_ddim_and_ddpm(linear):
+    assert SampleConfig().timestep_spacing == "auto"
+    tables = {sampler: make_sampler_table(DiffusionConfig(), SampleConfig(sampler=sampler,
+                                                                          steps=20))
+              for sampler in ("dpm++", "ddim", "ddpm")}
+    np.testing.assert_array_equal(tables["dpm++"].timesteps,
+                                  logsnr_timesteps(linear.alphas_cumprod, 20))
+    for sampler in ("ddim", "ddpm"):
+        np.testing.assert_array_equal(tables[sampler].timesteps,
+                                      ddim_timesteps(1000, 20, "trailing"))
+
+
 @pytest.mark.parametrize(("build", "message"), [
     # At zero terminal SNR an epsilon model says nothing about x0 at t = 999.
     (lambda s: ddim_table(s, 10, timestep_spacing="trailing"), "v_prediction"),
