@@ -178,7 +178,7 @@ def _strides(shape: torch.Size) -> tuple[int, ...]:
     strides, step = [], 1
     for size in reversed(shape):
         strides.append(step)
-        step *= size
+        step = step * size  # not in place: under jit tracing sizes are tensors
     return tuple(reversed(strides))
 
 

@@ -78,9 +78,19 @@ def _inputs(config: Config, batch: int, length: int):
 
 
 def _measure(config: Config, batch: int = 1, text_length: int | None = None,
-             device: str = "cpu", count_cpu_sdpa: bool = True) -> tuple[list[BlockFlops], int]:
-    """Rows measured on the real torch model: FlopCounterMode per block, hooks for shapes."""
+             device: str = "cpu", count_cpu_sdpa: bool = True,
+             fused: bool = False) -> tuple[list[BlockFlops], int]:
+    """Rows measured on the real torch model: FlopCounterMode per block, hooks for shapes.
+
+    The output head (norm_out -> SiLU -> conv_out) runs on the CPU as one fused autograd node
+    that calls neither module, so neither would get its row; unless `fused`, the model runs the
+    plain composition (the same ops; `test_fused_node_counts_the_same_flops` checks that).
+    """
+    from t2s_torch import norm_silu
+
     length = config.text.max_length if text_length is None else text_length
+    saved = norm_silu.FUSED_DEVICE_TYPES
+    norm_silu.FUSED_DEVICE_TYPES = saved if fused else ()
     with torch.device(device):
         model = UNet3D(config.model).eval()
         args = _inputs(config, batch, length)
@@ -100,10 +110,11 @@ def _measure(config: Config, batch: int = 1, text_length: int | None = None,
         with torch.no_grad(), counter:
             model(*args)
     finally:
+        norm_silu.FUSED_DEVICE_TYPES = saved
         for h in hooks:
             h.remove()
     per_module = counter.get_flop_counts()
-    rows = [BlockFlops(name, sum(p.numel() for p in mod.parameters()), shapes[name],
+    rows = [BlockFlops(name, sum(p.numel() for p in mod.parameters()), shapes.get(name, ()),
                        sum(per_module.get(f"UNet3D.{name}", {}).values()))
             for name, mod in blocks]
     return rows, counter.get_total_flops()
@@ -158,6 +169,16 @@ def test_presets_equal_flop_counter_on_meta(name: str) -> None:
     ref, ref_total = _measure(config, device="meta", count_cpu_sdpa=False)
     _assert_rows_equal(block_flops(config), ref)
     assert forward_flops(config) == ref_total
+
+
+@needs_torch
+@pytest.mark.parametrize("case", ["tiny", "full-conv"])
+def test_fused_node_counts_the_same_flops(case: str) -> None:
+    """The fused GroupNorm-SiLU-conv node runs the same convs as the composition."""
+    make, batch, length = CASES[case]
+    config = make()
+    _, fused_total = _measure(config, batch, length, fused=True)
+    assert fused_total == forward_flops(config, batch, length)
 
 
 @needs_torch
