@@ -20,7 +20,7 @@ also runs that conv and keeps not even its own output: the backward recomputes i
 the conv's weight gradient (`aten.convolution_backward`, the kernel autograd would call), so the
 ResBlock keeps its input and its conv inputs' sources only.
 
-The MLX twin (`t2s_mlx/unet.py: group_norm_silu`) is the plain composition: MLX's graph does
+The MLX twin (`t2s_mlx/norm_silu.py: group_norm_silu`) is the plain composition: MLX's graph does
 not keep intermediates that nothing reads, and `mx.compile` fuses the elementwise tail.
 """
 
@@ -166,11 +166,11 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     A dense tensor can carry any stride on a size-1 dim (a batch of 1 out of oneDNN does), so
     re-striding it addresses the same memory; anything not dense is copied channels-first.
     """
-    if x.is_contiguous():
-        return x.as_strided(x.shape, _strides(x.shape))
-    if x.dim() == 5 and x.is_contiguous(memory_format=CHANNELS_LAST):
+    if _layout(x) == CHANNELS_LAST:
         n, c, f, h, w = x.shape
         return x.as_strided(x.shape, (c * f * h * w, 1, h * w * c, w * c, c))
+    if x.is_contiguous():
+        return x.as_strided(x.shape, _strides(x.shape))
     return x.contiguous()
 
 
