@@ -78,28 +78,39 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)
         a, beta = a.to(mean.dtype), beta.to(mean.dtype)
         k = a * rstd_c  # z = x * k + (beta - mean * k): the pre-activation again, one pass
-        z = torch.addcmul((beta - mean_c * k).reshape(view).to(x.dtype), x,
-                          k.reshape(view).to(x.dtype))
+        z_offset, z_scale = (beta - mean_c * k).reshape(view).to(x.dtype), k.reshape(view).to(
+            x.dtype)
         d_conv_weight = d_conv_bias = None
         if conv_weight is None:
             dy = grad
         else:
+            # silu(z) in z's own buffer, z rebuilt after: the conv's backward runs beside one
+            # recomputed activation rather than two (the node's peak, at the widest concat
+            # input of the up path, is one input-sized buffer lower).
+            y = F.silu(torch.addcmul(z_offset, x, z_scale), inplace=True)
             dy, d_conv_weight, d_conv_bias = torch.ops.aten.convolution_backward(
-                grad.contiguous(memory_format=_layout(x)), F.silu(z), conv_weight,
+                grad.contiguous(memory_format=_layout(x)), y, conv_weight,
                 [conv_weight.shape[0]] if ctx.has_conv_bias else None, [1, 1, 1],
                 list(ctx.padding), [1, 1, 1], False, [0, 0, 0], 1,
                 [True, True, ctx.has_conv_bias])
-        dz = torch.ops.aten.silu_backward(dy, z)
-        del z, dy
+            del y
+        z = torch.addcmul(z_offset, x, z_scale)
+        # dz = dy * silu'(z), written over dy when dy is ours (the conv's input gradient).
+        dz = torch.ops.aten.silu_backward.grad_input(dy, z, grad_input=dy) \
+            if conv_weight is not None else torch.ops.aten.silu_backward(dy, z)
+        del dy
+        dz_x = torch.mul(dz, x, out=z)  # z is spent: its buffer takes dz * x
+        del z
         s1 = dz.sum(dims, dtype=mean.dtype)  # (B, C): sum dz
-        s2 = ((dz * x).sum(dims, dtype=mean.dtype) - mean_c * s1) * rstd_c  # sum dz * xhat
+        s2 = (dz_x.sum(dims, dtype=mean.dtype) - mean_c * s1) * rstd_c  # sum dz * xhat
         n = x.numel() // (b * ctx.groups)
         m1 = _per_channel((a * s1).reshape(b, ctx.groups, -1).sum(-1) / n, c)
         m2 = _per_channel((a * s2).reshape(b, ctx.groups, -1).sum(-1) / n, c)
         # dx = rstd * a * dz - rstd * m1 - rstd^2 * m2 * (x - mean)
         coef_x = -rstd_c * rstd_c * m2
         const = -rstd_c * m1 - coef_x * mean_c
-        dx = torch.addcmul(const.reshape(view).to(x.dtype), x, coef_x.reshape(view).to(x.dtype))
+        dx = torch.addcmul(const.reshape(view).to(x.dtype), x, coef_x.reshape(view).to(x.dtype),
+                           out=dz_x)
         dx.addcmul_(dz, (rstd_c * a).reshape(view).to(x.dtype))
         # a = weight * (1 + scale), b = bias * (1 + scale) + shift; s2 = dL/da, s1 = dL/db
         one_plus = 1 if scale is None else 1 + scale.to(mean.dtype)
