@@ -18,8 +18,9 @@ The price is fragmentation: a heap that never shrinks holds every hole a step le
 live blocks. With gradient checkpointing (the mode that trades time for memory) the live peak
 of `small` at 28 frames is 3.8 GB but the heap grew to 7.5 GB resident. `release_free_memory()`
 (`malloc_trim(0)`: every free page inside the heap goes back to the kernel, the heap's layout
-stays) called as each checkpointed segment's backward begins keeps the resident set near the
-live one (4.7 GB) for a few percent of step time: only pages of holes reused later fault again.
+stays), called as each checkpointed segment's backward begins whenever the resident free heap
+exceeds half the bytes in use, keeps the peak at 4.7 GB for ~10% of the step's time: the pages
+of a hole that a later allocation reuses fault in (and are zeroed) again.
 """
 
 from __future__ import annotations
@@ -60,11 +61,43 @@ def configure_malloc() -> bool:
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-def release_free_memory() -> bool:
-    """Hand the heap's free pages back to the kernel (glibc `malloc_trim(0)`); True if any were."""
+class _MallInfo2(ctypes.Structure):
+    """glibc's `struct mallinfo2` (2.33+): byte counts of the whole heap."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def heap_use() -> tuple[int, int] | None:
+    """(bytes in use, resident bytes beyond them): the second is the free heap the kernel still
+    backs, plus the process's code and interpreter (a constant few hundred MB). None off glibc."""
+    libc = _glibc()
+    info = None if libc is None else getattr(libc, "mallinfo2", None)
+    if info is None:
+        return None
+    info.restype = _MallInfo2
+    heap = info()
+    with open("/proc/self/statm") as f:
+        resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    used = heap.uordblks + heap.hblkhd
+    return used, resident - used
+
+
+def release_free_memory(keep: float = 0.0) -> bool:
+    """Hand the heap's free pages back to the kernel (glibc `malloc_trim(0)`) when more of them
+    are resident than `keep` times the bytes in use; True if it trimmed.
+
+    A threshold, because every page given back faults in again (and is zeroed) when a later
+    allocation reuses its hole: trimming at every chance costs ~10% of a checkpointed step.
+    """
     libc = _glibc()
     trim = None if libc is None else getattr(libc, "malloc_trim", None)
     if trim is None:
         return False
+    if keep > 0:
+        use = heap_use()
+        if use is not None and use[1] <= keep * use[0]:
+            return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))

@@ -328,6 +328,22 @@ def test_gradient_checkpointing_matches_and_is_used(monkeypatch):
     assert not calls  # never while sampling
 
 
+def test_checkpointed_backward_releases_free_memory_once_per_segment(monkeypatch):
+    config = replace(tiny(), gradient_checkpointing=True)
+    model = UNet3D(config).train()
+    released = []
+    monkeypatch.setattr(unet_module, "release_free_memory", lambda keep: released.append(keep))
+    out = model(*inputs(config))
+    assert not released  # the forward pass leaves the heap alone
+    out.square().mean().backward()
+    # as each checkpointed segment's backward begins, with the slack it tolerates
+    assert released == [unet_module.CHECKPOINT_HEAP_SLACK] * 13
+    released.clear()
+    loss_and_grads(UNet3D(replace(config, gradient_checkpointing=False)).train(),
+                   inputs(config))
+    assert not released
+
+
 # ---------------------------------------------------------------------------------------------
 # the parameter-key contract
 
