@@ -78,6 +78,9 @@ def maybe_checkpoint(module: nn.Module, enabled: bool, *args) -> mx.array:
 
     The module's trainable parameters are passed to `mx.checkpoint` explicitly (as
     `mlx.nn.utils.checkpoint` does), so their gradients flow through the recomputation.
+    The torch twin also returns glibc's free heap pages as each segment's backward begins on
+    the CPU; MLX's graph has no per-segment backward hook and its allocator keeps its own
+    buffer cache (`mx.get_peak_memory` is what the benchmark reads), so nothing here does.
     """
     if not enabled:
         return module(*args)
