@@ -78,8 +78,8 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)
         a, beta = a.to(mean.dtype), beta.to(mean.dtype)
         k = a * rstd_c  # z = x * k + (beta - mean * k): the pre-activation again, one pass
-        z_offset, z_scale = (beta - mean_c * k).reshape(view).to(x.dtype), k.reshape(view).to(
-            x.dtype)
+        z_offset = (beta - mean_c * k).reshape(view).to(x.dtype)
+        z_scale = k.reshape(view).to(x.dtype)
         d_conv_weight = d_conv_bias = None
         if conv_weight is None:
             dy = grad
