@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from shared.allocator import release_free_memory
 from shared.config import ModelConfig
 from t2s_torch.norm_silu import group_norm_silu
+from t2s_torch.temporal_conv import temporal_conv
 
 NORM_EPS = 1e-5
 # Under gradient checkpointing on the CPU, free heap pages beyond this fraction of the bytes in
@@ -126,8 +127,8 @@ class FactorizedConv3d(nn.Module):
 
     def mix_frames(self, h: torch.Tensor) -> torch.Tensor:
         """The temporal half alone (`norm_silu_conv` runs the spatial half fused with its norm)."""
-        if not h.is_contiguous():  # channels-last: oneDNN's conv3d is fastest as it is
-            return self.temporal(h)
+        if not h.is_contiguous():  # channels-last: oneDNN's conv3d, our weight gradient on CPU
+            return temporal_conv(self.temporal, h)
         # The (3, 1, 1) conv as a (3, 1) conv2d over (frames, pixels): the same weights (a view),
         # the same result, ~2-3x faster forward and backward on oneDNN (CPU), whose conv3d path
         # for this shape is slow (measured: 27 vs 71+ GFLOP/s); conv2d is also what MPS supports
