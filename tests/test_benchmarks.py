@@ -28,6 +28,10 @@ def test_quick_benchmark_reports_every_row_consistently(tmp_path):
     assert set(report["ceilings"]) == {"torch/cpu", "mlx/cpu"}
     for ceiling in report["ceilings"].values():
         assert ceiling["matmul_gflops"] > 0 and ceiling["conv3d_gflops"] > 0
+        # measured before and after the rows; the rows are held to the mean of the two
+        for key in ("matmul_gflops", "conv3d_gflops"):
+            ends = (ceiling["before"][key], ceiling["after"][key])
+            assert min(ends) > 0 and ceiling[key] == pytest.approx(sum(ends) / 2)
 
     rows = report["rows"]
     ours = [r for r in rows if r["model"] == "ours"]
