@@ -40,6 +40,7 @@ class Job:
     count_flops: bool = False
     ceiling_scale: int = 1  # 1: the full ceiling workloads; 2: the quick run's smaller ones
     channels_last: str = "auto"  # torch activations: auto (the device's default) | on | off
+    compile: bool = False  # torch.compile the UNet (torch only: MLX always compiles its step)
     peer_widths: list[int] | None = None  # the peer's block widths (None: the preset's)
     overrides: list[str] = field(default_factory=list)
 

@@ -147,6 +147,7 @@ class Plan:
     latent: bool = False
     threads: int = 0
     channels_last: str = "auto"
+    compile: bool = False  # add a torch.compile row next to torch's eager one
     # `--set section.field=value` for every model measured (ours and the peer alike).
     overrides: list[str] = field(default_factory=list)
 
@@ -204,6 +205,17 @@ def measure(plan: Plan, log) -> dict[str, Any]:
                                 continue
                             rows[-1].nfe_s = sample["nfe_s"]
                             rows[-1].extra["sample_peak_bytes"] = sample["peak_bytes"]
+                if plan.compile and backend == "torch":
+                    job = Job("train", backend, device, preset_name, plan.conv_modes[0], False,
+                              precision, batch, plan.warmup, plan.repeats, plan.threads,
+                              channels_last=plan.channels_last, compile=True,
+                              overrides=plan.overrides)
+                    log(f"{backend}/{device}: train {preset_name} {plan.conv_modes[0]} "
+                        f"torch.compile {precision} batch {batch}")
+                    result = attempt(job, "train torch.compile")
+                    if result is not None:
+                        rows.append(train_row(job, result, peak))
+                        rows[-1].model = "ours, torch.compile"
                 if plan.latent:
                     size = job_config(Job("train", preset=preset_name,
                                           overrides=plan.overrides)).data.image_size
@@ -282,6 +294,7 @@ def train_row(job: Job, result: dict[str, Any], peak: dict[str, Any]) -> Row:
     return Row(job.backend, job.device, "ours", job.preset, job.conv_mode, job.checkpointing,
                job.precision, job.batch, num_parameters(config), flops, result["step_s"],
                result["peak_bytes"], extra={"times": result["times"],
+                                            "first_step_s": result.get("first_step_s"),
                                             "device_name": result["device_name"],
                                             "version": result["version"]})
 
@@ -348,6 +361,15 @@ def comparisons(rows: list[Row]) -> list[str]:
                     f"({r.train_flops_per_sample / 1e9:.0f} vs "
                     f"{pixel.train_flops_per_sample / 1e9:.0f} GFLOP/clip; the VAE's one-off "
                     "encoding excluded: benchmarks/vae.py)")
+    for r in rows:
+        if r.model == "ours, torch.compile":
+            eager = plain_row(ours, r)
+            if eager:
+                lines.append(
+                    f"- {r.backend}/{r.device} {r.preset}: torch.compile trains "
+                    f"{r.samples_per_s / eager.samples_per_s:.2f}x the clips/s of eager mode "
+                    f"with {r.peak_bytes / max(eager.peak_bytes, 1):.2f}x its peak memory; its "
+                    f"first step (compilation) took {r.extra['first_step_s']:.0f} s")
     for r in ours:
         if r.checkpointing:
             off = plain_row(ours, r)
@@ -484,6 +506,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="torch activations channels-last (auto: as training runs them, on the "
                         "CPU only); run on and off to see what the layout is worth")
+    p.add_argument("--compile", action="store_true",
+                   help="add a row for torch's UNet under torch.compile (static shapes), next "
+                        "to its eager row; the first step's compilation is reported apart")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE",
                    help="change the presets for every model measured, ours and the peer (e.g. "
@@ -512,7 +537,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 checkpointing=not args.no_checkpointing, bf16_on_gpu=not args.no_bf16,
                 timeout=args.timeout, ceiling_scale=2 if args.quick else 1,
                 latent=args.latent, threads=args.threads, channels_last=args.channels_last,
-                overrides=args.overrides)
+                compile=args.compile, overrides=args.overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

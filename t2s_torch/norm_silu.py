@@ -144,7 +144,9 @@ def group_norm_silu(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | N
     if (scale is None) != (shift is None):
         raise ValueError("group_norm_silu: give both scale and shift, or neither")
     device_type = x.device.type
-    if device_type not in FUSED_DEVICE_TYPES:
+    # Under torch.compile the plain ops: dynamo cannot trace this node's backward (its `out=`
+    # buffers are channels-last), and inductor fuses norm, modulation and SiLU by itself.
+    if device_type not in FUSED_DEVICE_TYPES or torch.compiler.is_compiling():
         h = norm(x)
         if scale is not None:
             h = h * (1 + _spatial(scale, x)) + _spatial(shift, x)

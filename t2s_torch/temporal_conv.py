@@ -89,9 +89,11 @@ def _weight_layout(weight: torch.Tensor) -> torch.memory_format:
 
 def temporal_conv(conv: nn.Conv3d, h: torch.Tensor) -> torch.Tensor:
     """`conv(h)` for the factorized conv's temporal half; through `TemporalConvFunction` where
-    it is measured faster (CPU, float32, channels-last activations, no autocast)."""
+    it is measured faster (CPU, float32, channels-last activations, no autocast, not under
+    torch.compile, which lowers the plain conv itself)."""
     if (h.device.type == "cpu" and h.dtype == torch.float32 and conv.weight.dtype == h.dtype
-            and not h.is_contiguous() and h.is_contiguous(memory_format=CHANNELS_LAST)
+            and not torch.compiler.is_compiling() and not h.is_contiguous()
+            and h.is_contiguous(memory_format=CHANNELS_LAST)
             and not torch.is_autocast_enabled("cpu")):
         return TemporalConvFunction.apply(h, conv.weight, conv.bias)
     return conv(h)

@@ -85,7 +85,8 @@ def maybe_checkpoint(fn: Callable[..., torch.Tensor], enabled: bool, *args) -> t
     if not enabled:
         return fn(*args)
     out = checkpoint(fn, *args, use_reentrant=False)
-    if out.device.type == "cpu" and out.requires_grad:
+    # Not under torch.compile: dynamo would trace the hook's ctypes call, a graph break.
+    if out.device.type == "cpu" and out.requires_grad and not torch.compiler.is_compiling():
         out.register_hook(_release_free_memory)
     return out
 

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,19 @@ def test_peer_has_our_heads_and_widths():
             widths or [config.base_channels * k for k in config.channel_mult])
         for block in (peer.down_blocks[-1], peer.mid_block):  # the deepest level: our heads
             assert block.attentions[0].transformer_blocks[0].attn1.heads == config.num_heads
+
+
+def test_compile_row_is_compared_with_its_eager_row():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.run import Row, comparisons, make_plan, parse
+
+    assert make_plan(parse(["--quick", "--backends", "torch", "--compile"])).compile
+    assert not make_plan(parse(["--quick", "--backends", "torch"])).compile
+    eager = Row("torch", "cpu", "ours", "small", "factorized", False, "no", 1, 10, 10**9,
+                step_s=2.0, peak_bytes=4 * 2**30)
+    ckpt = replace(eager, checkpointing=True, step_s=9.0, peak_bytes=2**30)
+    compiled = replace(eager, model="ours, torch.compile", step_s=1.6, peak_bytes=3 * 2**30,
+                       extra={"first_step_s": 95.0})
+    lines = [line for line in comparisons([eager, ckpt, compiled]) if "torch.compile" in line]
+    assert lines == ["- torch/cpu small: torch.compile trains 1.25x the clips/s of eager mode "
+                     "with 0.75x its peak memory; its first step (compilation) took 95 s"]
