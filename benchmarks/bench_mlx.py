@@ -105,9 +105,7 @@ def measure_train(job: Job) -> dict[str, Any]:
         mx.eval(loss, model.parameters(), optimizer.state)
 
     mx.reset_peak_memory()
-    start = time.perf_counter()
-    run()  # tracing and compiling the step, what a run pays once
-    first_step_s = time.perf_counter() - start
+    (first_step_s,) = timed(run, 0, 1)  # tracing and compiling the step: paid once per run
     times = timed(run, max(0, job.warmup - 1), job.repeats)
     return {"step_s": median(times), "times": times, "first_step_s": first_step_s,
             "peak_bytes": int(mx.get_peak_memory())}

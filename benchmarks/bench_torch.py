@@ -134,10 +134,8 @@ def measure_train(job: Job, device: torch.device) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
 
     reset_peak(device)
-    start = time.perf_counter()
-    step()  # with torch.compile: tracing and code generation, what a run pays once
-    synchronize(device)
-    first_step_s = time.perf_counter() - start
+    # With torch.compile the first step traces and generates code: what a run pays once.
+    (first_step_s,) = timed(step, device, 0, 1)
     times = timed(step, device, max(0, job.warmup - 1), job.repeats)
     return {"step_s": median(times), "times": times, "first_step_s": first_step_s,
             "peak_bytes": peak_bytes(device)}

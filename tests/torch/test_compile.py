@@ -1,6 +1,6 @@
 """torch.compile of the UNet: dynamo captures it whole (the fused CPU nodes and the checkpoint
 heap hook step aside while it traces), and the compiled training step, which runs the plain
-ops, gives eager mode's loss and gradients, which run the fused nodes."""
+ops, gives eager mode's output and gradients, which run the fused nodes."""
 
 from __future__ import annotations
 
