@@ -298,17 +298,25 @@ def data_preview_command(data_dir, out_png, num_clips, labels_file) -> None:
 def eval_command(clips_dir, prompts_file, json_out) -> None:
     """Score generated toy-signer clips for text faithfulness.
 
-    CLIPS_DIR holds GIF/MP4 clips with same-named .txt captions (what `sample` writes). Both
+    CLIPS_DIR holds GIF/MP4 clips with same-named .txt captions (what `sample` writes), or
+    sub-folders of them (a demo's samples/: seen/, unseen/, longer/), each scored apart. Both
     hands are tracked in every clip and compared with each candidate prompt's motion: the
-    report gives the prompt-identification accuracy (chance = 1 / number of prompts) and the
+    report gives, with standard errors, the prompt-identification accuracy (chance = 1 / number
+    of prompts), the word accuracy per position (is the first word signed first?) and the
     hand-trajectory error against the clip's own caption.
     """
-    from shared.eval import evaluate_folder, score_to_dict
+    from shared.eval import evaluate_set, score_to_dict, set_folders
 
-    score = evaluate_folder(Path(clips_dir), Path(prompts_file) if prompts_file else None)
-    click.echo(score.format())
+    folders = set_folders(Path(clips_dir))
+    results = {}
+    for folder in folders:
+        result = evaluate_set(folder, None if len(folders) > 1 else folder.name,
+                              Path(prompts_file) if prompts_file else None)
+        click.echo(result.format())
+        results[folder.name] = {**score_to_dict(result.score), **result.to_dict()}
     if json_out:
-        Path(json_out).write_text(json.dumps(score_to_dict(score), indent=2) + "\n")
+        data = next(iter(results.values())) if len(results) == 1 else {"sets": results}
+        Path(json_out).write_text(json.dumps(data, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------ demo
@@ -320,25 +328,33 @@ def eval_command(clips_dir, prompts_file, json_out) -> None:
               show_default=True, help="toy: ~10 minutes of training on a 2-core CPU; toy-long: "
                                       "about an hour, for a better model.")
 @click.option("--n", "n", type=click.IntRange(1), default=400, show_default=True,
-              help="Toy clips to make (20 sentences, many signers each).")
+              help="Toy clips to make (1-2 word training sentences, a new signer each).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Toy set seed: its signers and which sentences are held out.")
+@click.option("--samples", "samples_per_sentence", type=click.IntRange(1), default=5,
+              show_default=True, help="Samples per evaluation sentence (20 sentences a set).")
 @click.option("--device", default=None, help="Device (default: the best available).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Change the preset, e.g. --set train.steps=300.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
-def demo_command(ctx, out, preset_name, n, device, overrides, quiet) -> None:
+def demo_command(ctx, out, preset_name, n, seed, samples_per_sentence, device, overrides,
+                 quiet) -> None:
     """The README's main job: train on the toy-signer set, sample, score.
 
-    Makes 400 toy clips of 20 sentences (once), trains the `toy` preset, samples every training
-    sentence and 10 unseen sentences of the same words (GIFs + grid.gif under OUT/samples), and
-    prints the faithfulness metric for both: prompt-identification accuracy (chance 1/20 for
-    the seen ones) and hand-trajectory error. A finished run is reused; an interrupted one
-    resumes.
+    Makes 400 toy clips of 1-2 word sentences (once), holding out 20 two-word sentences
+    (new word pairs and new orders) and 20 three-word ones; trains the `toy` preset; samples
+    20 training sentences (seen), the 20 held-out ones (unseen) and the 20 longer ones, 5
+    clips each (GIFs + grid.gif under OUT/samples/SET); and prints for each set, with standard
+    errors, how often a clip names its own sentence among the set's 20 (chance 5%) and how
+    often each word position is signed right. Figures also go to OUT/report.json. A finished
+    run is reused; an interrupted one resumes.
     """
     from shared.demo import run_demo
 
     for line in run_demo(Path(out), ctx.obj, preset_name, n=n, device=device,
-                         workers=os.cpu_count() or 1, progress=not quiet, overrides=overrides):
+                         workers=os.cpu_count() or 1, progress=not quiet, overrides=overrides,
+                         seed=seed, samples_per_sentence=samples_per_sentence):
         click.echo(line)
 
 

@@ -40,6 +40,11 @@ class ModelConfig:
     dropout: float = 0.0
     # Width of the text encoder's token states (384 for all-MiniLM-L6-v2).
     context_dim: int = 384
+    # Cross-attention knows when each frame is: every head adds -w * (frame time - token
+    # position)^2 to its logits (both in 0..1; a token's position is its rank in the caption),
+    # with w learned per head, so "first word, first frames" is a prior the model can sharpen
+    # or drop. False is the model of checkpoints from before it (their config lacks the field).
+    text_alignment: bool = True
     gradient_checkpointing: bool = False
 
     @property
@@ -176,6 +181,9 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}; "
                               f"expected {[f.name for f in fields(cls)]}")
+        model = data.get("model")
+        if isinstance(model, dict) and "text_alignment" not in model:
+            data = {**data, "model": {**model, "text_alignment": False}}  # saved before it
         parts = {}
         for f in fields(cls):
             section_cls = _section_types()[f.name]

@@ -330,6 +330,8 @@ def parameter_shapes(model: ModelConfig, layout: str = "torch") -> dict[str, tup
         linear(f"{name}.ff.linear_1", 4 * ch, ch)
         linear(f"{name}.ff.linear_2", ch, 4 * ch)
         linear(f"{name}.proj_out", ch, ch)
+        if model.text_alignment:
+            shapes[f"{name}.text_align"] = (model.num_heads,)
 
     chs, temb, last = model.level_channels(), model.time_embed_dim, model.num_levels - 1
     linear("time_embed.linear_1", temb, model.base_channels)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import platform
 import time
 from collections.abc import Iterator
@@ -16,17 +17,18 @@ from pathlib import Path
 
 from shared.checkpoint import list_checkpoints
 from shared.config import apply_overrides, preset
-from shared.eval import evaluate_folder
-from shared.toy import make_toy_dataset, sample_prompts
+from shared.eval import evaluate_set
+from shared.textfollow import SPLIT_FILE, SentenceSplit, make_split, read_split, training_captions
+from shared.toy import make_toy_dataset
 
-# The demo's closed set of sentences: chance level for prompt identification is 1 / 20.
-DEMO_PROMPTS = 20
-UNSEEN_PROMPTS = 10
 # Bigger gloves keep the hands several pixels wide at the demo's 16 x 16, and sentences of at
 # most two words give each word four of the demo's eight frames (measured: prompt accuracy
 # 0.42 against 0.25-0.30 with three-word sentences, same budget).
 DEMO_HAND_SIZE = 1.6
 DEMO_MAX_WORDS = 2
+# Samples per evaluation sentence: 20 sentences x 5 = 100 clips per set, so that each figure's
+# standard error is at most 5 points.
+DEMO_SAMPLES = 5
 
 
 def default_backend() -> str:
@@ -37,35 +39,41 @@ def default_backend() -> str:
     return "t2s_torch"
 
 
-def ensure_toy_data(data_dir: Path, n: int, workers: int = 1) -> bool:
-    """Make the demo's toy set unless a complete one is already there; True if it was made."""
-    prompts = data_dir / "prompts.txt"
-    if prompts.exists() and len(list(data_dir.glob("toy_*.gif"))) >= n:
+def ensure_toy_data(data_dir: Path, n: int, workers: int = 1, seed: int = 0) -> bool:
+    """Make the demo's toy set unless a complete one is already there; True if it was made.
+    Its training sentences leave out the split's held-out ones (`split.json` beside them)."""
+    if read_split_safe(data_dir) is not None and len(list(data_dir.glob("toy_*.gif"))) >= n:
         return False
-    make_toy_dataset(data_dir, n=n, num_prompts=DEMO_PROMPTS, workers=workers,
-                     hand_size=DEMO_HAND_SIZE, max_words=DEMO_MAX_WORDS)
+    split = make_split(max_words=DEMO_MAX_WORDS, seed=seed)
+    make_toy_dataset(data_dir, n=n, seed=seed, workers=workers, hand_size=DEMO_HAND_SIZE,
+                     captions=training_captions(split, n, seed))
+    split.save(data_dir / SPLIT_FILE)
     return True
 
 
-def unseen_prompts(seen: list[str], count: int = UNSEEN_PROMPTS) -> list[str]:
-    """Sentences of the same vocabulary that training never showed (generalisation)."""
-    pool = sample_prompts(len(seen) + 4 * count, seed=12345, max_words=DEMO_MAX_WORDS)
-    return [p for p in pool if p not in set(seen)][:count]
+def read_split_safe(data_dir: Path) -> SentenceSplit | None:
+    try:
+        return read_split(data_dir)
+    except ValueError:
+        return None
 
 
 def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
              device: str | None = None, workers: int = 1, progress: bool = True,
-             overrides: tuple[str, ...] = ()) -> Iterator[str]:
+             overrides: tuple[str, ...] = (), seed: int = 0,
+             samples_per_sentence: int = DEMO_SAMPLES) -> Iterator[str]:
     """Yield the demo's report line by line as the work happens."""
     start_all = time.perf_counter()
     train_mod = importlib.import_module(f"{backend}.train")
     sample_mod = importlib.import_module(f"{backend}.sample")
     data_dir, run_dir = out / "data", out / f"run-{preset_name}"
     start = time.perf_counter()
-    made = ensure_toy_data(data_dir, n, workers)
-    yield (f"toy-signer data: {'wrote' if made else 'found'} {n} clips of {DEMO_PROMPTS} "
-           f"sentences in "
-           f"{data_dir} ({time.perf_counter() - start:.0f} s)")
+    made = ensure_toy_data(data_dir, n, workers, seed)
+    split = read_split(data_dir)
+    yield (f"toy-signer data: {'wrote' if made else 'found'} {n} clips of "
+           f"{len(set(training_captions(split, n, seed)))} training sentences in {data_dir} "
+           f"({time.perf_counter() - start:.0f} s); held out: {len(split.unseen)} sentences of "
+           f"{split.max_words} words, {len(split.longer)} of {split.max_words + 1}")
 
     config = apply_overrides(preset(preset_name), [f"data.data_dir={data_dir}",
                                                    f"train.out_dir={run_dir}", *overrides])
@@ -83,15 +91,19 @@ def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
                f"{time.perf_counter() - start:.0f} s on {trainer.device}; final loss "
                f"{sum(result.losses[-50:]) / max(1, len(result.losses[-50:])):.3f}")
 
-    seen = [p for p in (data_dir / "prompts.txt").read_text().splitlines() if p]
-    sample = dataclasses.replace(config.sample, num_samples=2)
-    for label, prompts in (("seen", seen), ("unseen", unseen_prompts(seen))):
+    sample = dataclasses.replace(config.sample, num_samples=samples_per_sentence)
+    report = {"preset": preset_name, "backend": backend, "split_seed": split.seed,
+              "sample": dataclasses.asdict(sample), "sets": {}}
+    for label, prompts in split.sets().items():
         folder = out / "samples" / label
         start = time.perf_counter()
-        sample_mod.sample_checkpoint(run_dir, prompts, folder, sample, device=device,
+        sample_mod.sample_checkpoint(run_dir, list(prompts), folder, sample, device=device,
                                      progress=progress)
-        score = evaluate_folder(folder, None)
-        yield (f"{label} captions ({len(prompts)}, {sample.num_samples} samples each, "
-               f"{time.perf_counter() - start:.0f} s): {score.format()}")
+        (folder / "prompts.txt").write_text("".join(p + "\n" for p in prompts))
+        result = evaluate_set(folder, label)
+        report["sets"][label] = result.to_dict()
+        yield f"{result.format()} ({time.perf_counter() - start:.0f} s)"
         yield f"  videos: {folder}/*.gif, all together in {folder}/grid.gif"
-    yield f"demo finished in {time.perf_counter() - start_all:.0f} s"
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    yield (f"demo finished in {time.perf_counter() - start_all:.0f} s; figures in "
+           f"{out / 'report.json'}")

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shared.config import DataConfig
 from shared.data import DataError, DataReport, find_clips
+from shared.textfollow import SetScore, score_set
 from shared.toy import ToyScore, score_clips
 from shared.video import read_video
 
@@ -19,12 +22,10 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def evaluate_folder(folder: Path, prompts_file: Path | None = None) -> ToyScore:
-    """Score every clip of `folder` (GIF/MP4 + same-named .txt) against the candidate prompts.
-
-    Candidates come from `prompts_file`, else the folder's own `prompts.txt`, else the distinct
-    captions; the fewer candidates, the higher chance level, so the report states it.
-    """
+def _read_folder(folder: Path, prompts_file: Path | None
+                 ) -> tuple[list[np.ndarray], list[str], list[str] | None]:
+    """Clips, captions and candidate prompts: `prompts_file`, else the folder's own
+    `prompts.txt`, else None (the distinct captions)."""
     report = DataReport()
     clips = find_clips(DataConfig(data_dir=str(folder)), report)
     if not clips:
@@ -33,7 +34,35 @@ def evaluate_folder(folder: Path, prompts_file: Path | None = None) -> ToyScore:
     if prompts_file is None and (folder / "prompts.txt").exists():
         prompts_file = folder / "prompts.txt"
     candidates = read_prompts(prompts_file) if prompts_file else None
-    return score_clips(videos, [c.caption for c in clips], candidates)
+    return videos, [c.caption for c in clips], candidates
+
+
+def evaluate_folder(folder: Path, prompts_file: Path | None = None) -> ToyScore:
+    """Score every clip of `folder` (GIF/MP4 + same-named .txt) against the candidate prompts.
+
+    Candidates come from `prompts_file`, else the folder's own `prompts.txt`, else the distinct
+    captions; the fewer candidates, the higher chance level, so the report states it.
+    """
+    return score_clips(*_read_folder(folder, prompts_file))
+
+
+def evaluate_set(folder: Path, name: str | None = None, prompts_file: Path | None = None
+                 ) -> SetScore:
+    """`evaluate_folder` plus the text-following view: the standard error and per-position
+    word accuracy (`shared.textfollow`)."""
+    videos, captions, candidates = _read_folder(folder, prompts_file)
+    return score_set(name or folder.name, videos, captions, candidates)
+
+
+def set_folders(folder: Path) -> list[Path]:
+    """The evaluation sets under a demo's samples folder (`seen/`, `unseen/`, `longer/`, in that
+    order, then any other sub-folder with clips), or [folder] when it holds clips itself."""
+    if any(p.suffix.lower() in (".gif", ".mp4") for p in folder.iterdir()):
+        return [folder]
+    subs = [p for p in sorted(folder.iterdir()) if p.is_dir()
+            and any(q.suffix.lower() in (".gif", ".mp4") for q in p.iterdir())]
+    rank = {name: i for i, name in enumerate(("seen", "unseen", "longer"))}
+    return sorted(subs, key=lambda p: (rank.get(p.name, len(rank)), p.name)) or [folder]
 
 
 def score_to_dict(score: ToyScore) -> dict[str, Any]:

@@ -484,21 +484,28 @@ def make_toy_dataset(out_dir: str | Path, n: int = 400, seed: int = 0,
                      width: int = REFERENCE_WIDTH, vocab_size: int | Sequence[str] | None = None,
                      max_words: int = 3, fmt: str = "gif", num_prompts: int | None = None,
                      fps: float = 10.0, workers: int = 1, hand_size: float = 1.0,
-                     progress: bool = True) -> list[tuple[Path, str]]:
+                     progress: bool = True, captions: Sequence[str] | None = None
+                     ) -> list[tuple[Path, str]]:
     """Write n clips `toy_00000.<fmt>` with same-named `.txt` captions and a `prompts.txt` of
     the distinct captions; return [(path, caption)]. The same arguments give the same files
     (each clip has its own seeded stream, so `workers` never changes the result).
 
     With `num_prompts`, captions come from a closed set of that many distinct sentences, used
     in turn (balanced), each performed by many different signers: a small demo the model can
-    learn quickly and the metric can judge against a fixed list of candidates."""
+    learn quickly and the metric can judge against a fixed list of candidates. `captions`
+    gives every clip's caption instead (n of them; `shared.textfollow.training_captions`)."""
     from tqdm.auto import tqdm
 
     fmt = fmt.lower().lstrip(".")
     if fmt not in ("gif", "mp4"):
         raise ValueError(f"fmt must be 'gif' or 'mp4', got {fmt!r}")
     words = _vocab_subset(vocab_size)
-    if num_prompts is not None:
+    if captions is not None:
+        if len(captions) != n:
+            raise ValueError(f"{len(captions)} captions for {n} clips")
+        captions = [caption_text(parse_caption(c)) for c in captions]
+        prompts = list(dict.fromkeys(captions))
+    elif num_prompts is not None:
         prompts = sample_prompts(num_prompts, seed, words, max_words)
         captions = [prompts[i % num_prompts] for i in range(n)]
     else:

@@ -16,6 +16,8 @@ the one the torch file writes down; only the layouts differ:
 - Attention: scale 1 / sqrt(head_dim), heads split from the channel axis; a sample whose key mask
   keeps nothing attends to every key and has its attention output multiplied by 0 (exactly the
   torch handling), before `to_out`.
+- Cross-attention per frame, keys and values projected once per clip; with `text_alignment`
+  the torch file's alignment bias `-TEXT_ALIGN_GAIN * text_align[h] * (tau_f - rho_j)^2`.
 - Exact (erf) GELU; nearest 2x upsampling in H and W; skips concatenated as `[h, skip]`.
 
 Gradient checkpointing (`config.gradient_checkpointing`) wraps the same block calls as torch in
@@ -42,6 +44,7 @@ from t2s_mlx.norm_silu import group_norm_silu
 
 NORM_EPS = 1e-5
 MAX_PERIOD = 10000.0
+TEXT_ALIGN_GAIN = 16.0  # the torch constant, for the same reason
 
 # `mx.checkpoint`, by a module-level name so tests can count its uses.
 checkpoint = mx.checkpoint
@@ -98,6 +101,24 @@ def dirac_conv_weight(out_ch: int, in_ch: int, kernel: tuple[int, int, int]) -> 
     d = np.arange(min(out_ch, in_ch))
     w[d, kernel[0] // 2, kernel[1] // 2, kernel[2] // 2, d] = 1.0
     return mx.array(w)
+
+
+def token_positions(mask: mx.array) -> mx.array:
+    """(B, L) real-token mask -> (B, L) float32 positions in [0, 1] (the torch formula)."""
+    m = mask.astype(mx.float32)
+    rank = mx.cumsum(m, axis=-1) - 1.0
+    words = mx.maximum(m.sum(axis=-1, keepdims=True) - 2.0, 1.0)
+    return mx.clip((rank - 0.5) / words, 0.0, 1.0)
+
+
+def text_alignment_bias(weight: mx.array, frames: int, mask: mx.array) -> mx.array:
+    """(heads,) weights, F, (B, L) mask -> (B*F, heads, 1, L) additive cross-attention logits:
+    frame f of a clip leans towards the tokens whose position in the caption matches its time."""
+    tau = (mx.arange(frames, dtype=mx.float32) + 0.5) / frames
+    rho = token_positions(mask)
+    dist = (tau[None, :, None] - rho[:, None, :]) ** 2  # (B, F, L)
+    bias = -TEXT_ALIGN_GAIN * weight.astype(mx.float32)[None, None, :, None] * dist[:, :, None, :]
+    return bias.reshape(-1, weight.shape[0], 1, mask.shape[-1])
 
 
 class TimestepEmbedding(nn.Module):
@@ -199,7 +220,10 @@ class Attention(nn.Module):
     """Multi-head attention over (B, N, C) tokens through the fused SDPA kernel.
 
     `context=None` is self-attention. `mask` (B, L), True / 1 = a real key. A sample whose mask
-    keeps no key gets an attention output of 0 rather than NaN (see `__call__`).
+    keeps no key gets an attention output of 0 rather than NaN (see `__call__`). `frames`: the
+    queries are (B*frames, N, C) against a (B, L) context whose keys and values are projected
+    once and shared by a clip's frames. `bias`: additive logits broadcastable to
+    (B*frames, heads, N, L).
     """
 
     def __init__(self, query_dim: int, context_dim: int | None, heads: int) -> None:
@@ -213,14 +237,19 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(query_dim, query_dim)
 
     def __call__(self, x: mx.array, context: mx.array | None = None,
-                 mask: mx.array | None = None) -> mx.array:
+                 mask: mx.array | None = None, bias: mx.array | None = None,
+                 frames: int = 1) -> mx.array:
         context = x if context is None else context
         b, n, c = x.shape
 
         def split(t: mx.array) -> mx.array:  # (B, N, C) -> (B, heads, N, C / heads)
-            return t.reshape(b, t.shape[1], self.heads, c // self.heads).transpose(0, 2, 1, 3)
+            return t.reshape(t.shape[0], t.shape[1], self.heads, c // self.heads).transpose(
+                0, 2, 1, 3)
 
         q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
+        if frames > 1:
+            k, v = mx.repeat(k, frames, axis=0), mx.repeat(v, frames, axis=0)
+            mask = None if mask is None else mx.repeat(mask, frames, axis=0)
         attn_mask = keep = None
         if mask is not None:
             mask = mask.astype(mx.bool_)
@@ -228,6 +257,10 @@ class Attention(nn.Module):
             # A row with no real key would be softmax over nothing; as in torch, let it see every
             # key and zero its output below, so padding never leaks in and nothing turns NaN.
             attn_mask = mx.logical_or(mask, mx.logical_not(keep)[:, None])[:, None, None, :]
+        if bias is not None:
+            bias = bias.astype(q.dtype)
+            attn_mask = bias if attn_mask is None else mx.where(
+                attn_mask, bias, mx.array(-math.inf, q.dtype))
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=attn_mask)
         out = out.transpose(0, 2, 1, 3).reshape(b, n, c)
         if keep is not None:
@@ -252,9 +285,10 @@ class SpatioTemporalTransformer(nn.Module):
 
     Each sub-layer is pre-norm with a residual; `proj_out` starts at zero so the whole transformer
     starts as the identity. Frames and pixels are folded into the batch by reshapes: spatial
-    attention sees (B*F, H*W) tokens, cross-attention (B, F*H*W) queries against the clip's text
-    tokens, temporal attention (B*H*W, F) tokens with a sinusoidal frame-position signal added to
-    its normalised input.
+    attention sees (B*F, H*W) tokens, cross-attention (B*F, H*W) queries against the clip's text
+    tokens (with `text_alignment`, biased towards the words whose place in the caption matches
+    the frame's time), temporal attention (B*H*W, F) tokens with a sinusoidal frame-position
+    signal added to its normalised input.
     """
 
     def __init__(self, channels: int, config: ModelConfig) -> None:
@@ -271,6 +305,8 @@ class SpatioTemporalTransformer(nn.Module):
         self.norm4 = nn.LayerNorm(channels, eps=NORM_EPS)
         self.ff = FeedForward(channels)
         self.proj_out = zero_module(nn.Linear(channels, channels))
+        if config.text_alignment:
+            self.text_align = mx.ones((heads,))
 
     def __call__(self, x: mx.array, context: mx.array,
                  context_mask: mx.array | None = None) -> mx.array:
@@ -279,8 +315,12 @@ class SpatioTemporalTransformer(nn.Module):
         h = self.norm(x).reshape(b, f, p, c)  # (B, F, H*W, C)
         h = self.proj_in(h)
         h = h + self.attn1(self.norm1(h).reshape(b * f, p, c)).reshape(b, f, p, c)
-        h = h + self.attn2(self.norm2(h).reshape(b, f * p, c), context,
-                           context_mask).reshape(b, f, p, c)
+        bias = None
+        if "text_align" in self:
+            mask = context_mask if context_mask is not None else mx.ones(context.shape[:2])
+            bias = text_alignment_bias(self["text_align"], f, mask)
+        h = h + self.attn2(self.norm2(h).reshape(b * f, p, c), context, context_mask, bias,
+                           frames=f).reshape(b, f, p, c)
         frame_pos = sinusoidal_embedding(mx.arange(f), c).astype(h.dtype)
         t = (self.norm3(h) + frame_pos[None, :, None, :]).transpose(0, 2, 1, 3)
         t = t.reshape(b * p, f, c)

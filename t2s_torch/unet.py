@@ -17,6 +17,13 @@ contract and is written down where it is made:
   (N, heads, head_dim) from the channel axis; a key mask that keeps no key yields an attention
   output of exactly 0 for that sample (an empty weighted sum), before `to_out`.
 - Temporal attention input: `norm3(h) + sinusoid(frame_index, channels)` (same sinusoid as above).
+- Cross-attention runs per frame: queries (B*F, H*W), keys and values projected once per clip
+  and shared by its frames. With `text_alignment`, head h adds
+  `-TEXT_ALIGN_GAIN * text_align[h] * (tau_f - rho_j)^2` to its logits: frame time
+  `tau_f = (f + 0.5) / F`; token position `rho_j = clip((r_j - 0.5) / max(n - 2, 1), 0, 1)` for
+  the j-th token's rank `r_j` (0-based) among the n real tokens of its caption, so that the
+  begin and end markers sit at 0 and 1 and the k-th of m words at the middle of the k-th m-th of
+  the clip. `text_align` starts at 1 (a prior the model can sharpen, flatten or reverse).
 - Feed-forward GELU: exact (erf), i.e. torch `F.gelu(approximate="none")`, MLX `nn.gelu`.
 - Upsample: nearest-neighbour 2x in H and W, frames untouched, then a (1, 3, 3) conv.
 - Skips: conv_in output, then every resnet (or resnet + transformer) output of each down level and
@@ -45,6 +52,10 @@ NORM_EPS = 1e-5
 # frames: 4.7 GB peak RSS with ~10 trims a step at 0.6, 5.2 GB with ~5 at 1.0, 7.5 GB never.
 CHECKPOINT_HEAP_SLACK = 0.5
 MAX_PERIOD = 10000.0
+# Scales the learned text-alignment weights so that Adam's per-step change of a weight moves
+# the logits at a useful pace: at w = 1 a frame halfway between two words of a two-word
+# caption (distance 0.25) leans 1 logit towards the nearer one, at distance 0.5 by 4.
+TEXT_ALIGN_GAIN = 16.0
 
 
 def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -93,6 +104,24 @@ def maybe_checkpoint(fn: Callable[..., torch.Tensor], enabled: bool, *args) -> t
 
 def _release_free_memory(grad: torch.Tensor) -> None:
     release_free_memory(keep=CHECKPOINT_HEAP_SLACK)
+
+
+def token_positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) real-token mask -> (B, L) float32 positions in [0, 1] (see the module docstring)."""
+    m = mask.float()
+    rank = m.cumsum(-1) - 1.0
+    words = (m.sum(-1, keepdim=True) - 2.0).clamp(min=1.0)
+    return ((rank - 0.5) / words).clamp(0.0, 1.0)
+
+
+def text_alignment_bias(weight: torch.Tensor, frames: int, mask: torch.Tensor) -> torch.Tensor:
+    """(heads,) weights, F, (B, L) mask -> (B*F, heads, 1, L) additive cross-attention logits:
+    frame f of a clip leans towards the tokens whose position in the caption matches its time."""
+    tau = (torch.arange(frames, dtype=torch.float32, device=mask.device) + 0.5) / frames
+    rho = token_positions(mask)
+    dist = (tau[None, :, None] - rho[:, None, :]) ** 2  # (B, F, L)
+    bias = -TEXT_ALIGN_GAIN * weight.float()[None, None, :, None] * dist[:, :, None, :]
+    return bias.reshape(-1, weight.shape[0], 1, mask.shape[-1])
 
 
 class TimestepEmbedding(nn.Module):
@@ -217,7 +246,10 @@ class Attention(nn.Module):
     """Multi-head attention over (B, N, C) tokens through the fused SDPA kernel.
 
     `context=None` is self-attention. `mask` (B, L), True / 1 = a real key. A sample whose mask
-    keeps no key gets an attention output of 0 rather than NaN (see `forward`).
+    keeps no key gets an attention output of 0 rather than NaN (see `forward`). `frames`: the
+    queries are (B*frames, N, C) against a (B, L) context whose keys and values are projected
+    once and shared by a clip's frames. `bias`: additive logits broadcastable to
+    (B*frames, heads, N, L).
     """
 
     def __init__(self, query_dim: int, context_dim: int | None, heads: int) -> None:
@@ -230,14 +262,18 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(query_dim, query_dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                frames: int = 1) -> torch.Tensor:
         context = x if context is None else context
         b, n, c = x.shape
 
         def split(t: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, heads, N, C / heads)
-            return t.reshape(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
+            return t.reshape(t.shape[0], t.shape[1], self.heads, c // self.heads).transpose(1, 2)
 
         q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
+        if frames > 1:
+            k, v = k.repeat_interleave(frames, dim=0), v.repeat_interleave(frames, dim=0)
+            mask = None if mask is None else mask.repeat_interleave(frames, dim=0)
         attn_mask = keep = None
         if mask is not None:
             mask = mask.bool()
@@ -245,6 +281,9 @@ class Attention(nn.Module):
             # A row with no real key would be softmax over nothing (NaN); let it see every key
             # and zero its output below, so padding never leaks in and nothing turns NaN.
             attn_mask = (mask | ~keep[:, None])[:, None, None, :]
+        if bias is not None:
+            bias = bias.to(q.dtype)
+            attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, -math.inf)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = out.transpose(1, 2).reshape(b, n, c)
         if keep is not None:
@@ -269,10 +308,11 @@ class SpatioTemporalTransformer(nn.Module):
 
     Each sub-layer is pre-norm with a residual; `proj_out` starts at zero so the whole transformer
     starts as the identity. Frames and pixels are folded into the batch by reshapes, never loops:
-    spatial attention sees (B*F, H*W) tokens, cross-attention (B, F*H*W) queries against the
-    clip's text tokens, temporal attention (B*H*W, F) tokens with a fixed sinusoidal frame-position
-    signal added to its normalised input (without it attention over frames would be blind to
-    their order).
+    spatial attention sees (B*F, H*W) tokens, cross-attention (B*F, H*W) queries against the
+    clip's text tokens (with `text_alignment`, biased towards the words whose place in the caption
+    matches the frame's time), temporal attention (B*H*W, F) tokens with a fixed sinusoidal
+    frame-position signal added to its normalised input (without it attention over frames would
+    be blind to their order).
     """
 
     def __init__(self, channels: int, config: ModelConfig) -> None:
@@ -289,6 +329,7 @@ class SpatioTemporalTransformer(nn.Module):
         self.norm4 = nn.LayerNorm(channels, eps=NORM_EPS)
         self.ff = FeedForward(channels)
         self.proj_out = zero_module(nn.Linear(channels, channels))
+        self.text_align = nn.Parameter(torch.ones(heads)) if config.text_alignment else None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -297,8 +338,13 @@ class SpatioTemporalTransformer(nn.Module):
         h = self.norm(x).permute(0, 2, 3, 4, 1).reshape(b, f, p, c)  # (B, F, H*W, C)
         h = self.proj_in(h)
         h = h + self.attn1(self.norm1(h).reshape(b * f, p, c)).reshape(b, f, p, c)
-        h = h + self.attn2(self.norm2(h).reshape(b, f * p, c), context,
-                           context_mask).reshape(b, f, p, c)
+        bias = None
+        if self.text_align is not None:
+            mask = context_mask if context_mask is not None else torch.ones(
+                context.shape[:2], device=x.device)
+            bias = text_alignment_bias(self.text_align, f, mask)
+        h = h + self.attn2(self.norm2(h).reshape(b * f, p, c), context, context_mask, bias,
+                           frames=f).reshape(b, f, p, c)
         frame_pos = sinusoidal_embedding(torch.arange(f, device=x.device), c).to(h.dtype)
         t = (self.norm3(h) + frame_pos[None, :, None, :]).transpose(1, 2).reshape(b * p, f, c)
         h = h + self.attn_temp(t).reshape(b, p, f, c).transpose(1, 2)
