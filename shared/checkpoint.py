@@ -14,6 +14,15 @@ owns the directory protocol: a checkpoint is assembled under a temporary name an
 place, `latest` is a one-line pointer file replaced atomically after the rename, and pruning
 keeps the newest `keep_last`. A crash at any moment leaves `latest` on a complete checkpoint.
 
+It also owns the two checks every reader makes before trusting a checkpoint. `resolve_checkpoint`
+turns whatever path a user passes (a run folder, its checkpoints/ folder, a step_N folder, the
+`latest` pointer file, a .safetensors file where a verb takes one) into the checkpoint it means,
+or refuses in one line that says what it found and what to pass. `check_tensor_file` reads a
+safetensors header (never the data) and refuses a file that is cut short or does not fit the
+model, so a copy interrupted between machines is reported by name rather than as a traceback
+from deep inside a loader; `pick_resume_checkpoint` uses it to fall back to the newest intact
+step.
+
 The layout rule is the one table the converters need: parameter keys are identical in both
 backends, and only conv weights differ: 5-D, torch (O, I, kF, kH, kW) against MLX
 (O, kF, kH, kW, I) (the 3D UNet); 4-D, torch (O, I, kH, kW) against MLX (O, kH, kW, I) (the 2D
@@ -27,7 +36,10 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +53,15 @@ TRAINER_STATE_FILE = "trainer_state.json"
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 LAYOUTS = ("torch", "mlx")
+
+# safetensors dtypes and their sizes in bytes; what a header may name.
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+               "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1,
+               "BOOL": 1}
+MAX_HEADER = 100 * 1024 * 1024  # the limit the safetensors library enforces
+# What to pass, said the same way by every refusal of a checkpoint path.
+CHECKPOINT_FORMS = ("a training run's folder, its checkpoints/ folder, a checkpoints/step_N "
+                    "folder or checkpoints/latest")
 
 # Conv weight permutations between the layouts, by tensor rank (the one layout table).
 TORCH_TO_MLX_AXES = {5: (0, 2, 3, 4, 1), 4: (0, 2, 3, 1)}
@@ -114,29 +135,238 @@ def write_text_atomic(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from what a user is likely to pass.
+def _listing(folder: Path, limit: int = 6) -> str:
+    """What a folder holds, for a refusal: `config.json, tb/, samples/ (+3 more)`."""
+    try:
+        names = sorted(p.name + "/" * p.is_dir() for p in folder.iterdir())
+    except OSError as e:
+        return f"an unreadable folder ({e.strerror or e})"
+    if not names:
+        return "an empty folder"
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
-    Accepts a checkpoint itself, a `checkpoints/` folder or a training run's folder (both via
-    `latest`, else the newest complete step).
+
+def _read_pointer(path: Path) -> str | None:
+    """The step folder a `latest` pointer file names, or None for any other file."""
+    try:
+        if path.stat().st_size > 256:
+            return None
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if STEP_DIR.match(text) else None
+
+
+def _complete(folder: Path, weights: str) -> bool:
+    return (folder / CONFIG_FILE).is_file() and (folder / weights).is_file()
+
+
+def resolve_checkpoint(path: str | Path, *, weights: str = MODEL_FILE, allow_file: bool = False,
+                       what: str = "checkpoint", forms: str = CHECKPOINT_FORMS) -> Path:
+    """The checkpoint directory (or, with `allow_file`, the .safetensors file) a user means.
+
+    Accepted: a checkpoint folder itself (`config.json` + `weights`); a `checkpoints/` folder or
+    a training run's folder (via `latest`, else the newest complete step); the `latest` pointer
+    file; with `allow_file`, one .safetensors file. Anything else is refused in one line that
+    says what was found there and what to pass (`forms`). Only names are checked here; whether
+    the files are intact is `check_tensor_file`'s business.
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint; pass a training run's folder, its "
-                              "checkpoints/ folder, or one step_N folder")
-    if (path / CONFIG_FILE).exists() and (path / MODEL_FILE).exists():
-        return path
-    for folder in (path / "checkpoints", path):
-        latest = folder / LATEST
-        if latest.exists():
-            target = folder / latest.read_text().strip()
-            if (target / MODEL_FILE).exists():
+        raise CheckpointError(f"{path}: no such {what} (no such file or folder); pass {forms}")
+    if path.is_file():
+        pointed = _read_pointer(path)
+        if pointed is not None:
+            target = path.parent / pointed
+            if _complete(target, weights):
                 return target
-        steps = list_checkpoints(folder)
+            state = "does not exist" if not target.exists() else \
+                f"is incomplete (holds {_listing(target)})"
+            raise CheckpointError(f"{path}: points at {pointed}, which {state}; pass "
+                                  f"{path.parent} to use its newest complete step")
+        if path.suffix == ".safetensors":
+            if allow_file:
+                return path
+            beside = path.parent if _complete(path.parent, weights) else None
+            hint = f"the folder that holds it, {beside}" if beside else forms
+            raise CheckpointError(f"{path}: one weights file, but this needs a whole {what} "
+                                  f"({CONFIG_FILE} + {weights}); pass {hint}")
+        raise CheckpointError(f"{path}: a file of {path.stat().st_size} bytes, not a {what} "
+                              f"or a `latest` pointer; pass {forms}")
+    if _complete(path, weights):
+        return path
+    if STEP_DIR.match(path.name):
+        raise CheckpointError(f"{path}: an incomplete {what} (holds {_listing(path)}; needs "
+                              f"{CONFIG_FILE} + {weights}); pass another step or "
+                              f"{path.parent} for its newest complete one")
+    for folder in (path / "checkpoints", path):
+        pointed = _read_pointer(folder / LATEST) if (folder / LATEST).is_file() else None
+        if pointed is not None and _complete(folder / pointed, weights):
+            return folder / pointed
+        steps = [p for _, p in list_checkpoints(folder) if _complete(p, weights)]
         if steps:
-            return steps[-1][1]
-    raise CheckpointError(f"{path}: holds no checkpoint ({CONFIG_FILE} + {MODEL_FILE}); pass a "
-                          "training run's folder or one of its checkpoints/step_N folders")
+            return steps[-1]
+    raise CheckpointError(f"{path}: holds no {what} (found {_listing(path)}); pass {forms}")
+
+
+# ---------------------------------------------------------------------------------------------
+# checking files before loading them
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor as a safetensors header describes it (dtype by its safetensors name)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def dtype_kind(dtype: str) -> str:
+    """float / int / bool: what must match between a file and a model (a float32 model loads
+    bf16 weights, e.g. a `--dtype bf16` conversion, but never integers)."""
+    return "bool" if dtype == "BOOL" else "float" if dtype.startswith(("F", "BF")) else "int"
+
+
+def damaged(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path}: damaged or not a safetensors file ({why}); copy it again "
+                           "or use another checkpoint")
+
+
+def read_header(path: str | Path) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+    """A safetensors file's tensors and metadata from its header alone, after checking that
+    the header parses, every tensor's bytes lie inside the file, and the file ends where the
+    last tensor does (a copy cut short fails here, in microseconds, however large the file)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise damaged(path, f"only {len(head)} bytes")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or 8 + n > size:
+                raise damaged(path, f"header length {n} does not fit in {size} bytes")
+            raw = f.read(n)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise damaged(path, f"header: {e}") from None
+    if not isinstance(header, dict):
+        raise damaged(path, "header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    specs, end = {}, 0
+    for name, info in header.items():
+        try:
+            dtype, shape = info["dtype"], tuple(int(s) for s in info["shape"])
+            start, stop = (int(x) for x in info["data_offsets"])
+            itemsize = DTYPE_SIZES[dtype]
+        except (KeyError, TypeError, ValueError):
+            raise damaged(path, f"tensor {name!r}: {info!r}") from None
+        count = 1
+        for s in shape:
+            count *= s
+        if not 0 <= start <= stop or stop - start != count * itemsize:
+            raise damaged(path, f"tensor {name!r} has offsets {start}..{stop} for {dtype} "
+                                f"{list(shape)}")
+        specs[name], end = TensorSpec(shape, dtype), max(end, stop)
+    if 8 + n + end != size:
+        raise damaged(path, f"{size} bytes where its header describes {8 + n + end}")
+    return specs, {str(k): str(v) for k, v in metadata.items()}
+
+
+def check_tensor_file(path: str | Path, expected: Mapping[str, TensorSpec] | None = None,
+                      layout: str | None = None) -> dict[str, TensorSpec]:
+    """Refuse, in one line naming `path`, a tensor file that is damaged, in the other layout,
+    or (given `expected`) lacks a key, has an extra one, or a tensor of another shape or kind
+    of dtype. Returns the file's tensor specs."""
+    path = Path(path)
+    specs, metadata = read_header(path)
+    if layout is not None:
+        check_layout(metadata, layout, path)
+    if expected is not None:
+        compare_keys(set(expected), set(specs), path)
+        for key, want in expected.items():
+            got = specs[key]
+            if got.shape != want.shape:
+                raise CheckpointError(f"{path}: {key} has shape {got.shape} but the model needs "
+                                      f"{want.shape}; was it written by another model config?")
+            if dtype_kind(got.dtype) != dtype_kind(want.dtype):
+                raise CheckpointError(f"{path}: {key} is {got.dtype} but the model needs "
+                                      f"{want.dtype}; was it written by another model?")
+    return specs
+
+
+def verify_checkpoint(checkpoint: Path, expected: Mapping[str, Mapping[str, TensorSpec] | None],
+                      layout: str | None = None,
+                      json_files: tuple[str, ...] = (CONFIG_FILE, TRAINER_STATE_FILE)) -> None:
+    """Check a whole checkpoint before resuming from it: each tensor file in `expected` (file
+    name -> the specs its tensors must have, or None for a header check only) and each JSON
+    file must be present and intact; the first problem is raised as a CheckpointError."""
+    for name, specs in expected.items():
+        check_tensor_file(checkpoint / name, specs, layout)
+    for name in json_files:
+        data = load_json(checkpoint / name)
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{checkpoint / name}: not a JSON object; the checkpoint is "
+                                  "damaged")
+
+
+def pick_resume_checkpoint(run_dir: Path, verify: Callable[[Path], None], strict: bool = False,
+                           warn: Callable[[str], None] = print, flag: str = "--resume") -> Path:
+    """The newest intact checkpoint of the run in `run_dir`, checked with `verify`.
+
+    A damaged newest step is skipped with a one-line warning that names both steps, so a run
+    whose last save was cut short (a full disk, a copy interrupted) continues from the step
+    before it; with `strict` it is an error that names the step to pass to `flag` instead.
+    """
+    checkpoints = run_dir / "checkpoints"
+    found = list_checkpoints(checkpoints)[::-1]
+    if not found:
+        raise CheckpointError(f"{run_dir}: nothing to resume (no {checkpoints.name}/step_N; "
+                              f"found {_listing(run_dir)}); drop {flag} to start a new run")
+    newest_step, newest = found[0]
+    problems = []
+    for step, path in found:
+        try:
+            verify(path)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if step == newest_step:
+            return path
+        why = problems[0]
+        if strict:
+            raise CheckpointError(f"step {newest_step} cannot be used ({why}); the newest intact "
+                                  f"checkpoint is step {step}: resume from it with "
+                                  f"`{flag} {path}`")
+        warn(f"warning: step {newest_step} cannot be used ({why}); resuming from step {step}, "
+             "the newest intact checkpoint")
+        return path
+    raise CheckpointError(f"{checkpoints}: no intact checkpoint to resume from; step "
+                          f"{newest_step}: {problems[0]}")
+
+
+def resume_checkpoint(run_dir: Path, which: str | Path | bool, verify: Callable[[Path], None],
+                      strict: bool = False, warn: Callable[[str], None] = print,
+                      flag: str = "--resume", weights: str = MODEL_FILE) -> Path:
+    """The checkpoint `train --resume [CHECKPOINT]` continues from: with no path (or `latest`),
+    the newest intact step of `run_dir`; with a path (any form `resolve_checkpoint` accepts),
+    that step, which must belong to the run in `run_dir` and be intact (no fallback: it was
+    asked for by name)."""
+    if which is True or which in ("", "latest"):
+        return pick_resume_checkpoint(run_dir, verify, strict, warn, flag)
+    checkpoint = resolve_checkpoint(which, weights=weights)
+    own = (run_dir / "checkpoints").resolve()
+    if checkpoint.resolve().parent != own:
+        raise CheckpointError(f"{checkpoint}: not a checkpoint of the run in {run_dir}; pass "
+                              f"one of {own}/step_N, or that run's folder as the output folder")
+    verify(checkpoint)
+    return checkpoint
 
 
 def load_checkpoint_config(checkpoint: Path) -> Config:

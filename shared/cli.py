@@ -21,7 +21,7 @@ import click
 from shared.checkpoint import CheckpointError
 from shared.config import PRESETS, Config, ConfigError, apply_overrides, preset
 from shared.data import DataError
-from shared.errors import TrainingDiverged
+from shared.errors import TrainingDiverged, TrainingInterrupted
 from shared.video import VideoError
 
 # Errors about what the user asked for: shown as one line (T2S_DEBUG=1 shows the traceback).
@@ -398,11 +398,14 @@ def train_options(f):
         click.option("--device", default=None,
                      help="Device to train on: t2s-torch auto|cpu|cuda[:N]|mps, t2s-mlx "
                           "auto|gpu|cpu (default: the best available)."),
-        click.option("--resume", is_flag=True,
-                     help="Continue the run in --out from its latest checkpoint: same step, "
+        click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None,
+                     metavar="[CHECKPOINT]",
+                     help="Continue the run in --out from its newest intact checkpoint (or the "
+                          "one named: a step_N folder, checkpoints/latest): same step, "
                           "optimizer, EMA, data order and random state."),
         click.option("--strict", is_flag=True,
-                     help="Stop at the first bad clip instead of skipping it with a warning."),
+                     help="Stop at the first bad clip, or at a damaged newest checkpoint under "
+                          "--resume, instead of skipping it with a warning."),
         click.option("--vae", default=None, metavar="PATH_OR_ID",
                      help="Latent mode: train on the latents of this diffusers AutoencoderKL "
                           "(a local folder, or a Hugging Face id such as "
@@ -417,7 +420,7 @@ def train_options(f):
 
 def build_train_config(preset_name: str | None, config_file: str | None, data_dir: str | None,
                        out_dir: str | None, steps: int | None, batch_size: str | None,
-                       lr: float | None, overrides: tuple[str, ...], resume: bool,
+                       lr: float | None, overrides: tuple[str, ...], resume: bool | str | None,
                        strict: bool, mixed_precision: str | None = None,
                        vae: str | None = None) -> Config:
     """The run's config: a preset or file (with --resume, the run's own config.json), then the
@@ -443,7 +446,8 @@ def build_train_config(preset_name: str | None, config_file: str | None, data_di
 def sample_options(f):
     options = [
         click.option("--checkpoint", required=True, type=click.Path(),
-                     help="A training run's folder (its latest checkpoint) or a step_N folder."),
+                     help="A training run's folder or its checkpoints/ folder (the newest "
+                          "checkpoint), a step_N folder, or checkpoints/latest."),
         click.option("--out", "out_dir", type=click.Path(file_okay=False),
                      default="runs/samples", show_default=True,
                      help="Where the GIFs (+ .txt captions) and grid.gif go."),
@@ -495,13 +499,20 @@ def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch
 
     Writes checkpoints (every train.checkpoint_every steps, the last train.keep_last kept, and
     `latest`), sample GIF grids of training captions, and TensorBoard logs
-    (`tensorboard --logdir RUN/tb`). Ctrl-C saves a checkpoint first; --resume continues exactly.
+    (`tensorboard --logdir RUN/tb`). Ctrl-C, SIGTERM or SIGUSR1 (what schedulers send before a
+    kill) finish the current step, save a checkpoint of it and exit with 128 + the signal's
+    number; --resume continues exactly, from the newest intact checkpoint.
     """
     config = build_train_config(preset_name, config_file, data_dir, out_dir, steps, batch_size,
                                 lr, overrides, resume, strict, mixed_precision, vae)
     trainer = backend_module("train").Trainer(config, device=device, progress=not quiet,
                                               log=click.echo)
-    result = trainer.train(resume=resume)
+    try:
+        result = trainer.train(resume=resume or False)
+    except TrainingInterrupted as e:
+        if trainer.world.is_main:
+            click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     # trainer.log: silent on the data-parallel ranks other than 0
     trainer.log(f"trained to step {result.step}{last}; checkpoint: {result.checkpoint}")

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from shared.checkpoint import (
+    CHECKPOINT_FORMS,
     CONFIG_FILE,
     EMA_FILE,
     LAYOUTS,
@@ -55,6 +56,7 @@ from shared.checkpoint import (
     TRAINER_STATE_FILE,
     CheckpointError,
     load_checkpoint_config,
+    read_header,
     resolve_checkpoint,
     tensor_metadata,
 )
@@ -99,6 +101,9 @@ RNG_NOTE = ("RNG state does not carry across backends: the resumed run continues
 ADAM_EPS = 1e-8  # torch.optim.AdamW and mlx.optimizers.AdamW default, as both trainers use
 
 
+CONVERT_FORMS = CHECKPOINT_FORMS + ", or one .safetensors file"
+
+
 class ConvertError(CheckpointError):
     """A conversion refused; the message is one line that names the input and the fix."""
 
@@ -132,6 +137,10 @@ class SafetensorsFile:
 def read_safetensors(path: str | Path) -> SafetensorsFile:
     """Every tensor of a safetensors file (copied out of it; the file is only read)."""
     path = Path(path)
+    try:  # a damaged file: one line that says so, before reading it all
+        read_header(path)
+    except CheckpointError as e:
+        raise ConvertError(str(e)) from None
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -767,16 +776,13 @@ def convert(src: str | Path, out: str | Path, source: str, target: str, dtype: s
         if dtype not in DTYPES.values():
             raise ValueError(f"dtype {dtype!r}: use one of {sorted(DTYPES)}")
     src, out = Path(src), Path(out)
-    if src.is_file():
-        return convert_file(src, out, source, target, dtype, force,
-                            None if config is None else Path(config))
-    if not src.exists():
-        raise ConvertError(f"{src}: no such file or directory; pass a checkpoint directory or a "
-                           ".safetensors file")
-    try:
-        ckpt = resolve_checkpoint(src)
+    try:  # every form a user tries: run, checkpoints/, step_N, checkpoints/latest, one file
+        ckpt = resolve_checkpoint(src, allow_file=True, forms=CONVERT_FORMS)
     except CheckpointError as e:
         raise ConvertError(str(e)) from None
+    if ckpt.is_file():
+        return convert_file(ckpt, out, source, target, dtype, force,
+                            None if config is None else Path(config))
     check_out(src, out, force)  # the folder the user named must not overlap OUT either
     return convert_checkpoint(ckpt, out, source, target, dtype, force)
 

@@ -23,16 +23,17 @@ from shared.checkpoint import (
     OPTIMIZER_FILE,
     TRAINER_STATE_FILE,
     CheckpointError,
+    TensorSpec,
     abort_checkpoint,
     begin_checkpoint,
-    check_layout,
+    check_tensor_file,
     commit_checkpoint,
-    compare_keys,
     load_checkpoint_config,
     load_json,
     resolve_checkpoint,
     save_json,
     tensor_metadata,
+    verify_checkpoint,
 )
 from shared.config import Config
 
@@ -48,25 +49,42 @@ def save_tensors(path: Path, tensors: dict[str, mx.array], kind: str) -> None:
     mx.save_safetensors(str(path), tensors, metadata=tensor_metadata(LAYOUT, kind))
 
 
-def load_tensors(path: Path, expected_layout: str = LAYOUT) -> dict[str, mx.array]:
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete")
-    tensors, metadata = mx.load(str(path), return_metadata=True)
-    check_layout(metadata, expected_layout, path)
-    return tensors
+# MLX dtypes by their safetensors names, for comparing a module with a file's header.
+SAFETENSORS_DTYPES = {mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16",
+                      mx.int64: "I64", mx.int32: "I32", mx.int16: "I16", mx.int8: "I8",
+                      mx.uint8: "U8", mx.bool_: "BOOL"}
+
+
+def tensor_specs(module: nn.Module) -> dict[str, TensorSpec]:
+    """What a checkpoint of `module` must hold: every parameter key with its shape and dtype."""
+    return {k: TensorSpec(tuple(v.shape), SAFETENSORS_DTYPES.get(v.dtype, str(v.dtype)))
+            for k, v in state_tensors(module).items()}
+
+
+def load_tensors(path: Path, expected_layout: str = LAYOUT,
+                 expected: dict[str, TensorSpec] | None = None) -> dict[str, mx.array]:
+    """A tensor file's tensors, after `check_tensor_file` (intact, this layout, `expected`'s
+    keys and shapes), so a damaged file is refused by name instead of by the reader's error."""
+    check_tensor_file(path, expected, expected_layout)
+    try:
+        return mx.load(str(path))
+    except Exception as e:  # a bit flip the header check cannot see; still one line
+        raise CheckpointError(f"{path}: cannot be read ({e}); copy it again or use another "
+                              "checkpoint") from None
 
 
 def load_into(module: nn.Module, path: Path) -> None:
     """Load weights into `module`, refusing a mismatch with one message."""
-    tensors = load_tensors(path)
-    expected = state_tensors(module)
-    compare_keys(set(expected), set(tensors), path)
-    for key, value in tensors.items():
-        if value.shape != expected[key].shape:
-            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)} but the model "
-                                  f"needs {tuple(expected[key].shape)}; was it written by "
-                                  "another model config?")
+    tensors = load_tensors(path, expected=tensor_specs(module))
     module.update(tree_unflatten(list(tensors.items())))
+
+
+def check_checkpoint(checkpoint: Path, model: nn.Module) -> None:
+    """Everything `--resume` reads from `checkpoint`, checked before any of it is loaded:
+    model and EMA weights against `model`, the optimizer file's header, the JSON files."""
+    specs = tensor_specs(model)
+    verify_checkpoint(checkpoint, {MODEL_FILE: specs, EMA_FILE: specs, OPTIMIZER_FILE: None},
+                      LAYOUT)
 
 
 def optimizer_tensors(optimizer: optim.Optimizer) -> dict[str, mx.array]:

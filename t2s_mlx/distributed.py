@@ -41,6 +41,14 @@ def all_min(value: int, world: Distributed) -> int:
     return int(mx.distributed.all_min(mx.array([value])).item())
 
 
+def any_rank(flag: bool, world: Distributed) -> bool:
+    """Whether `flag` is set on any rank (a stop signal that reached only some processes), so
+    that every rank stops at the same step; one tiny all-reduce, and none on one process."""
+    if not world.enabled:
+        return flag
+    return bool(mx.distributed.all_sum(mx.array([float(flag)])).item() > 0)
+
+
 def barrier(world: Distributed) -> None:
     if world.enabled:
         mx.eval(mx.distributed.all_sum(mx.array([1.0])))

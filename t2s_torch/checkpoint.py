@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from shared.checkpoint import (
@@ -22,16 +21,17 @@ from shared.checkpoint import (
     OPTIMIZER_FILE,
     TRAINER_STATE_FILE,
     CheckpointError,
+    TensorSpec,
     abort_checkpoint,
     begin_checkpoint,
-    check_layout,
+    check_tensor_file,
     commit_checkpoint,
-    compare_keys,
     load_checkpoint_config,
     load_json,
     resolve_checkpoint,
     save_json,
     tensor_metadata,
+    verify_checkpoint,
 )
 from shared.config import Config
 
@@ -47,25 +47,41 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], kind: str) -> Non
     save_file(tensors, str(path), metadata=tensor_metadata(LAYOUT, kind))
 
 
-def load_tensors(path: Path, expected_layout: str = LAYOUT) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete")
-    with safe_open(str(path), framework="pt") as f:
-        check_layout(f.metadata(), expected_layout, path)
-    return load_file(str(path))
+# torch dtypes by their safetensors names, for comparing a module with a file's header.
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+                      torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32",
+                      torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def tensor_specs(module: torch.nn.Module) -> dict[str, TensorSpec]:
+    """What a checkpoint of `module` must hold: every state key with its shape and dtype."""
+    return {k: TensorSpec(tuple(v.shape), SAFETENSORS_DTYPES.get(v.dtype, str(v.dtype)))
+            for k, v in module.state_dict().items()}
+
+
+def load_tensors(path: Path, expected_layout: str = LAYOUT,
+                 expected: dict[str, TensorSpec] | None = None) -> dict[str, torch.Tensor]:
+    """A tensor file's tensors, after `check_tensor_file` (intact, this layout, `expected`'s
+    keys and shapes), so a damaged file is refused by name instead of by the reader's error."""
+    check_tensor_file(path, expected, expected_layout)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # a bit flip the header check cannot see; still one line
+        raise CheckpointError(f"{path}: cannot be read ({e}); copy it again or use another "
+                              "checkpoint") from None
 
 
 def load_into(module: torch.nn.Module, path: Path) -> None:
     """Load weights into `module`, refusing a mismatch with one message (not a torch dump)."""
-    tensors = load_tensors(path)
-    expected = module.state_dict()
-    compare_keys(set(expected), set(tensors), path)
-    for key, value in tensors.items():
-        if value.shape != expected[key].shape:
-            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)} but the model "
-                                  f"needs {tuple(expected[key].shape)}; was it written by "
-                                  "another model config?")
-    module.load_state_dict(tensors)
+    module.load_state_dict(load_tensors(path, expected=tensor_specs(module)))
+
+
+def check_checkpoint(checkpoint: Path, model: torch.nn.Module) -> None:
+    """Everything `--resume` reads from `checkpoint`, checked before any of it is loaded:
+    model and EMA weights against `model`, the optimizer file's header, the JSON files."""
+    specs = tensor_specs(model)
+    verify_checkpoint(checkpoint, {MODEL_FILE: specs, EMA_FILE: specs, OPTIMIZER_FILE: None},
+                      LAYOUT)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer,

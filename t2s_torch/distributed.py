@@ -69,6 +69,16 @@ def all_min(value: int, world: Distributed, device: torch.device) -> int:
     return int(tensor.item())
 
 
+def any_rank(flag: bool, world: Distributed, device: torch.device) -> bool:
+    """Whether `flag` is set on any rank (a stop signal that reached only some processes), so
+    that every rank stops at the same step; one tiny all-reduce, and none on one process."""
+    if not world.enabled:
+        return flag
+    tensor = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
 def barrier(world: Distributed) -> None:
     if world.enabled:
         dist.barrier()

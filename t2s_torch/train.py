@@ -19,8 +19,10 @@ alone writes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,16 +34,18 @@ import torch
 from tqdm.auto import tqdm
 
 from shared.batching import fitting_batch, max_rss_bytes
-from shared.checkpoint import refuse_existing_run, resolve_checkpoint
+from shared.checkpoint import refuse_existing_run, resume_checkpoint, step_dir_name
 from shared.config import Config
 from shared.data import Batch, BatchIterator, ClipDataset, cache_root
 from shared.distributed import regroup, shard, stream_start
-from shared.errors import diverged
+from shared.errors import diverged, interrupted
 from shared.latents import bind_vae, check_vae, use_latents
 from shared.lr import warmup_cosine
+from shared.signals import stop_signals
 from shared.tensorboard import TensorBoardLogger
 from shared.video import to_uint8, write_grid
 from t2s_torch.checkpoint import (
+    check_checkpoint,
     decode_bytes,
     encode_bytes,
     load_into,
@@ -63,6 +67,7 @@ from t2s_torch.diffusion import GaussianDiffusion, TextBatch
 from t2s_torch.distributed import (
     all_mean,
     all_min,
+    any_rank,
     barrier,
     init_distributed,
     no_sync,
@@ -313,13 +318,26 @@ class Trainer:
         self.ema.update(self.model)
         return float(grad_norm)
 
-    def train(self, resume: bool = False, until: int | None = None) -> TrainResult:
+    def resume_from(self, resume: bool | str | Path = True) -> Path:
+        """The checkpoint `--resume [CHECKPOINT]` continues from, checked whole before anything
+        is loaded: the newest intact step (a damaged newest one is skipped with a warning, or
+        refused under data.strict), or the step named."""
+        return resume_checkpoint(self.out_dir, resume,
+                                 lambda c: check_checkpoint(c, self.model),
+                                 strict=self.config.data.strict, warn=self.log)
+
+    def train(self, resume: bool | str | Path = False, until: int | None = None) -> TrainResult:
         """Train to `config.train.steps`; `until` stops (with a checkpoint) at an earlier step,
-        as an interrupted run would, without changing the learning-rate schedule."""
+        as an interrupted run would, without changing the learning-rate schedule. `resume`:
+        True for the run's newest intact checkpoint, or a path to one of its checkpoints.
+
+        SIGINT, SIGTERM and SIGUSR1 stop the run after the optimizer step in progress, with a
+        checkpoint of that step (`shared.signals`), by raising TrainingInterrupted; under
+        several processes every rank stops at the same step and rank 0 writes."""
         tc = self.config.train
         last_step = min(tc.steps, until) if until else tc.steps
         if resume:
-            checkpoint = resolve_checkpoint(self.out_dir)
+            checkpoint = self.resume_from(resume)
             self.load(checkpoint)
             self.log(f"resumed from {checkpoint} at step {self.step}")
         else:
@@ -346,7 +364,10 @@ class Trainer:
                    disable=not self.progress)
         self.model.train()
         last_saved = None
-        try:
+        with stop_signals(self.log) as stop, contextlib.ExitStack() as cleanup:
+            cleanup.callback(bar.close)
+            if tb is not None:
+                cleanup.callback(tb.close)
             while self.step < last_step:
                 start = time.perf_counter()
                 lr = self._set_lr()
@@ -369,15 +390,12 @@ class Trainer:
                     self.write_samples(tb)
                 if self.step % tc.checkpoint_every == 0 or self.step == last_step:
                     last_saved = self.save() if main else None
-        except KeyboardInterrupt:
-            if main:
-                last_saved = self.save()
-                self.log(f"interrupted: saved {last_saved}; continue with --resume")
-            raise
-        finally:
-            bar.close()
-            if tb is not None:
-                tb.close()
+                if self.step < last_step and any_rank(bool(stop), self.world, self.device):
+                    if main and (last_saved is None
+                                 or last_saved.name != step_dir_name(self.step)):
+                        last_saved = self.save()
+                    raise interrupted(stop.name or "a signal to another process",
+                                      stop.signum or signal.SIGTERM, self.step, last_saved)
         result.step, result.checkpoint = self.step, last_saved
         return result
 

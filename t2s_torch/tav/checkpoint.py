@@ -26,13 +26,13 @@ from torch import nn
 
 from shared.checkpoint import (
     CONFIG_FILE,
-    LATEST,
     CheckpointError,
-    list_checkpoints,
+    TensorSpec,
     load_json,
+    resolve_checkpoint,
     write_text_atomic,
 )
-from t2s_torch.checkpoint import load_tensors, save_tensors
+from t2s_torch.checkpoint import SAFETENSORS_DTYPES, load_tensors, save_tensors
 
 WEIGHTS_FILE = "tav_unet.safetensors"
 FORMAT = "text2sign-tav"
@@ -92,24 +92,24 @@ def write_model(folder: Path, unet: nn.Module, config: TAVModelConfig) -> Path:
     return folder
 
 
+MODEL_FORMS = ("a `finetune-tav` --output_dir, its checkpoints/ folder, a checkpoints/step_N "
+               "folder or checkpoints/latest")
+
+
 def find_model(path: str | Path) -> Path:
     """A model folder from a run folder (its final model, else its latest checkpoint), a
-    checkpoints/ folder, or a model folder itself."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such model; pass a `finetune-tav` --output_dir or one "
-                              "of its checkpoints/step_N folders")
-    if (path / WEIGHTS_FILE).exists() and (path / CONFIG_FILE).exists():
-        return path
-    for folder in (path / "checkpoints", path):
-        latest = folder / LATEST
-        if latest.exists() and (folder / latest.read_text().strip() / WEIGHTS_FILE).exists():
-            return folder / latest.read_text().strip()
-        steps = list_checkpoints(folder)
-        if steps:
-            return steps[-1][1]
-    raise CheckpointError(f"{path}: holds no Tune-A-Video model ({CONFIG_FILE} + "
-                          f"{WEIGHTS_FILE}); pass a `finetune-tav` --output_dir")
+    checkpoints/ folder, a step_N folder, the `latest` pointer file, or a model folder itself:
+    `shared.checkpoint.resolve_checkpoint`, looking for this format's weights file."""
+    return resolve_checkpoint(path, weights=WEIGHTS_FILE, what="Tune-A-Video model",
+                              forms=MODEL_FORMS)
+
+
+def tensor_specs(unet: nn.Module, full: bool = False) -> dict[str, TensorSpec]:
+    """What a saved file of `unet` holds (see `unet_tensors`), for checking it before loading."""
+    items = unet.state_dict().items() if full else \
+        ((n, p) for n, p in unet.named_parameters() if p.requires_grad)
+    return {k: TensorSpec(tuple(v.shape), SAFETENSORS_DTYPES.get(v.dtype, str(v.dtype)))
+            for k, v in items}
 
 
 def load_weights_into(unet: nn.Module, path: Path, full: bool = False) -> None:

@@ -7,9 +7,12 @@ torch and diffusers are imported when a command runs, so `--help` stays fast.
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from shared.cli import user_errors
+from shared.errors import TrainingInterrupted
 from t2s_torch.tav.config import MIXED_PRECISION, TAVConfig
 
 _DEFAULTS = TAVConfig()
@@ -101,7 +104,9 @@ def finetune_tav_command(quiet: bool, validation_prompts: tuple[str, ...],
     Self-attention becomes sparse-causal (frame i attends to frames 0 and i-1), a zero-initialised
     temporal attention follows every transformer block, and only the attention queries and the
     temporal layers train. Writes the trained weights + config.json to OUTPUT_DIR, checkpoints,
-    validation GIFs under LOGGING_DIR/samples and TensorBoard logs in LOGGING_DIR.
+    validation GIFs under LOGGING_DIR/samples and TensorBoard logs in LOGGING_DIR. Ctrl-C,
+    SIGTERM or SIGUSR1 finish the current step, save a checkpoint of it and exit with 128 + the
+    signal's number; --resume_from_checkpoint latest continues from the newest intact one.
     """
     from t2s_torch.tav.train import TAVTrainer
 
@@ -109,7 +114,13 @@ def finetune_tav_command(quiet: bool, validation_prompts: tuple[str, ...],
         validation_prompts=tuple(validation_prompts),
         trainable_modules=_split(trainable_modules) or _DEFAULTS.trainable_modules,
         **options).validate()
-    result = TAVTrainer(config, progress=not quiet, log=click.echo).train()
+    trainer = TAVTrainer(config, progress=not quiet, log=click.echo)
+    try:
+        result = trainer.train()
+    except TrainingInterrupted as e:  # SIGTERM / SIGUSR1 / Ctrl-C: saved, then 128 + signal
+        if trainer.accelerator.is_main_process:
+            click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
     if result.is_main:
         last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
         click.echo(f"trained to step {result.step}{last}; model: {result.model_dir}")
@@ -117,7 +128,8 @@ def finetune_tav_command(quiet: bool, validation_prompts: tuple[str, ...],
 
 @click.command("sample-tav", cls=TAVCommand)
 @click.option("--model", "model_dir", required=True, type=click.Path(),
-              help="A finetune-tav --output_dir (or one of its checkpoints/step_N).")
+              help="A finetune-tav --output_dir, its checkpoints/ folder, a step_N folder "
+                   "or checkpoints/latest.")
 @click.option("--pretrained_model_name_or_path", default=None,
               help="The base model, if not where the model's config.json says (e.g. a local "
                    "copy on this machine).")

@@ -22,7 +22,9 @@ with fresh streams of their own).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,15 +45,20 @@ from shared.checkpoint import (
     commit_checkpoint,
     list_checkpoints,
     load_json,
+    resume_checkpoint,
     save_json,
+    step_dir_name,
+    verify_checkpoint,
     write_text_atomic,
 )
 from shared.config import ConfigError
 from shared.data import Batch, BatchIterator
-from shared.errors import TrainingDiverged
+from shared.errors import TrainingDiverged, interrupted
+from shared.signals import stop_signals
 from shared.tensorboard import TensorBoardLogger
 from shared.video import write_grid
 from t2s_torch.checkpoint import (
+    LAYOUT,
     decode_bytes,
     encode_bytes,
     load_optimizer_tensors,
@@ -64,6 +71,7 @@ from t2s_torch.tav.checkpoint import (
     WEIGHTS_FILE,
     TAVModelConfig,
     load_weights_into,
+    tensor_specs,
     unet_tensors,
     write_model,
 )
@@ -196,20 +204,25 @@ class TAVTrainer:
         return commit_checkpoint(tmp, self.step, self.config.checkpoints_total_limit)
 
     def _resolve_resume(self, which: str) -> Path:
+        """`latest`: the newest intact checkpoint (a damaged newest one is skipped with a
+        warning, or refused with --strict); else a path in any form `find_model` accepts, or a
+        step folder's name, which must be one of this run's checkpoints and intact."""
         checkpoints = self.out_dir / "checkpoints"
-        if which == "latest":
-            found = list_checkpoints(checkpoints)
-            if not found:
-                raise CheckpointError(f"{checkpoints}: no checkpoint to resume from; drop "
-                                      "--resume_from_checkpoint to start a new run")
-            return found[-1][1]
-        path = Path(which)
-        if not (path / WEIGHTS_FILE).exists():
-            path = checkpoints / which
-        if not (path / WEIGHTS_FILE).exists() or not (path / TRAINER_STATE_FILE).exists():
-            raise CheckpointError(f"{which}: not a checkpoint of this run; pass 'latest' or a "
-                                  f"folder under {checkpoints}")
-        return path
+        if which != "latest" and not Path(which).exists() and (checkpoints / which).exists():
+            which = str(checkpoints / which)
+        return resume_checkpoint(self.out_dir, which, self.check_checkpoint,
+                                 strict=self.config.strict, warn=self.log,
+                                 flag="--resume_from_checkpoint", weights=WEIGHTS_FILE)
+
+    def check_checkpoint(self, checkpoint: Path) -> None:
+        """Everything a resume reads from `checkpoint`, checked before any of it is loaded."""
+        saved = TAVModelConfig.load(checkpoint / CONFIG_FILE)
+        if sorted(saved.trainable_modules) != sorted(self.config.trainable_modules):
+            raise CheckpointError(f"{checkpoint}: trained {saved.trainable_modules}, but this "
+                                  f"run trains {list(self.config.trainable_modules)}; resume "
+                                  "with the same --trainable_modules")
+        verify_checkpoint(checkpoint, {WEIGHTS_FILE: tensor_specs(self.unet.unet),
+                                       OPTIMIZER_FILE: None}, LAYOUT)
 
     def load_checkpoint(self, checkpoint: Path) -> None:
         saved = TAVModelConfig.load(checkpoint / CONFIG_FILE)
@@ -313,7 +326,9 @@ class TAVTrainer:
         bar = tqdm(total=c.max_train_steps, initial=self.step, desc="finetune-tav", unit="step",
                    disable=not (self.progress and acc.is_local_main_process))
         self.model.train()
-        try:
+        with stop_signals(self.log) as stop, contextlib.ExitStack() as cleanup:
+            cleanup.callback(bar.close)
+            cleanup.callback(tb.close)
             while self.step < last_step:
                 start = time.perf_counter()
                 loss = self._optimizer_step(batches)
@@ -332,21 +347,26 @@ class TAVTrainer:
                 if main and ((c.checkpointing_steps and self.step % c.checkpointing_steps == 0)
                              or (finished and self.step < c.max_train_steps)):
                     result.checkpoint = self.save_checkpoint()
-        except KeyboardInterrupt:
-            if main:
-                result.checkpoint = self.save_checkpoint()
-                self.log(f"interrupted: saved {result.checkpoint}; continue with "
-                         "--resume_from_checkpoint latest")
-            raise
-        finally:
-            bar.close()
-            tb.close()
+                if self.step < last_step and self._any_rank(bool(stop)):
+                    if main and (result.checkpoint is None
+                                 or result.checkpoint.name != step_dir_name(self.step)):
+                        result.checkpoint = self.save_checkpoint()
+                    raise interrupted(stop.name or "a signal to another process",
+                                      stop.signum or signal.SIGTERM, self.step, result.checkpoint,
+                                      "--resume_from_checkpoint latest")
         result.step = self.step
         if self.step >= c.max_train_steps:
             if main:
                 result.model_dir = write_model(self.out_dir, self.unet.unet, self.model_config())
             acc.wait_for_everyone()
         return result
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether a stop signal reached any process, so that all stop at the same step."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return flag
+        return bool(acc.reduce(torch.tensor([float(flag)], device=self.device), "sum").item() > 0)
 
     def _diverged(self, value: float) -> TrainingDiverged:
         found = list_checkpoints(self.out_dir / "checkpoints")

@@ -637,7 +637,7 @@ def test_library_refusals_are_convert_errors(torch_checkpoint, tmp_path):
         convert(tmp_path / "nope", tmp_path / "out", "torch", "mlx")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x01\x00")
-    with pytest.raises(ConvertError, match="not a valid safetensors"):
+    with pytest.raises(ConvertError, match="damaged or not a safetensors file"):
         torch_to_mlx(bad, tmp_path / "out.safetensors")
     meta = tensor_metadata("torch", "model")
     save_numpy({"w": np.zeros(3, np.float32)}, str(tmp_path / "w.safetensors"), metadata=meta)
