@@ -195,6 +195,11 @@ def silence_temporal_attention(model: UNet3D) -> None:
                                  if ".attn_temp.to_out." in n]))
 
 
+def silence_text_alignment(model: UNet3D) -> None:
+    model.update(tree_unflatten([(n, mx.zeros_like(p)) for n, p in tree_flatten(model.parameters())
+                                 if n.endswith(".text_align")]))
+
+
 def frame_swap_gap(model: UNet3D, config: ModelConfig) -> float:
     """max |model(swap(x)) - swap(model(x))| for swapping frames 1 and 2 (see the torch test:
     without temporal layers the UNet is exactly equivariant to reordering frames)."""
@@ -211,15 +216,23 @@ def test_which_layers_mix_frames(name, monkeypatch):
     neither = build(config)
     make_convs_per_frame(neither)
     silence_temporal_attention(neither)
+    silence_text_alignment(neither)
     assert frame_swap_gap(neither, config) < 1e-5
 
     attention_only = build(config)
     make_convs_per_frame(attention_only)
+    silence_text_alignment(attention_only)
     assert frame_swap_gap(attention_only, config) > 1e-3
 
     convs_only = build(config)
     silence_temporal_attention(convs_only)
+    silence_text_alignment(convs_only)
     assert frame_swap_gap(convs_only, config) > 1e-3
+
+    alignment_only = build(config)  # the text alignment tells each frame which words to read
+    make_convs_per_frame(alignment_only)
+    silence_temporal_attention(alignment_only)
+    assert frame_swap_gap(alignment_only, config) > 1e-3
 
     # Temporal attention tells frames apart only through the frame-position signal.
     monkeypatch.setattr(unet_module, "sinusoidal_embedding",

@@ -153,6 +153,13 @@ def silence_temporal_attention(model: UNet3D) -> None:
                 p.zero_()
 
 
+def silence_text_alignment(model: UNet3D) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".text_align"):
+                p.zero_()
+
+
 def frame_swap_gap(model: UNet3D, config: ModelConfig) -> float:
     """max |model(swap(x)) - swap(model(x))| for swapping frames 1 and 2.
 
@@ -160,6 +167,7 @@ def frame_swap_gap(model: UNet3D, config: ModelConfig) -> float:
     is GroupNorm statistics, which are sums over all frames; it is then exactly equivariant to
     reordering frames. A temporal conv breaks that, and so does temporal attention, but only
     because of its frame-position signal: attention over a set of frames alone is equivariant.
+    The text alignment breaks it too: it tells each frame which words to read.
     """
     x, t, context, mask, pooled = inputs(config, size=8)
     order = [0, 2, 1, 3]
@@ -176,15 +184,23 @@ def test_which_layers_mix_frames(name, monkeypatch):
     neither = build(config)
     make_convs_per_frame(neither)
     silence_temporal_attention(neither)
+    silence_text_alignment(neither)
     assert frame_swap_gap(neither, config) < 1e-5
 
     attention_only = build(config)
     make_convs_per_frame(attention_only)
+    silence_text_alignment(attention_only)
     assert frame_swap_gap(attention_only, config) > 1e-3
 
     convs_only = build(config)
     silence_temporal_attention(convs_only)
+    silence_text_alignment(convs_only)
     assert frame_swap_gap(convs_only, config) > 1e-3
+
+    alignment_only = build(config)
+    make_convs_per_frame(alignment_only)
+    silence_temporal_attention(alignment_only)
+    assert frame_swap_gap(alignment_only, config) > 1e-3
 
     assert frame_swap_gap(base, config) > 1e-3
 
