@@ -39,6 +39,9 @@ def user_errors() -> Iterator[None]:
         if os.environ.get("T2S_DEBUG"):
             raise
         raise click.ClickException(str(e)) from e
+    except TrainingInterrupted as e:  # a signal stopped training after saving (e.g. the demo)
+        click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
 
 
 class T2SGroup(click.Group):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,20 @@ def test_bad_input_gives_one_line_errors(trained_run, tmp_path):
                    "another model config")
     one_line_error(run("train", "--out", str(tmp_path / "fresh"), "--resume"),
                    "nothing to resume")
+
+
+def test_sample_takes_the_latest_pointer_and_names_a_damaged_file(trained_run, tmp_path):
+    _, run_dir = trained_run
+    result = run("sample", "--checkpoint", str(run_dir / "checkpoints" / "latest"), "--out",
+                 str(tmp_path / "s"), "--steps", "2", "--num-samples", "1", "--device", "cpu",
+                 "--quiet", "hi")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "s" / "grid.gif").exists()
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir / "checkpoints" / "step_0000004", copy)
+    weights = copy / "ema.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # a copy cut short
+    one_line_error(run("sample", "--checkpoint", str(copy), "--device", "cpu", "hi"),
+                   f"{weights}: damaged or not a safetensors file")
+    one_line_error(run("sample", "--checkpoint", str(run_dir / "config.json"), "hi"),
+                   "not a checkpoint or a `latest` pointer", "checkpoints/latest")
