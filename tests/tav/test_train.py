@@ -4,6 +4,11 @@ exact resume, the saved model, validation GIFs and TensorBoard."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +18,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from shared.checkpoint import CheckpointError
+from shared.errors import TrainingInterrupted
 from shared.video import read_video
 from t2s_torch.tav.checkpoint import WEIGHTS_FILE, write_model
 from t2s_torch.tav.inflate import InflatedUNet
@@ -176,3 +182,51 @@ def test_bf16_keeps_trainable_weights_fp32_and_trains(make_config, tiny_sd, tmp_
     result = trainer.train()
     assert all(np.isfinite(result.losses))
     assert (tmp_path / "logs" / "samples" / "step_0000002.gif").exists()
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_of_it(make_config, tmp_path):
+    """A real SIGTERM to this process once the first checkpoint exists (as a scheduler sends
+    it); the resumed run then matches one that was never stopped."""
+    out = tmp_path / "run"
+    trainer = quiet(make_config(out, max_train_steps=200, checkpointing_steps=2))
+
+    def kill_after_first_checkpoint() -> None:
+        while not (out / "checkpoints" / "latest").exists():
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=kill_after_first_checkpoint, daemon=True).start()
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.train()
+    stopped = trainer.step
+    assert 2 <= stopped < 200 and info.value.exit_code == 128 + signal.SIGTERM
+    assert str(info.value).startswith(f"stopped by SIGTERM at step {stopped}: saved ")
+    assert info.value.checkpoint == out / "checkpoints" / f"step_{stopped:07d}"
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:07d}"
+    resumed = quiet(make_config(out, max_train_steps=200, checkpointing_steps=2,
+                                resume_from_checkpoint="latest")).train(until=stopped + 1)
+    straight = quiet(make_config(tmp_path / "straight", max_train_steps=200,
+                                 checkpointing_steps=2)).train(until=stopped + 1)
+    assert resumed.losses == pytest.approx(straight.losses[-1:], abs=1e-6)
+    a, b = (load_file(r.checkpoint / WEIGHTS_FILE) for r in (resumed, straight))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(make_config, tmp_path):
+    quiet(make_config(tmp_path, max_train_steps=4, checkpointing_steps=1)).train(until=2)
+    damaged = tmp_path / "checkpoints" / "step_0000002" / WEIGHTS_FILE
+    damaged.write_bytes(damaged.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="newest intact checkpoint is step 1: resume from "
+                                              "it with `--resume_from_checkpoint "):
+        quiet(make_config(tmp_path, max_train_steps=4, checkpointing_steps=1, strict=True,
+                          resume_from_checkpoint="latest")).train()
+    lines: list[str] = []
+    trainer = TAVTrainer(make_config(tmp_path, max_train_steps=4, checkpointing_steps=1,
+                                     resume_from_checkpoint="latest"), progress=False,
+                         log=lines.append)
+    assert trainer.train(until=3).step == 3
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(damaged) in warnings[0] and "step 1" in warnings[0]
+    damaged.write_bytes(damaged.read_bytes()[:-100])  # step 2 was written again; cut it again
+    with pytest.raises(CheckpointError, match=re.escape(f"{damaged}: damaged or not a")):
+        load_finetuned(damaged.parent)
