@@ -1,5 +1,8 @@
 """Which sampler to default to: from the same starting noise on a trained model, how close do
-DPM-Solver++ (20 steps) and DDIM (50 steps) land to the 500-step DDIM solution, and how fast.
+DPM-Solver++ (20 steps) and DDIM (50 steps) land to the 500-step DDIM solution, and how fast;
+and, on a model trained on a toy set with held-out sentences (`split.json`, what `t2s-demo` and
+`data toy` write), how well each sampler and guidance scale follows the text: seen and unseen
+sentences scored apart with standard errors (`shared.textfollow`).
 
     python benchmarks/run.py --quality runs/demo/run-toy
 """
@@ -14,10 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import DiffusionConfig
-from shared.toy import sample_prompts
+from shared.textfollow import make_split, read_split, score_set
+from shared.video import to_uint8
 
 REFERENCE = ("ddim", 500)
 CANDIDATES = (("ddim", 50), ("dpm++", 20))
+# Text-following rows: (sampler, steps, guidance); None = the checkpoint's own guidance.
+TEXT_FOLLOWING = (("ddim", 25, None), ("dpm++", 20, None), ("ddim", 25, 1.0), ("ddim", 25, 6.0))
 
 
 def quality_notes(checkpoint: Path, log: Callable[[str], None], num_prompts: int = 4
@@ -31,7 +37,9 @@ def quality_notes(checkpoint: Path, log: Callable[[str], None], num_prompts: int
 
     device = torch.device("cpu")
     config, model, path = load_model(checkpoint, device)
-    prompts = sample_prompts(num_prompts, seed=0)
+    # Held-out sentences of the checkpoint's toy set (or of the default split): what matters.
+    split = read_split(config.data.data_dir) or make_split(seed=config.data.seed)
+    prompts = list(split.unseen[:num_prompts])
     encoder = TextEncoder(config.text, device=device)
     text = TextBatch(*encoder.encode(prompts))
     uncond = TextBatch(*encoder.empty_embedding(len(prompts)))
@@ -76,4 +84,49 @@ def quality_notes(checkpoint: Path, log: Callable[[str], None], num_prompts: int
             rmse = float(np.sqrt(np.mean((video - reference) ** 2)))
             lines.append(f"  - {sampler} {steps} steps: RMSE to the reference {rmse:.4f}, "
                          f"{seconds:.3f} s/video")
+    return lines
+
+
+def text_following_notes(checkpoint: Path, log: Callable[[str], None], samples: int = 5
+                         ) -> list[str]:
+    """Seen and unseen accuracy per sampler and guidance scale, from the same starting noise.
+    Clips are scored as sampled (uint8, not through a GIF), the demo's numbers up to GIF
+    quantisation."""
+    import torch
+
+    from t2s_torch.checkpoint import load_model
+    from t2s_torch.diffusion import TextBatch
+    from t2s_torch.sample import generate
+    from t2s_torch.text_encoder import TextEncoder
+
+    device = torch.device("cpu")
+    config, model, path = load_model(checkpoint, device)
+    split = read_split(config.data.data_dir)
+    if split is None:
+        return [f"- text following: not measured, {config.data.data_dir} has no split.json (a "
+                "toy set made by `data toy` or `t2s-demo` has one)"]
+    encoder = TextEncoder(config.text, device=device)
+    d = config.data
+    lines = [f"- text following on {path} ({samples} samples per sentence, seed 0; "
+             f"{len(split.seen)} seen and {len(split.unseen)} unseen sentences of toy split "
+             f"seed {split.seed}):"]
+    for sampler, steps, guidance in TEXT_FOLLOWING:
+        g = config.sample.guidance if guidance is None else guidance
+        sample = dataclasses.replace(config.sample, sampler=sampler, steps=steps, guidance=g,
+                                     timestep_spacing="auto", num_samples=samples)
+        parts = []
+        for label, sentences in (("seen", split.seen), ("unseen", split.unseen)):
+            captions = [p for p in sentences for _ in range(samples)]
+            log(f"text following: {sampler} {steps} steps, guidance {g}, {label}")
+            text = TextBatch(*encoder.encode(captions))
+            uncond = TextBatch(*encoder.empty_embedding(len(captions)))
+            shape = (len(captions), d.num_frames, d.image_size, d.image_size,
+                     config.model.out_channels)
+            videos = generate(model, config.diffusion, sample, text, uncond, shape, seed=0,
+                              device=device)
+            result = score_set(label, [to_uint8(v) for v in videos], captions, sentences)
+            word, word_se, _ = result.word_accuracy()
+            parts.append(f"{label} {result.score.accuracy:.1%} ± {result.accuracy_stderr:.1%} "
+                         f"(words {word:.1%} ± {word_se:.1%})")
+        lines.append(f"  - {sampler} {steps} steps, guidance {g}: " + ", ".join(parts))
     return lines

@@ -563,9 +563,10 @@ def main(argv: list[str] | None = None) -> int:
         extras.append(("data loading", lambda: data_notes(plan.presets, result["rows"], log,
                                                              plan.overrides)))
     if args.quality:
-        from benchmarks.quality import quality_notes
+        from benchmarks.quality import quality_notes, text_following_notes
 
         extras.append(("sampler quality", lambda: quality_notes(args.quality, log)))
+        extras.append(("text following", lambda: text_following_notes(args.quality, log)))
     for what, notes in extras:  # a failure here must not lose the table measured above
         try:
             result["notes"] += notes()

@@ -39,14 +39,17 @@ def default_backend() -> str:
     return "t2s_torch"
 
 
-def ensure_toy_data(data_dir: Path, n: int, workers: int = 1, seed: int = 0) -> bool:
+def ensure_toy_data(data_dir: Path, n: int, workers: int = 1, seed: int = 0,
+                    progress: bool = True) -> bool:
     """Make the demo's toy set unless a complete one is already there; True if it was made.
     Its training sentences leave out the split's held-out ones (`split.json` beside them)."""
-    if read_split_safe(data_dir) is not None and len(list(data_dir.glob("toy_*.gif"))) >= n:
+    existing = read_split_safe(data_dir)
+    if existing is not None and existing.seed == seed and \
+            len(list(data_dir.glob("toy_*.gif"))) >= n:
         return False
     split = make_split(max_words=DEMO_MAX_WORDS, seed=seed)
     make_toy_dataset(data_dir, n=n, seed=seed, workers=workers, hand_size=DEMO_HAND_SIZE,
-                     captions=training_captions(split, n, seed))
+                     captions=training_captions(split, n, seed), progress=progress)
     split.save(data_dir / SPLIT_FILE)
     return True
 
@@ -68,7 +71,7 @@ def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
     sample_mod = importlib.import_module(f"{backend}.sample")
     data_dir, run_dir = out / "data", out / f"run-{preset_name}"
     start = time.perf_counter()
-    made = ensure_toy_data(data_dir, n, workers, seed)
+    made = ensure_toy_data(data_dir, n, workers, seed, progress)
     split = read_split(data_dir)
     yield (f"toy-signer data: {'wrote' if made else 'found'} {n} clips of "
            f"{len(set(training_captions(split, n, seed)))} training sentences in {data_dir} "

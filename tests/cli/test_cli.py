@@ -77,18 +77,37 @@ def test_mlx_cli_does_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
-def test_demo_trains_samples_and_scores_seen_and_unseen(tmp_path):
+def test_demo_trains_samples_and_scores_seen_unseen_and_longer(tmp_path):
     tool = "t2s-torch"  # the demo is shared code; t2s-mlx's train and sample have their tests
-    args = ("demo", "--out", str(tmp_path / "demo"), "--n", "8", "--quiet", "--set",
-            "train.steps=2", "--set", "sample.steps=2", "--set", "train.batch_size=4")
+    args = ("demo", "--out", str(tmp_path / "demo"), "--n", "8", "--quiet", "--samples", "1",
+            "--set", "train.steps=2", "--set", "sample.steps=2", "--set", "train.batch_size=4")
     result = run(tool, *args)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "wrote 8 clips" in out and "training: 2 steps" in out
-    assert "seen captions (20," in out and "among 20 candidate prompts" in out
-    assert "unseen captions (10," in out and "among 10 candidate prompts" in out
-    seen = tmp_path / "demo" / "samples" / "seen"
-    assert len(list(seen.glob("0*.gif"))) == 40 and (seen / "grid.gif").exists()
+    for name in ("seen", "unseen", "longer"):
+        line = next(x for x in out.splitlines() if x.startswith(f"{name}: "))
+        assert "of 20 clips name their own sentence among 20" in line and " ± " in line
+        assert "by position 1: " in line
+    assert "3: " in next(x for x in out.splitlines() if x.startswith("longer: "))
+    data = tmp_path / "demo" / "data"
+    split = json.loads((data / "split.json").read_text())
+    trained = {p.read_text().strip() for p in data.glob("toy_*.txt")}
+    assert trained and not trained & set(split["unseen"])
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert set(report["sets"]) == {"seen", "unseen", "longer"}
+    assert report["sets"]["unseen"]["num_clips"] == 20
+    unseen = tmp_path / "demo" / "samples" / "unseen"
+    assert len(list(unseen.glob("0*.gif"))) == 20 and (unseen / "grid.gif").exists()
+    assert {p.read_text().strip() for p in unseen.glob("0*.txt")} == set(split["unseen"])
+
+    # `eval` on the samples folder scores each set apart, as the demo did.
+    scores = tmp_path / "scores.json"
+    again = run("t2s-mlx", "eval", str(tmp_path / "demo" / "samples"), "--json", str(scores))
+    assert again.returncode == 0, again.stderr
+    assert [x.split(":")[0] for x in again.stdout.splitlines()] == ["seen", "unseen", "longer"]
+    assert json.loads(scores.read_text())["sets"]["unseen"]["accuracy"] == \
+        report["sets"]["unseen"]["accuracy"]
     again = run(tool, *args)
     assert "found 8 clips" in again.stdout and "found a finished run" in again.stdout
 
