@@ -74,6 +74,11 @@ class DiffusionConfig:
     clip_sample_range: float = 1.0
     # Min-SNR loss weighting (Hang et al. 2023); None = plain MSE.
     min_snr_gamma: float | None = None
+    # Motion-weighted loss: each position's squared error is weighted by
+    # 1 + motion_weight * m / mean(m), m = the clean clip's distance from its own mean over
+    # frames (channel-averaged), then renormalised to a mean weight of 1. What moves (hands,
+    # arms) outweighs what stays (background, body), which otherwise dominates the loss; 0 = off.
+    motion_weight: float = 0.0
 
 
 @dataclass
@@ -260,6 +265,7 @@ class Config:
         _check(d.num_train_timesteps >= 2, "diffusion.num_train_timesteps must be >= 2")
         _check(d.min_snr_gamma is None or d.min_snr_gamma > 0,
                "diffusion.min_snr_gamma must be positive (or null to disable)")
+        _check(d.motion_weight >= 0, "diffusion.motion_weight must be >= 0 (0 = off)")
         _check(t.batch_size == "auto" or (isinstance(t.batch_size, int) and t.batch_size >= 1),
                f"train.batch_size={t.batch_size!r}: use a positive integer or 'auto'")
         _check(t.grad_accum >= 1, "train.grad_accum must be >= 1")

@@ -38,6 +38,19 @@ class TextBatch:
                          mx.concatenate([p.pooled for p in parts]))
 
 
+MOTION_EPS = 1e-3  # the torch constant
+
+
+def motion_weights(x0: mx.array, strength: float) -> mx.array:
+    """(B, F, H, W, C) clean clips -> (B, F, H, W, 1) loss weights with mean 1 per clip (the
+    torch formula: `1 + strength * m / mean(m)` renormalised, m = channel mean of
+    |x0 - its mean over frames|)."""
+    m = mx.abs(x0 - x0.mean(axis=1, keepdims=True)).mean(axis=-1, keepdims=True)
+    mean = m.mean(axis=(1, 2, 3), keepdims=True)
+    return (1.0 + strength * m / (mean + MOTION_EPS)) / (1.0 + strength * mean /
+                                                           (mean + MOTION_EPS))
+
+
 class GaussianDiffusion:
     """The forward process and the training loss of one DiffusionConfig."""
 
@@ -67,7 +80,8 @@ class GaussianDiffusion:
 
     def loss(self, model: nn.Module, x0: mx.array, text: TextBatch, t: mx.array,
              noise: mx.array) -> mx.array:
-        """Mean over the batch of each sample's (min-SNR weighted) mean squared error.
+        """Mean over the batch of each sample's (min-SNR weighted) mean squared error, each
+        position weighted by `motion_weights` when `motion_weight` > 0.
 
         `t` and `noise` come from the caller so that a training step is reproducible from the
         trainer's random state (and so that tests can pin them).
@@ -75,5 +89,7 @@ class GaussianDiffusion:
         x_t = self.q_sample(x0, t, noise)
         prediction = model(x_t, t, text.states, text.mask, text.pooled)
         error = mx.square(prediction.astype(mx.float32) - self.target(x0, t, noise))
+        if self.config.motion_weight > 0:
+            error = error * motion_weights(x0.astype(mx.float32), self.config.motion_weight)
         per_sample = error.reshape(error.shape[0], -1).mean(axis=1)
         return (per_sample * self._table[4][t]).mean()

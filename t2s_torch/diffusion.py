@@ -2,7 +2,7 @@
 
 The noise schedule is computed once in numpy float64 and copied to the device as float32
 tables, so this file holds only the arithmetic: noise a clean video, ask the UNet for its
-prediction, and weigh the squared error (optionally by min-SNR).
+prediction, and weigh the squared error (optionally by min-SNR, and over positions by motion).
 """
 
 from __future__ import annotations
@@ -38,6 +38,21 @@ class TextBatch:
     def cat(parts: list[TextBatch]) -> TextBatch:
         return TextBatch(torch.cat([p.states for p in parts]), torch.cat([p.mask for p in parts]),
                          torch.cat([p.pooled for p in parts]))
+
+
+# A clip whose mean distance from its frame average is far below this (pixels in [-1, 1]) counts
+# as still: its weights stay ~1 instead of amplifying rounding noise.
+MOTION_EPS = 1e-3
+
+
+def motion_weights(x0: torch.Tensor, strength: float) -> torch.Tensor:
+    """(B, C, F, H, W) clean clips -> (B, 1, F, H, W) loss weights with mean 1 per clip:
+    `1 + strength * m / mean(m)` renormalised, m = channel mean of |x0 - its mean over frames|.
+    The same formula as `t2s_mlx.diffusion.motion_weights` (channels-last there)."""
+    m = (x0 - x0.mean(dim=2, keepdim=True)).abs().mean(dim=1, keepdim=True)
+    mean = m.mean(dim=(2, 3, 4), keepdim=True)
+    return (1.0 + strength * m / (mean + MOTION_EPS)) / (1.0 + strength * mean /
+                                                           (mean + MOTION_EPS))
 
 
 class GaussianDiffusion:
@@ -76,7 +91,8 @@ class GaussianDiffusion:
 
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, text: TextBatch,
              t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Mean over the batch of each sample's (min-SNR weighted) mean squared error.
+        """Mean over the batch of each sample's (min-SNR weighted) mean squared error, each
+        position weighted by `motion_weights` when `motion_weight` > 0.
 
         `t` and `noise` come from the caller so that a training step is reproducible from
         the trainer's generator (and so that tests can pin them).
@@ -84,5 +100,7 @@ class GaussianDiffusion:
         x_t = self.q_sample(x0, t, noise)
         prediction = model(x_t, t, text.states, text.mask, text.pooled)
         error = (prediction.float() - self.target(x0, t, noise)).square()
+        if self.config.motion_weight > 0:
+            error = error * motion_weights(x0.float(), self.config.motion_weight)
         per_sample = error.mean(dim=tuple(range(1, error.ndim)))
         return (per_sample * self._table[4, t]).mean()

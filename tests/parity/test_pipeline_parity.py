@@ -65,7 +65,8 @@ def text_inputs(batch: int, length: int = 6, seed: int = 1):
 
 @pytest.mark.parametrize("overrides", [(), ("model.conv_mode=full",
                                             "diffusion.prediction_type=v_prediction",
-                                            "diffusion.min_snr_gamma=5")])
+                                            "diffusion.min_snr_gamma=5",
+                                            "diffusion.motion_weight=4")])
 def test_training_loss_and_every_gradient_match(overrides):
     config, model, twin = twin_models(*overrides)
     model.train()

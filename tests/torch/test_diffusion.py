@@ -198,6 +198,47 @@ def test_loss_equals_hand_computed_weighted_mse(prediction_type, gamma):
     assert states is text.states and mask is text.mask and pooled is text.pooled
 
 
+
+def _hand_motion_weights(x0: np.ndarray, strength: float) -> np.ndarray:
+    """(B, C, F, H, W) -> (B, 1, F, H, W): 1 + strength * m / (mean(m) + eps), scaled to
+    mean 1."""
+    from t2s_torch.diffusion import MOTION_EPS
+
+    m = np.abs(x0 - x0.mean(axis=2, keepdims=True)).mean(axis=1, keepdims=True)
+    w = 1.0 + strength * m / (m.mean(axis=(2, 3, 4), keepdims=True) + MOTION_EPS)
+    return w / w.mean(axis=(2, 3, 4), keepdims=True)
+
+
+@pytest.mark.parametrize("gamma", [None, 5.0])
+def test_motion_weighted_loss_equals_hand_computed(gamma):
+    x0, noise, t = _data()
+    model = FixedOutput(_stub_output())
+    diffusion = GaussianDiffusion(_config(min_snr_gamma=gamma, motion_weight=3.0))
+    loss = diffusion.loss(model, x0, _text(len(t)), t, noise)
+    x = x0.double().numpy()
+    error = (model.output.detach().double().numpy() - noise.double().numpy()) ** 2
+    per_sample = (error * _hand_motion_weights(x, 3.0)).reshape(len(x), -1).mean(axis=1)
+    expected = float((_hand_weights(t.numpy(), "epsilon", gamma) * per_sample).mean())
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    plain = GaussianDiffusion(_config(min_snr_gamma=gamma)).loss(model, x0, _text(len(t)), t,
+                                                                   noise)
+    assert abs(loss.item() - plain.item()) > 1e-3 * plain.item()  # the weights did something
+
+
+def test_motion_weights_favour_what_moves_and_leave_a_still_clip_alone():
+    from t2s_torch.diffusion import motion_weights
+
+    still = torch.rand(2, 3, 1, 6, 6).expand(2, 3, 5, 6, 6)  # the same picture in every frame
+    # (float rounding of the frame mean is all that "moves": far below MOTION_EPS)
+    torch.testing.assert_close(motion_weights(still, 4.0), torch.ones(2, 1, 5, 6, 6),
+                               atol=1e-3, rtol=0)
+    moving = still.clone()
+    moving[0, :, 2, 3, 3] += 1.0  # one pixel of one frame of clip 0 lights up
+    w = motion_weights(moving, 4.0)
+    assert w[0, 0, 2, 3, 3] > 5 * w[0, 0, 0, 0, 0]
+    torch.testing.assert_close(w.mean(dim=(2, 3, 4)), torch.ones(2, 1))
+    torch.testing.assert_close(w[1], torch.ones(1, 5, 6, 6), atol=1e-3, rtol=0)
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_min_snr_weights_apply_per_sample(prediction_type):
     """The batch loss is the mean of each sample's own weighted loss, not (mean weight) x MSE."""
