@@ -126,8 +126,12 @@ def data_group() -> None:
               help="Number of clips.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--num-prompts", type=click.IntRange(1), default=None,
-              help="Draw captions from a closed set of this many sentences (default: every clip "
-                   "gets a fresh 1-3 word sentence).")
+              help="Draw captions from a closed set of this many sentences (default: the "
+                   "training sentences of a held-out split, see --max-words).")
+@click.option("--max-words", type=click.IntRange(2, 4), default=3, show_default=True,
+              help="Longest training sentence. 20 sentences of this length are held out "
+                   "(new word sets and new orders) and 20 one word longer are drawn; both are "
+                   "written to split.json for `eval` and `benchmarks/run.py --quality`.")
 @click.option("--vocab-size", type=click.IntRange(1), default=None,
               help="Use only the first N words of the toy vocabulary.")
 @click.option("--frames", type=click.IntRange(1), default=28, show_default=True)
@@ -137,22 +141,35 @@ def data_group() -> None:
               show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Processes rendering clips (default: all cores).")
-def data_toy_command(out, n, seed, num_prompts, vocab_size, frames, height, width, fmt,
-                     workers) -> None:
+def data_toy_command(out, n, seed, num_prompts, max_words, vocab_size, frames, height, width,
+                     fmt, workers) -> None:
     """Write a synthetic toy-signer data set to OUT.
 
-    Each clip is a signer in front of a plain background performing a 1-3 word sentence; every
-    word is a fixed two-hand motion, and every clip has its own signer (colours, position, size,
-    speed). Clips are GIF (or MP4) files with same-named .txt captions, the format `train`
-    reads, plus prompts.txt with the distinct captions.
+    Each clip is a signer in front of a plain background performing a sentence of 1 to
+    --max-words words; every word is a fixed two-hand motion, and every clip has its own signer
+    (colours, position, size, speed). Sentences held out by the seed's split never appear.
+    Clips are GIF (or MP4) files with same-named .txt captions, the format `train` reads, plus
+    prompts.txt with the distinct captions and split.json with the held-out sentences.
     """
-    from shared.toy import make_toy_dataset
+    from shared.textfollow import SPLIT_FILE, make_split, training_captions
+    from shared.toy import VOCABULARY, make_toy_dataset
 
+    split = captions = None
+    if num_prompts is None:
+        split = make_split(VOCABULARY[:vocab_size] if vocab_size else VOCABULARY, max_words,
+                           seed)
+        captions = training_captions(split, n, seed)
     written = make_toy_dataset(out, n=n, seed=seed, num_frames=frames, height=height,
                                width=width, vocab_size=vocab_size, fmt=fmt,
-                               num_prompts=num_prompts, workers=workers or os.cpu_count() or 1)
+                               num_prompts=num_prompts, workers=workers or os.cpu_count() or 1,
+                               captions=captions)
     prompts = len({caption for _, caption in written})
-    click.echo(f"wrote {len(written)} clips ({prompts} distinct captions) to {out}")
+    held = ""
+    if split is not None:
+        split.save(Path(out) / SPLIT_FILE)
+        held = (f"; held out {len(split.unseen)} sentences of {max_words} words and drew "
+                f"{len(split.longer)} of {max_words + 1} ({SPLIT_FILE})")
+    click.echo(f"wrote {len(written)} clips ({prompts} distinct captions) to {out}{held}")
 
 
 @data_group.command("prepare")

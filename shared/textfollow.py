@@ -76,10 +76,11 @@ class SentenceSplit:
 
 
 def make_split(vocab: Sequence[str] = VOCABULARY, max_words: int = 2, seed: int = 0,
-               num_new_pairs: int = 5, num_new_orders: int = 10, num_seen: int = 20,
+               num_new_sets: int = 10, num_new_orders: int = 10, num_seen: int = 20,
                num_longer: int = 20) -> SentenceSplit:
-    """Hold out `num_new_pairs` word sets in every order (new combinations) and one order of
-    `num_new_orders` more (new orders) among the `max_words`-word sentences; everything else of
+    """Hold out every order of random word sets until `num_new_sets` sentences (new
+    combinations), and one order of `num_new_orders` more sets whose other orders stay in
+    training (new orders), among the `max_words`-word sentences; everything else of
     1..max_words distinct words is a training sentence."""
     words = tuple(caption_text([w]) for w in vocab)
     if max_words < 2 or len(words) < max_words + 1:
@@ -89,26 +90,24 @@ def make_split(vocab: Sequence[str] = VOCABULARY, max_words: int = 2, seed: int 
     combos = list(itertools.combinations(range(len(words)), max_words))
     order = rng.permutation(len(combos))
     held: list[tuple[int, ...]] = []
-    new_pairs = new_orders = 0
+    new_sets = new_orders = 0
     for i in order:
-        if new_pairs == num_new_pairs and new_orders == num_new_orders:
+        if new_sets >= num_new_sets and new_orders == num_new_orders:
             break
-        combo = combos[int(i)]
-        perms = list(itertools.permutations(combo))
-        if new_pairs < num_new_pairs:
-            candidate, kind = perms, "pair"
-        else:
-            candidate, kind = [perms[int(rng.integers(1, len(perms)))]], "order"
+        perms = list(itertools.permutations(combos[int(i)]))
+        new_set = new_sets < num_new_sets
+        candidate = perms if new_set else [perms[int(rng.integers(1, len(perms)))]]
         if not _keeps_partners(len(words), max_words, [*held, *candidate]):
             continue
         held += candidate
-        if kind == "pair":
-            new_pairs += 1
+        if new_set:
+            new_sets += len(candidate)
         else:
             new_orders += 1
-    if new_pairs < num_new_pairs or new_orders < num_new_orders:
-        raise ValueError(f"cannot hold out {num_new_pairs} word sets and {num_new_orders} orders "
-                         f"from {len(words)} words and keep {MIN_PARTNERS} partners per word")
+    if new_sets < num_new_sets or new_orders < num_new_orders:
+        raise ValueError(f"cannot hold out {num_new_sets} sentences of new word sets and "
+                         f"{num_new_orders} new orders from {len(words)} words and keep "
+                         f"{MIN_PARTNERS} partners per word in every position")
     held_set = set(held)
     train = [tuple([i]) for i in range(len(words))]
     for n in range(2, max_words + 1):

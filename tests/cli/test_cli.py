@@ -60,10 +60,23 @@ def test_toy_data_is_the_same_from_both_tools_and_scores_as_faithful(tmp_path):
     scores = tmp_path / "scores.json"
     result = run("t2s-mlx", "eval", str(tmp_path / "t2s-torch"), "--json", str(scores))
     assert result.returncode == 0, result.stderr
-    assert "among 4 candidate prompts" in result.stdout
+    assert "name their own sentence among 4 (chance 25.0%" in result.stdout
     report = json.loads(scores.read_text())
     assert report["accuracy"] == 1.0 and report["num_clips"] == 8
     assert len(report["clips"]) == 8
+
+
+def test_toy_data_holds_out_its_split_and_says_so(tmp_path):
+    out = tmp_path / "toy"
+    result = run("t2s-torch", "data", "toy", str(out), "--n", "30", "--frames", "4",
+                 "--height", "36", "--width", "64", "--max-words", "2", "--seed", "4")
+    assert result.returncode == 0, result.stderr
+    assert "held out 20 sentences of 2 words" in result.stdout
+    split = json.loads((out / "split.json").read_text())
+    assert split["seed"] == 4 and len(split["longer"]) == 20
+    captions = [p.read_text().strip() for p in out.glob("toy_*.txt")]
+    assert len(captions) == 30 and not set(captions) & set(split["unseen"])
+    assert {len(c.split()) for c in captions} == {1, 2}
 
 
 def test_eval_of_an_empty_folder_says_so(tmp_path):

@@ -68,7 +68,7 @@ def test_split_refuses_what_it_cannot_keep():
     with pytest.raises(ValueError, match="max_words"):
         tf.make_split(max_words=1)
     with pytest.raises(ValueError, match="partners"):
-        tf.make_split(vocab=VOCABULARY[:4], num_new_pairs=5)
+        tf.make_split(vocab=VOCABULARY[:4])
 
 
 def render(captions: list[str], frames: int = 8, size: int = 32) -> list[np.ndarray]:
