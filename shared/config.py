@@ -45,6 +45,11 @@ class ModelConfig:
     # with w learned per head, so "first word, first frames" is a prior the model can sharpen
     # or drop. False is the model of checkpoints from before it (their config lacks the field).
     text_alignment: bool = True
+    # Each frame's words, at full resolution: a Linear of the caption's token states pooled per
+    # frame with the alignment's weights (softmax of -gain * (frame time - token position)^2,
+    # gain at w = 1) is added to conv_in's output, so every block sees which word its frame is
+    # in. Starts at zero.
+    frame_text: bool = False
     gradient_checkpointing: bool = False
 
     @property

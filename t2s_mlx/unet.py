@@ -121,6 +121,18 @@ def text_alignment_bias(weight: mx.array, frames: int, mask: mx.array) -> mx.arr
     return bias.reshape(-1, weight.shape[0], 1, mask.shape[-1])
 
 
+def frame_text(context: mx.array, mask: mx.array, frames: int) -> mx.array:
+    """(B, L, D) token states, (B, L) mask -> (B, F, D): each frame's tokens, pooled with the
+    torch file's weights (zeros for a caption without any real token)."""
+    tau = (mx.arange(frames, dtype=mx.float32) + 0.5) / frames
+    real = mask.astype(mx.bool_)
+    logits = -TEXT_ALIGN_GAIN * (tau[None, :, None] - token_positions(mask)[:, None, :]) ** 2
+    logits = mx.where(real[:, None, :], logits, -math.inf)
+    keep = real.any(axis=-1)[:, None, None]
+    weights = mx.softmax(mx.where(keep, logits, 0.0), axis=-1) * keep
+    return weights.astype(context.dtype) @ context
+
+
 class TimestepEmbedding(nn.Module):
     """sinusoid(t, base_channels) -> Linear -> SiLU -> Linear: the diffusion step as a vector."""
 
@@ -441,6 +453,8 @@ class UNet3D(nn.Module):
         self.time_embed = TimestepEmbedding(config.base_channels, temb)
         self.text_embed = nn.Linear(config.context_dim, temb)
         self.conv_in = nn.Conv3d(config.in_channels, chs[0], (1, 3, 3), padding=(0, 1, 1))
+        if config.frame_text:
+            self.frame_text_proj = zero_module(nn.Linear(config.context_dim, chs[0]))
 
         skip_chs = [chs[0]]
         self.down_blocks = []
@@ -490,6 +504,10 @@ class UNet3D(nn.Module):
         ckpt = self.gradient_checkpointing and self.training
 
         h = self.conv_in(x)
+        if "frame_text_proj" in self:
+            mask = context_mask if context_mask is not None else mx.ones(context.shape[:2])
+            words = self.frame_text_proj(frame_text(context, mask, x.shape[1]))  # (B, F, C)
+            h = h + words[:, :, None, None, :]
         skips = [h]
         for block in self.down_blocks:
             h, block_skips = block(h, temb, context, context_mask, ckpt)

@@ -39,6 +39,7 @@ CONFIGS = {
     "full": tiny(conv_mode="full"),
     "three_levels": tiny(channel_mult=(1, 2, 2), attention_levels=(0, 2), num_res_blocks=2),
     "no_text_alignment": tiny(text_alignment=False),
+    "frame_text": tiny(frame_text=True),
 }
 
 
