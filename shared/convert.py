@@ -347,7 +347,7 @@ def parameter_shapes(model: ModelConfig, layout: str = "torch") -> dict[str, tup
     linear("time_embed.linear_2", temb, temb)
     linear("text_embed", temb, model.context_dim)
     if model.frame_text:
-        linear("frame_text_proj", chs[0], model.context_dim)
+        linear("frame_text.proj", chs[0], model.context_dim)
     conv("conv_in", chs[0], model.in_channels, (1, 3, 3))
 
     skip_chs, prev = [chs[0]], chs[0]

@@ -147,7 +147,11 @@ def _transformer(t: _Tally, m: ModelConfig, b: int, frames: int, pixels: int, ch
     t.norm(c)
     _attention(t, b * f, p, p, c, c)  # spatial: (B*F, H*W)
     t.norm(c)
-    _attention(t, b, f * p, text_length, c, m.context_dim)  # cross: (B, F*H*W) x (B, L)
+    # cross: (B*F, H*W) x (B, L), keys and values projected once per clip: the same count as
+    # (B, F*H*W) x (B, L); the text alignment's bias adds a weight per head and no matmul.
+    _attention(t, b, f * p, text_length, c, m.context_dim)
+    if m.text_alignment:
+        t.params += m.num_heads
     t.norm(c)
     _attention(t, b * p, f, f, c, c)  # temporal: (B*H*W, F)
     t.norm(c)
@@ -198,6 +202,12 @@ def block_flops(config: Config, batch: int = 1,
     t = _Tally()
     t.conv(positions(0), m.in_channels, chs[0], SPATIAL_KERNEL)
     rows.append(t.row("conv_in", video(chs[0], 0)))
+
+    if m.frame_text:
+        t = _Tally()
+        t.flops += 2 * b * f * length * m.context_dim  # pool the tokens per frame
+        t.linear(b * f, m.context_dim, chs[0])
+        rows.append(t.row("frame_text", (b, f, chs[0])))
 
     skip_chs = [chs[0]]
     prev = chs[0]

@@ -121,16 +121,23 @@ def text_alignment_bias(weight: mx.array, frames: int, mask: mx.array) -> mx.arr
     return bias.reshape(-1, weight.shape[0], 1, mask.shape[-1])
 
 
-def frame_text(context: mx.array, mask: mx.array, frames: int) -> mx.array:
-    """(B, L, D) token states, (B, L) mask -> (B, F, D): each frame's tokens, pooled with the
-    torch file's weights (zeros for a caption without any real token)."""
-    tau = (mx.arange(frames, dtype=mx.float32) + 0.5) / frames
-    real = mask.astype(mx.bool_)
-    logits = -TEXT_ALIGN_GAIN * (tau[None, :, None] - token_positions(mask)[:, None, :]) ** 2
-    logits = mx.where(real[:, None, :], logits, -math.inf)
-    keep = real.any(axis=-1)[:, None, None]
-    weights = mx.softmax(mx.where(keep, logits, 0.0), axis=-1) * keep
-    return weights.astype(context.dtype) @ context
+class FrameText(nn.Module):
+    """Each frame's words, for `model.frame_text`: the torch module's pooling (zeros for a
+    caption without any real token), then `proj` (zero at the start)."""
+
+    def __init__(self, context_dim: int, channels: int) -> None:
+        super().__init__()
+        self.proj = zero_module(nn.Linear(context_dim, channels))
+
+    def __call__(self, context: mx.array, mask: mx.array, frames: int) -> mx.array:
+        """-> (B, F, channels)."""
+        tau = (mx.arange(frames, dtype=mx.float32) + 0.5) / frames
+        real = mask.astype(mx.bool_)
+        logits = -TEXT_ALIGN_GAIN * (tau[None, :, None] - token_positions(mask)[:, None, :]) ** 2
+        logits = mx.where(real[:, None, :], logits, -math.inf)
+        keep = real.any(axis=-1)[:, None, None]
+        weights = mx.softmax(mx.where(keep, logits, 0.0), axis=-1) * keep
+        return self.proj(weights.astype(context.dtype) @ context)
 
 
 class TimestepEmbedding(nn.Module):
@@ -454,7 +461,7 @@ class UNet3D(nn.Module):
         self.text_embed = nn.Linear(config.context_dim, temb)
         self.conv_in = nn.Conv3d(config.in_channels, chs[0], (1, 3, 3), padding=(0, 1, 1))
         if config.frame_text:
-            self.frame_text_proj = zero_module(nn.Linear(config.context_dim, chs[0]))
+            self.frame_text = FrameText(config.context_dim, chs[0])
 
         skip_chs = [chs[0]]
         self.down_blocks = []
@@ -504,9 +511,9 @@ class UNet3D(nn.Module):
         ckpt = self.gradient_checkpointing and self.training
 
         h = self.conv_in(x)
-        if "frame_text_proj" in self:
+        if "frame_text" in self:
             mask = context_mask if context_mask is not None else mx.ones(context.shape[:2])
-            words = self.frame_text_proj(frame_text(context, mask, x.shape[1]))  # (B, F, C)
+            words = self["frame_text"](context, mask, x.shape[1])  # (B, F, C)
             h = h + words[:, :, None, None, :]
         skips = [h]
         for block in self.down_blocks:

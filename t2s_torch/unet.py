@@ -124,17 +124,24 @@ def text_alignment_bias(weight: torch.Tensor, frames: int, mask: torch.Tensor) -
     return bias.reshape(-1, weight.shape[0], 1, mask.shape[-1])
 
 
-def frame_text(context: torch.Tensor, mask: torch.Tensor, frames: int) -> torch.Tensor:
-    """(B, L, D) token states, (B, L) mask -> (B, F, D): each frame's tokens, pooled with
-    weights softmax_j(-TEXT_ALIGN_GAIN * (tau_f - rho_j)^2) over the real tokens (zeros for a
-    caption without any)."""
-    tau = (torch.arange(frames, dtype=torch.float32, device=mask.device) + 0.5) / frames
-    real = mask.bool()
-    logits = -TEXT_ALIGN_GAIN * (tau[None, :, None] - token_positions(mask)[:, None, :]) ** 2
-    logits = logits.masked_fill(~real[:, None, :], -math.inf)
-    keep = real.any(dim=-1)[:, None, None]
-    weights = torch.softmax(logits.masked_fill(~keep, 0.0), dim=-1) * keep
-    return weights.to(context.dtype) @ context
+class FrameText(nn.Module):
+    """Each frame's words, for `model.frame_text`: the caption's token states pooled per frame
+    with weights softmax_j(-TEXT_ALIGN_GAIN * (tau_f - rho_j)^2) over the real tokens (zeros
+    for a caption without any), then `proj` (zero at the start) to the first level's width."""
+
+    def __init__(self, context_dim: int, channels: int) -> None:
+        super().__init__()
+        self.proj = zero_module(nn.Linear(context_dim, channels))
+
+    def forward(self, context: torch.Tensor, mask: torch.Tensor, frames: int) -> torch.Tensor:
+        """-> (B, F, channels)."""
+        tau = (torch.arange(frames, dtype=torch.float32, device=mask.device) + 0.5) / frames
+        real = mask.bool()
+        logits = -TEXT_ALIGN_GAIN * (tau[None, :, None] - token_positions(mask)[:, None, :]) ** 2
+        logits = logits.masked_fill(~real[:, None, :], -math.inf)
+        keep = real.any(dim=-1)[:, None, None]
+        weights = torch.softmax(logits.masked_fill(~keep, 0.0), dim=-1) * keep
+        return self.proj(weights.to(context.dtype) @ context)
 
 
 class TimestepEmbedding(nn.Module):
@@ -483,8 +490,7 @@ class UNet3D(nn.Module):
         self.time_embed = TimestepEmbedding(config.base_channels, temb)
         self.text_embed = nn.Linear(config.context_dim, temb)
         self.conv_in = nn.Conv3d(config.in_channels, chs[0], (1, 3, 3), padding=(0, 1, 1))
-        self.frame_text_proj = (zero_module(nn.Linear(config.context_dim, chs[0]))
-                                if config.frame_text else None)
+        self.frame_text = FrameText(config.context_dim, chs[0]) if config.frame_text else None
 
         skip_chs = [chs[0]]
         self.down_blocks = nn.ModuleList()
@@ -539,10 +545,10 @@ class UNet3D(nn.Module):
 
         # conv_in's output is re-laid explicitly: from 3 input channels oneDNN picks channels-first.
         h = self.conv_in(x.contiguous(memory_format=self.memory_format))
-        if self.frame_text_proj is not None:
+        if self.frame_text is not None:
             mask = context_mask if context_mask is not None else torch.ones(
                 context.shape[:2], device=x.device)
-            words = self.frame_text_proj(frame_text(context, mask, x.shape[2]))  # (B, F, C)
+            words = self.frame_text(context, mask, x.shape[2])  # (B, F, C)
             h = h + words.permute(0, 2, 1)[:, :, :, None, None]
         h = h.contiguous(memory_format=self.memory_format)
         skips = [h]

@@ -140,6 +140,7 @@ CASES = {
     "batch-2": (lambda: preset("tiny"), 2, None),
     "text-length-7": (lambda: preset("tiny"), 1, 7),
     "latent-channels": (lambda: _variant(in_channels=4, out_channels=8), 1, 5),
+    "frame-text": (lambda: _variant(frame_text=True), 2, 7),
 }
 
 
