@@ -391,7 +391,7 @@ def transformer_keys(prefix: str) -> list[str]:
             "attn_temp.to_out.weight", "attn_temp.to_out.bias",
             "norm4.weight", "norm4.bias",
             "ff.linear_1.weight", "ff.linear_1.bias", "ff.linear_2.weight", "ff.linear_2.bias",
-            "proj_out.weight", "proj_out.bias"]
+            "proj_out.weight", "proj_out.bias", "text_align"]
     return [f"{prefix}.{k}" for k in keys]
 
 

@@ -92,3 +92,17 @@ def test_load_reports_file_and_problem(tmp_path):
         Config.load(unknown)
     with pytest.raises(ConfigError, match="no such config file"):
         Config.load(tmp_path / "missing.json")
+
+
+def test_a_config_saved_before_text_alignment_loads_without_it(tmp_path):
+    """Checkpoints from before the alignment bias have no `text_alignment` field: they must
+    build the model they were trained as (no `text_align` weights), while new configs get it."""
+    data = preset("toy").to_dict()
+    del data["model"]["text_alignment"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    assert Config.load(old).model.text_alignment is False
+    new = tmp_path / "new.json"
+    preset("toy").save(new)
+    assert Config.load(new).model.text_alignment is True
+    assert Config.from_dict({}).model.text_alignment is True

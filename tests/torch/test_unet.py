@@ -210,6 +210,35 @@ def test_which_layers_mix_frames(name, monkeypatch):
     assert frame_swap_gap(attention_only, config) < 1e-5
 
 
+def test_text_alignment_at_zero_weight_is_the_model_without_it():
+    """Per-frame cross-attention computes exactly what the (B, F*H*W) one did; the bias is the
+    only difference, and a zero weight removes it."""
+    config = tiny()
+    aligned = build(config)
+    plain = UNet3D(tiny(text_alignment=False)).eval()
+    state = {k: v for k, v in aligned.state_dict().items() if not k.endswith(".text_align")}
+    plain.load_state_dict(state, strict=True)
+    args = inputs(config)
+    assert (run(aligned, *args) - run(plain, *args)).abs().max() > 1e-3
+    silence_text_alignment(aligned)
+    torch.testing.assert_close(run(aligned, *args), run(plain, *args), atol=1e-6, rtol=0)
+
+
+def test_token_positions_put_markers_at_the_ends_and_words_in_their_slots():
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1],
+                         [1, 1, 0, 0, 0, 0]])
+    pos = unet_module.token_positions(mask)
+    # [CLS] w1 w2 [SEP]: words at the middles of the halves of the clip.
+    torch.testing.assert_close(pos[0, :4], torch.tensor([0.0, 0.25, 0.75, 1.0]))
+    torch.testing.assert_close(pos[1, :3], torch.tensor([0.0, 0.5, 1.0]))  # one word: middle
+    torch.testing.assert_close(pos[2], torch.tensor([0.0, 0.125, 0.375, 0.625, 0.875, 1.0]))
+    assert pos[3, 0] == 0.0 and 0.0 <= pos[3, 1] <= 1.0  # the empty caption: two markers
+    bias = unet_module.text_alignment_bias(torch.ones(2), 8, mask[:1])  # (8, 2, 1, L)
+    # Each frame leans most towards the token whose position is nearest its time.
+    nearest = bias[:, 0, 0, :4].argmax(dim=-1)
+    assert nearest.tolist() == [0, 1, 1, 1, 2, 2, 2, 3]
+
+
 def test_no_leakage_across_the_batch():
     config = tiny()
     model = build(config)
@@ -388,7 +417,7 @@ def transformer_keys(prefix: str) -> list[str]:
             "attn_temp.to_out.weight", "attn_temp.to_out.bias",
             "norm4.weight", "norm4.bias",
             "ff.linear_1.weight", "ff.linear_1.bias", "ff.linear_2.weight", "ff.linear_2.bias",
-            "proj_out.weight", "proj_out.bias"]
+            "proj_out.weight", "proj_out.bias", "text_align"]
     return [f"{prefix}.{k}" for k in keys]
 
 
