@@ -139,13 +139,18 @@ def _keeps_partners(num_words: int, length: int, held: list[tuple[int, ...]]) ->
 
 def training_captions(split: SentenceSplit, n: int, seed: int = 0) -> list[str]:
     """n captions for a toy set: lengths in turn (1, 2, ..., max_words, 1, ...) so that every
-    length is a fair share, and within a length the training sentences in a seeded order,
-    used in turn, so that n >= their number shows each at least once."""
+    length is a fair share, and within a length the training sentences in a seeded order, used
+    in turn, the `seen` ones first, so that the sentences scored as seen were trained on
+    whenever n >= max_words * len(seen)."""
     rng = np.random.default_rng([seed, 8])
+    seen = set(split.seen)
     by_len: dict[int, list[str]] = {}
     for s in split.train:
         by_len.setdefault(len(s.split()), []).append(s)
-    pools = {k: [v[int(i)] for i in rng.permutation(len(v))] for k, v in sorted(by_len.items())}
+    pools = {}
+    for k, v in sorted(by_len.items()):
+        shuffled = [v[int(i)] for i in rng.permutation(len(v))]
+        pools[k] = [s for s in shuffled if s in seen] + [s for s in shuffled if s not in seen]
     lengths = sorted(pools)
     taken = dict.fromkeys(lengths, 0)
     out = []

@@ -62,6 +62,8 @@ def test_training_captions_share_lengths_and_cover_the_training_sentences(split)
     assert not set(caps) & set(split.unseen)
     assert set(caps) == set(split.train)  # 400 two-word slots cover all 400 trained pairs
     assert tf.training_captions(split, 800, seed=3) == caps
+    # The sentences scored as seen are trained on even when n covers few two-word sentences.
+    assert set(split.seen) <= set(tf.training_captions(split, 40, seed=3))
 
 
 def test_split_refuses_what_it_cannot_keep():
