@@ -240,6 +240,30 @@ def test_which_layers_mix_frames(name, monkeypatch):
     assert frame_swap_gap(attention_only, config) < 1e-5
 
 
+def test_text_alignment_at_zero_weight_is_the_model_without_it():
+    """The torch test's twin: per-frame cross-attention is the old one, and a zero alignment
+    weight removes the bias."""
+    config = tiny()
+    aligned = build(config)
+    plain = UNet3D(tiny(text_alignment=False))
+    plain.eval()
+    weights = [(k, v) for k, v in tree_flatten(aligned.parameters())
+               if not k.endswith(".text_align")]
+    plain.load_weights(weights, strict=True)
+    args = inputs(config)
+    assert np.abs(run(aligned, *args) - run(plain, *args)).max() > 1e-3
+    silence_text_alignment(aligned)
+    np.testing.assert_allclose(run(aligned, *args), run(plain, *args), atol=1e-6, rtol=0)
+
+
+def test_token_positions_match_the_torch_formula():
+    mask = mx.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    pos = np.array(unet_module.token_positions(mask))
+    np.testing.assert_allclose(pos[0, :4], [0.0, 0.25, 0.75, 1.0])
+    np.testing.assert_allclose(pos[1, :3], [0.0, 0.5, 1.0])
+    assert pos[2, 0] == 0.0 and 0.0 <= pos[2, 1] <= 1.0
+
+
 def test_no_leakage_across_the_batch():
     config = tiny()
     model = build(config)
