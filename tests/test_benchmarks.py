@@ -146,3 +146,33 @@ def test_compile_row_is_compared_with_its_eager_row():
     lines = [line for line in comparisons([eager, ckpt, compiled]) if "torch.compile" in line]
     assert lines == ["- torch/cpu small: torch.compile trains 1.25x the clips/s of eager mode "
                      "with 0.75x its peak memory; its first step (compilation) took 95 s"]
+
+
+@pytest.mark.slow
+def test_quality_scores_text_following_on_the_checkpoints_held_out_split(tmp_path, monkeypatch):
+    """`--quality`'s text-following rows: seen and unseen sentences of the split the checkpoint
+    was trained with, each with its standard error; a checkpoint without a split says so."""
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import quality
+
+    bin_dir = Path(sys.executable).parent
+    data, run_dir = tmp_path / "toy", tmp_path / "run"
+    for args in (["data", "toy", str(data), "--n", "8", "--frames", "4", "--height", "36",
+                  "--width", "64", "--max-words", "2"],
+                 ["train", "--data", str(data), "--preset", "tiny", "--steps", "2", "--out",
+                  str(run_dir), "--quiet", "--set", "train.batch_size=4"]):
+        result = subprocess.run([str(bin_dir / "t2s-torch"), *args], capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    monkeypatch.setattr(quality, "TEXT_FOLLOWING", (("ddim", 2, None), ("dpm++", 2, 1.0)))
+    lines = quality.text_following_notes(run_dir, lambda _: None, samples=1)
+    assert len(lines) == 3 and "20 seen and 20 unseen sentences" in lines[0]
+    assert "ddim 2 steps, guidance 5.0: seen " in lines[1]
+    assert "dpm++ 2 steps, guidance 1.0: seen " in lines[2]
+    for line in lines[1:]:
+        assert line.count(" ± ") == 4 and ", unseen " in line
+
+    (data / "split.json").unlink()
+    lines = quality.text_following_notes(run_dir, lambda _: None, samples=1)
+    assert len(lines) == 1 and "not measured" in lines[0] and "split.json" in lines[0]
