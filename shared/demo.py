@@ -78,7 +78,8 @@ def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
            f"({time.perf_counter() - start:.0f} s); held out: {len(split.unseen)} sentences of "
            f"{split.max_words} words, {len(split.longer)} of {split.max_words + 1}")
 
-    config = apply_overrides(preset(preset_name), [f"data.data_dir={data_dir}",
+    # Absolute, so that `--quality` and `eval` find the data (and its split) from anywhere.
+    config = apply_overrides(preset(preset_name), [f"data.data_dir={data_dir.resolve()}",
                                                    f"train.out_dir={run_dir}", *overrides])
     config.validate()
     done = list_checkpoints(run_dir / "checkpoints")
