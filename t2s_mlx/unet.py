@@ -111,13 +111,17 @@ def token_positions(mask: mx.array) -> mx.array:
     return mx.clip((rank - 0.5) / words, 0.0, 1.0)
 
 
+def alignment_logits(frames: int, mask: mx.array) -> mx.array:
+    """F, (B, L) mask -> (B, F, L) `-TEXT_ALIGN_GAIN * (tau_f - rho_j)^2` (the torch formula)."""
+    tau = (mx.arange(frames, dtype=mx.float32) + 0.5) / frames
+    return -TEXT_ALIGN_GAIN * (tau[None, :, None] - token_positions(mask)[:, None, :]) ** 2
+
+
 def text_alignment_bias(weight: mx.array, frames: int, mask: mx.array) -> mx.array:
     """(heads,) weights, F, (B, L) mask -> (B*F, heads, 1, L) additive cross-attention logits:
     frame f of a clip leans towards the tokens whose position in the caption matches its time."""
-    tau = (mx.arange(frames, dtype=mx.float32) + 0.5) / frames
-    rho = token_positions(mask)
-    dist = (tau[None, :, None] - rho[:, None, :]) ** 2  # (B, F, L)
-    bias = -TEXT_ALIGN_GAIN * weight.astype(mx.float32)[None, None, :, None] * dist[:, :, None, :]
+    bias = weight.astype(mx.float32)[None, None, :, None] * alignment_logits(frames, mask)[
+        :, :, None, :]
     return bias.reshape(-1, weight.shape[0], 1, mask.shape[-1])
 
 
@@ -131,10 +135,8 @@ class FrameText(nn.Module):
 
     def __call__(self, context: mx.array, mask: mx.array, frames: int) -> mx.array:
         """-> (B, F, channels)."""
-        tau = (mx.arange(frames, dtype=mx.float32) + 0.5) / frames
         real = mask.astype(mx.bool_)
-        logits = -TEXT_ALIGN_GAIN * (tau[None, :, None] - token_positions(mask)[:, None, :]) ** 2
-        logits = mx.where(real[:, None, :], logits, -math.inf)
+        logits = mx.where(real[:, None, :], alignment_logits(frames, mask), -math.inf)
         keep = real.any(axis=-1)[:, None, None]
         weights = mx.softmax(mx.where(keep, logits, 0.0), axis=-1) * keep
         return self.proj(weights.astype(context.dtype) @ context)

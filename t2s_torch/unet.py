@@ -114,13 +114,17 @@ def token_positions(mask: torch.Tensor) -> torch.Tensor:
     return ((rank - 0.5) / words).clamp(0.0, 1.0)
 
 
+def alignment_logits(frames: int, mask: torch.Tensor) -> torch.Tensor:
+    """F, (B, L) mask -> (B, F, L) `-TEXT_ALIGN_GAIN * (tau_f - rho_j)^2`: how far token j's
+    place in its caption is from frame f's time in the clip (the module docstring's formula)."""
+    tau = (torch.arange(frames, dtype=torch.float32, device=mask.device) + 0.5) / frames
+    return -TEXT_ALIGN_GAIN * (tau[None, :, None] - token_positions(mask)[:, None, :]) ** 2
+
+
 def text_alignment_bias(weight: torch.Tensor, frames: int, mask: torch.Tensor) -> torch.Tensor:
     """(heads,) weights, F, (B, L) mask -> (B*F, heads, 1, L) additive cross-attention logits:
     frame f of a clip leans towards the tokens whose position in the caption matches its time."""
-    tau = (torch.arange(frames, dtype=torch.float32, device=mask.device) + 0.5) / frames
-    rho = token_positions(mask)
-    dist = (tau[None, :, None] - rho[:, None, :]) ** 2  # (B, F, L)
-    bias = -TEXT_ALIGN_GAIN * weight.float()[None, None, :, None] * dist[:, :, None, :]
+    bias = weight.float()[None, None, :, None] * alignment_logits(frames, mask)[:, :, None, :]
     return bias.reshape(-1, weight.shape[0], 1, mask.shape[-1])
 
 
@@ -135,10 +139,8 @@ class FrameText(nn.Module):
 
     def forward(self, context: torch.Tensor, mask: torch.Tensor, frames: int) -> torch.Tensor:
         """-> (B, F, channels)."""
-        tau = (torch.arange(frames, dtype=torch.float32, device=mask.device) + 0.5) / frames
         real = mask.bool()
-        logits = -TEXT_ALIGN_GAIN * (tau[None, :, None] - token_positions(mask)[:, None, :]) ** 2
-        logits = logits.masked_fill(~real[:, None, :], -math.inf)
+        logits = alignment_logits(frames, mask).masked_fill(~real[:, None, :], -math.inf)
         keep = real.any(dim=-1)[:, None, None]
         weights = torch.softmax(logits.masked_fill(~keep, 0.0), dim=-1) * keep
         return self.proj(weights.to(context.dtype) @ context)
