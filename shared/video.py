@@ -153,39 +153,54 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
 
 
 def make_grid(clips: Sequence[np.ndarray], labels: Sequence[str] | None = None,
-              ncols: int | None = None, pad: int = 2, label_height: int = 14) -> np.ndarray:
-    """Tile equal-sized clips into one clip, each tile captioned underneath (the caption wraps)."""
+              ncols: int | None = None, pad: int = 2, label_height: int = 14,
+              scale: int = 1) -> np.ndarray:
+    """Tile equal-sized clips into one clip, each tile captioned underneath.
+
+    Captions wrap at word boundaries and are never cut: a cell is widened to its longest word
+    when the tile is narrower (a 16-pixel tile would show three letters). `scale` enlarges
+    every tile by a whole factor (nearest pixel), so small clips stay legible."""
     if not clips:
         raise VideoError("make_grid needs at least one clip")
     clips = [_as_uint8_video(c) for c in clips]
-    f, h, w, _ = clips[0].shape
     if any(c.shape != clips[0].shape for c in clips):
         raise VideoError(f"grid clips differ in shape: {sorted({c.shape for c in clips})}")
+    if scale > 1:
+        clips = [c.repeat(scale, axis=1).repeat(scale, axis=2) for c in clips]
+    f, h, w, _ = clips[0].shape
     n = len(clips)
     ncols = ncols or int(np.ceil(np.sqrt(n)))
     nrows = int(np.ceil(n / ncols))
     font = ImageFont.load_default()
-    caption_rows = [_wrap(lbl, w, font) for lbl in (labels or [""] * n)]
+    words = [word for lbl in (labels or []) for word in lbl.split()]
+    text_w = max([w, *(int(np.ceil(font.getlength(word))) + 2 for word in words)])
+    caption_rows = [_wrap(lbl, text_w, font) for lbl in (labels or [""] * n)]
     lines = max((len(r) for r in caption_rows), default=0)
     cap_h = label_height * lines
-    cell_h, cell_w = h + cap_h + pad, w + pad
+    cell_h, cell_w = h + cap_h + pad, text_w + pad
     grid = np.full((f, nrows * cell_h + pad, ncols * cell_w + pad, 3), 255, np.uint8)
     for i, clip in enumerate(clips):
         r, c = divmod(i, ncols)
         y, x = pad + r * cell_h, pad + c * cell_w
-        grid[:, y:y + h, x:x + w] = clip
+        left = x + (text_w - w) // 2  # a tile narrower than its caption sits in the middle
+        grid[:, y:y + h, left:left + w] = clip
         if cap_h:
-            strip = Image.new("RGB", (w, cap_h), (255, 255, 255))
+            strip = Image.new("RGB", (text_w, cap_h), (255, 255, 255))
             draw = ImageDraw.Draw(strip)
             for j, line in enumerate(caption_rows[i]):
                 draw.text((1, j * label_height), line, fill=(0, 0, 0), font=font)
-            grid[:, y + h:y + h + cap_h, x:x + w] = np.asarray(strip)
+            grid[:, y + h:y + h + cap_h, x:x + text_w] = np.asarray(strip)
     return grid
 
 
+def grid_scale(height: int, min_tile: int = 64) -> int:
+    """The whole factor that makes a grid tile at least `min_tile` pixels high."""
+    return max(1, -(-min_tile // max(1, height)))
+
+
 def write_grid(path: str | Path, clips: Sequence[np.ndarray], labels: Sequence[str] | None = None,
-               fps: float = 10.0, ncols: int | None = None) -> Path:
-    return write_video(path, make_grid(clips, labels, ncols), fps)
+               fps: float = 10.0, ncols: int | None = None, scale: int = 1) -> Path:
+    return write_video(path, make_grid(clips, labels, ncols, scale=scale), fps)
 
 
 def _wrap(text: str, width: int, font: ImageFont.ImageFont) -> list[str]:
@@ -209,12 +224,13 @@ def slug(text: str, max_len: int = 40) -> str:
 def write_sample_folder(out_dir: str | Path, clips: Sequence[np.ndarray], captions: Sequence[str],
                         fps: float = 10.0) -> list[Path]:
     """One GIF per sample with a same-named .txt caption (the layout `eval` and `train` read),
-    plus `grid.gif` of them all."""
+    plus `grid.gif` of them all (small clips enlarged, whole captions)."""
     out_dir = Path(out_dir)
     paths = []
     for i, (clip, caption) in enumerate(zip(clips, captions, strict=True)):
         path = write_video(out_dir / f"{i:03d}_{slug(caption)}.gif", clip, fps)
         path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
         paths.append(path)
-    write_grid(out_dir / "grid.gif", clips, captions, fps)
+    write_grid(out_dir / "grid.gif", clips, captions, fps,
+               scale=grid_scale(np.shape(clips[0])[1]) if len(clips) else 1)
     return paths

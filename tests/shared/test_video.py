@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.video import VideoError, make_grid, read_video, to_uint8, write_grid, write_video
+from shared.video import (
+    VideoError,
+    grid_scale,
+    make_grid,
+    read_video,
+    to_uint8,
+    write_grid,
+    write_video,
+)
 
 
 def _gradient_clip(frames=6, h=24, w=40) -> np.ndarray:
@@ -69,9 +77,9 @@ def test_grid_places_clips_and_labels(tmp_path):
     a = np.full((3, 16, 16, 3), 10, np.uint8)
     b = np.full((3, 16, 16, 3), 200, np.uint8)
     a[:, 0, 0, 2] = b[:, 0, 0, 2] = [0, 100, 200]  # the frames differ, so the GIF keeps three
-    grid = make_grid([a, b, a], ["first clip", "second", "third"], ncols=2, pad=2)
+    grid = make_grid([a, b, a], ["ab cd", "ef", "gh"], ncols=2, pad=2)
     assert grid.shape[0] == 3
-    assert grid.shape[2] == 2 * (16 + 2) + 2
+    assert grid.shape[2] == 2 * (16 + 2) + 2  # every word fits a 16-pixel tile: no widening
     assert (grid[:, 3:18, 2:18] == 10).all() and (grid[:, 3:18, 20:36] == 200).all()
     caption_strip = grid[0, 18:18 + 14, 2:18]
     assert caption_strip.min() < 128  # text was drawn under the first clip
@@ -79,3 +87,30 @@ def test_grid_places_clips_and_labels(tmp_path):
     assert frames.shape[0] == 3
     with pytest.raises(VideoError, match="differ in shape"):
         make_grid([a, b[:, :8]])
+
+
+def test_grid_keeps_whole_captions_under_small_tiles():
+    """A 16-pixel tile under "thanks friend" used to show "tha": the cell now widens to the
+    longest word and the caption wraps between words, so every letter is drawn."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default()
+    a = np.full((2, 16, 16, 3), 10, np.uint8)
+    grid = make_grid([a, a], ["thanks friend", "good"], ncols=2, pad=2)
+    longest = int(np.ceil(font.getlength("thanks"))) + 2
+    cell = longest + 2
+    assert grid.shape[2] == 2 * cell + 2
+    assert grid.shape[1] == 2 + 16 + 2 * 14 + 2  # two caption lines: "thanks" / "friend"
+    left = 2 + (longest - 16) // 2  # the tile sits in the middle of its wider cell
+    assert (grid[:, 2:18, left:left + 16] == 10).all()
+    ink = np.nonzero(grid[0, 18:18 + 28, 2:2 + longest].min(axis=-1) < 128)[1]
+    assert ink.max() > 16  # text drawn beyond where a 16-pixel cell would have cut it
+
+
+def test_grid_scale_enlarges_each_pixel_to_a_square():
+    a = np.zeros((1, 4, 4, 3), np.uint8)
+    a[0, 0, 0] = 255
+    grid = make_grid([a], scale=3, pad=0)
+    assert grid.shape[1:3] == (12, 12)
+    assert (grid[0, :3, :3] == 255).all() and (grid[0, 3:, :] == 0).all()
+    assert grid_scale(16) == 4 and grid_scale(128) == 1 and grid_scale(20) == 4
