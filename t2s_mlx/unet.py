@@ -20,6 +20,11 @@ the one the torch file writes down; only the layouts differ:
   the torch file's alignment bias `-TEXT_ALIGN_GAIN * text_align[h] * (tau_f - rho_j)^2`.
 - Exact (erf) GELU; nearest 2x upsampling in H and W; skips concatenated as `[h, skip]`.
 
+Every conv is a `FastConv3d` (`t2s_mlx/fast_conv.py`, MLX-only speed code): an `nn.Conv3d` in
+keys, shapes, layout and initialisation that runs as the 2-D conv or matmul Metal is fast at
+(spatial (1, 3, 3) over frames folded into the batch, temporal (3, 1, 1) as a (3, 1) 2-D conv
+over (frames, pixels), the 1x1x1 skip as a matmul, 3x3x3 as stacked depth taps).
+
 Gradient checkpointing (`config.gradient_checkpointing`) wraps the same block calls as torch in
 `mx.checkpoint` while training. MLX recomputes a checkpointed block by calling it again, which
 would draw a fresh dropout mask from the global random state; so each ResBlock3D call gets its
@@ -40,6 +45,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from shared.checkpoint import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
 from shared.config import ModelConfig
+from t2s_mlx.fast_conv import FastConv3d
 from t2s_mlx.norm_silu import group_norm_silu
 
 NORM_EPS = 1e-5
@@ -165,13 +171,21 @@ class FactorizedConv3d(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.spatial = nn.Conv3d(in_ch, out_ch, (1, 3, 3), padding=(0, 1, 1))
-        self.temporal = nn.Conv3d(out_ch, out_ch, (3, 1, 1), padding=(1, 0, 0))
+        self.spatial = FastConv3d(in_ch, out_ch, (1, 3, 3), padding=(0, 1, 1))
+        self.temporal = FastConv3d(out_ch, out_ch, (3, 1, 1), padding=(1, 0, 0))
         self.temporal.weight = dirac_conv_weight(out_ch, out_ch, (3, 1, 1))
         self.temporal.bias = mx.zeros((out_ch,))
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.temporal(self.spatial(x))
+
+
+class PointwiseConv3d(FastConv3d):
+    """A 1x1x1 conv (keys `weight`, `bias` as nn.Conv3d), the torch twin's class: run as a
+    matmul over the channels (`FastConv3d` picks that path from the kernel)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__(in_ch, out_ch, 1)
 
 
 def norm_silu_conv(norm: nn.GroupNorm, x: mx.array, conv: nn.Module,
@@ -186,7 +200,7 @@ def make_conv(in_ch: int, out_ch: int, conv_mode: str) -> nn.Module:
     """The ResBlock conv: full 3x3x3 (keys `weight`, `bias`) or factorized (`spatial`,
     `temporal`)."""
     if conv_mode == "full":
-        return nn.Conv3d(in_ch, out_ch, 3, padding=1)
+        return FastConv3d(in_ch, out_ch, 3, padding=1)
     if conv_mode == "factorized":
         return FactorizedConv3d(in_ch, out_ch)
     raise ValueError(f"conv_mode={conv_mode!r}: use 'factorized' or 'full'")
@@ -210,7 +224,7 @@ class ResBlock3D(nn.Module):
         self.dropout_p = config.dropout
         self.conv2 = make_conv(out_ch, out_ch, config.conv_mode)
         zero_module(self.conv2.spatial if config.conv_mode == "factorized" else self.conv2)
-        self.skip = nn.Conv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.skip = PointwiseConv3d(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
 
     def dropout_key(self) -> mx.array | None:
         """A fresh key for this call's dropout mask, or None when dropout does nothing."""
@@ -356,7 +370,7 @@ class Downsample3D(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.conv = FastConv3d(channels, channels, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.conv(x)
@@ -367,7 +381,7 @@ class Upsample3D(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1))
+        self.conv = FastConv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1))
 
     def __call__(self, x: mx.array) -> mx.array:
         b, f, h, w, c = x.shape
@@ -461,7 +475,7 @@ class UNet3D(nn.Module):
 
         self.time_embed = TimestepEmbedding(config.base_channels, temb)
         self.text_embed = nn.Linear(config.context_dim, temb)
-        self.conv_in = nn.Conv3d(config.in_channels, chs[0], (1, 3, 3), padding=(0, 1, 1))
+        self.conv_in = FastConv3d(config.in_channels, chs[0], (1, 3, 3), padding=(0, 1, 1))
         if config.frame_text:
             self.frame_text = FrameText(config.context_dim, chs[0])
 
@@ -486,7 +500,7 @@ class UNet3D(nn.Module):
 
         self.norm_out = group_norm(prev, config)
         self.conv_out = zero_module(
-            nn.Conv3d(prev, config.out_channels, (1, 3, 3), padding=(0, 1, 1)))
+            FastConv3d(prev, config.out_channels, (1, 3, 3), padding=(0, 1, 1)))
 
     def num_parameters(self) -> int:
         return sum(v.size for _, v in tree_flatten(self.parameters()))
