@@ -76,6 +76,19 @@ def backend_module(name: str):
     return importlib.import_module(f"{click.get_current_context().obj}.{name}")
 
 
+def quiet_libraries(quiet: bool) -> None:
+    """Under --quiet, silence the libraries' own progress bars too (transformers 5 draws a
+    "Loading weights" bar for the text encoder; huggingface_hub one per download). Set before
+    they are imported, and switched off in any already imported; nothing is imported here."""
+    if not quiet:
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+
+
 def load_config(preset_name: str | None, config_file: str | None,
                 overrides: tuple[str, ...]) -> Config:
     """A preset or a config.json, then `--set` overrides, then validation (the CLI's one path)."""
@@ -258,6 +271,7 @@ def data_encode_command(data_dir, vae, preset_name, config_file, overrides, devi
 
     flags = (f"data.data_dir={data_dir}", f"data.vae={vae}", "diffusion.clip_sample=false")
     config = load_config(preset_name, config_file, flags + tuple(overrides))
+    quiet_libraries(quiet)
     latent_vae = backend_module("vae").LatentVAE
     click.echo(encode_data(config, lambda: latent_vae.from_pretrained(vae, device=device),
                            progress=not quiet))
@@ -326,14 +340,20 @@ def eval_command(clips_dir, prompts_file, json_out) -> None:
     hand-trajectory error against the clip's own caption.
     """
     from shared.eval import evaluate_set, score_to_dict, set_folders
+    from shared.report_html import write_results_page, write_sets_page
 
     folders = set_folders(Path(clips_dir))
-    results = {}
+    results, scored = {}, []
     for folder in folders:
         result = evaluate_set(folder, None if len(folders) > 1 else folder.name,
                               Path(prompts_file) if prompts_file else None)
         click.echo(result.format())
         results[folder.name] = {**score_to_dict(result.score), **result.to_dict()}
+        page = write_results_page(folder, score=result, summary=[result.format()])
+        scored.append((folder, result))
+    if len(folders) > 1:
+        page = write_sets_page(clips_dir, scored)
+    click.echo(f"every clip with its caption and score: {page}")
     if json_out:
         data = next(iter(results.values())) if len(results) == 1 else {"sets": results}
         Path(json_out).write_text(json.dumps(data, indent=2) + "\n")
@@ -372,6 +392,7 @@ def demo_command(ctx, out, preset_name, n, seed, samples_per_sentence, device, o
     """
     from shared.demo import run_demo
 
+    quiet_libraries(quiet)
     for line in run_demo(Path(out), ctx.obj, preset_name, n=n, device=device,
                          workers=os.cpu_count() or 1, progress=not quiet, overrides=overrides,
                          seed=seed, samples_per_sentence=samples_per_sentence):
@@ -486,6 +507,9 @@ def sample_options(f):
                      help="Latent mode: decode with this VAE (a folder, or an id in the local "
                           "cache) instead of the one the checkpoint names, e.g. after moving "
                           "it; its weights must be the ones the model was trained with."),
+        click.option("--set", "overrides", multiple=True, metavar="sample.FIELD=VALUE",
+                     help="Override a sampling field of the checkpoint's config, e.g. --set "
+                          "sample.timestep_spacing=trailing (repeatable)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.argument("prompts", nargs=-1, required=True),
     ]
@@ -496,12 +520,19 @@ def sample_options(f):
 
 def build_sample_config(base: Config, seed: int | None, num_samples: int | None,
                         sampler: str | None, steps: int | None, eta: float | None,
-                        guidance: float | None):
-    """The checkpoint's sampling settings with the command line's on top; validated."""
+                        guidance: float | None, overrides: tuple[str, ...] = ()):
+    """The checkpoint's sampling settings with `--set sample.FIELD=VALUE` and then the
+    dedicated flags on top; validated. Only the `sample` section: the model, its diffusion
+    schedule and text encoder are the checkpoint's and cannot change at sampling time."""
+    for override in overrides:
+        if not override.startswith("sample."):
+            raise ConfigError(f"--set {override}: sample changes only sampling fields "
+                              "(sample.FIELD=VALUE, e.g. sample.timestep_spacing=trailing); "
+                              "the model's other settings are the checkpoint's")
     flags = {"seed": seed, "num_samples": num_samples, "sampler": sampler, "steps": steps,
              "eta": eta, "guidance": guidance}
-    overrides = [f"sample.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
-    return apply_overrides(base, overrides).validate().sample
+    dedicated = [f"sample.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    return apply_overrides(base, [*overrides, *dedicated]).validate().sample
 
 
 @click.command("train")
@@ -523,6 +554,7 @@ def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch
     kill) finish the current step, save a checkpoint of it and exit with 128 + the signal's
     number; --resume continues exactly, from the newest intact checkpoint.
     """
+    quiet_libraries(quiet)
     config = build_train_config(preset_name, config_file, data_dir, out_dir, steps, batch_size,
                                 lr, overrides, resume, strict, mixed_precision, vae)
     trainer = backend_module("train").Trainer(config, device=device, progress=not quiet,
@@ -541,25 +573,32 @@ def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch
 @click.command("sample")
 @sample_options
 def sample_command(checkpoint, out_dir, seed, num_samples, sampler, steps, eta, guidance, device,
-                   no_ema, vae, quiet, prompts) -> None:
+                   no_ema, vae, overrides, quiet, prompts) -> None:
     """Generate sign videos for PROMPTS with a trained checkpoint.
 
     \b
     Example:
       TOOL sample --checkpoint runs/tiny --num-samples 2 --eta 0 "hello" "thanks friend"
 
-    Writes one GIF per sample (with a same-named .txt caption, so `eval` can score the folder)
-    and grid.gif. Sampler settings default to those in the checkpoint's config. The same seed
-    gives the same videos on any device and on either backend (t2s-torch, t2s-mlx).
+    Writes one GIF per sample (with a same-named .txt caption, so `eval` can score the folder),
+    grid.gif, and index.html: a page showing every clip enlarged with its caption, seed and
+    sampler settings (open it in a browser; `eval` adds the scores). Sampler settings default
+    to those in the checkpoint's config. The same seed gives the same videos on any device and
+    on either backend (t2s-torch, t2s-mlx).
     """
     from shared.checkpoint import load_checkpoint_config, resolve_checkpoint
+    from shared.report_html import sample_settings, write_results_page
 
+    quiet_libraries(quiet)
     base = load_checkpoint_config(resolve_checkpoint(checkpoint))
-    sample = build_sample_config(base, seed, num_samples, sampler, steps, eta, guidance)
+    sample = build_sample_config(base, seed, num_samples, sampler, steps, eta, guidance,
+                                 overrides)
     paths = backend_module("sample").sample_checkpoint(
         checkpoint, list(prompts), out_dir, sample, device=device, use_ema=not no_ema,
         progress=not quiet, vae=vae)
-    click.echo(f"wrote {len(paths)} samples and grid.gif to {out_dir}")
+    page = write_results_page(out_dir, settings=sample_settings(sample, checkpoint, not no_ema),
+                              clips=paths)
+    click.echo(f"wrote {len(paths)} samples and grid.gif to {out_dir}; look at them: {page}")
 
 
 @click.command("visualize")

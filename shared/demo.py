@@ -15,11 +15,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from shared.checkpoint import list_checkpoints
 from shared.config import apply_overrides, preset
+from shared.data import preprocess_clip
 from shared.eval import evaluate_set
+from shared.report_html import sample_settings, write_results_page, write_sets_page
 from shared.textfollow import SPLIT_FILE, SentenceSplit, make_split, read_split, training_captions
-from shared.toy import make_toy_dataset
+from shared.toy import make_toy_dataset, render_clip
+from shared.video import slug, write_video
 
 # Bigger gloves keep the hands several pixels wide at the demo's 16 x 16, and sentences of at
 # most two words give each word four of the demo's eight frames (measured: prompt accuracy
@@ -61,6 +66,23 @@ def read_split_safe(data_dir: Path) -> SentenceSplit | None:
         return None
 
 
+def write_references(folder: Path, captions: list[str], num_frames: int, image_size: int,
+                     seed: int) -> dict[str, Path]:
+    """One toy clip per caption, as the model sees its training data (the source render,
+    resampled, centre-cropped and resized by the loader's own transform), for the results
+    page to show beside each generated clip: what a right answer looks like."""
+    folder.mkdir(parents=True, exist_ok=True)
+    refs = {}
+    for i, caption in enumerate(captions):
+        clip = render_clip(caption, seed=np.random.default_rng([seed, 23, i]),
+                           hand_size=DEMO_HAND_SIZE)
+        path = write_video(folder / f"{slug(caption)}.gif",
+                           preprocess_clip(clip, num_frames, image_size), fps=4)
+        path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
+        refs[caption] = path
+    return refs
+
+
 def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
              device: str | None = None, workers: int = 1, progress: bool = True,
              overrides: tuple[str, ...] = (), seed: int = 0,
@@ -98,7 +120,11 @@ def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
     sample = dataclasses.replace(config.sample, num_samples=samples_per_sentence)
     report = {"preset": preset_name, "backend": backend, "split_seed": split.seed,
               "sample": dataclasses.asdict(sample), "sets": {}}
-    for label, prompts in split.sets().items():
+    sets = split.sets()
+    refs = write_references(out / "references", [p for ps in sets.values() for p in ps],
+                            config.data.num_frames, config.data.image_size, split.seed)
+    scored = []
+    for label, prompts in sets.items():
         folder = out / "samples" / label
         start = time.perf_counter()
         sample_mod.sample_checkpoint(run_dir, list(prompts), folder, sample, device=device,
@@ -106,8 +132,14 @@ def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
         (folder / "prompts.txt").write_text("".join(p + "\n" for p in prompts))
         result = evaluate_set(folder, label)
         report["sets"][label] = result.to_dict()
+        write_results_page(folder, settings=sample_settings(sample, run_dir), score=result,
+                           references=refs, summary=[result.format()])
+        scored.append((folder, result))
         yield f"{result.format()} ({time.perf_counter() - start:.0f} s)"
         yield f"  videos: {folder}/*.gif, all together in {folder}/grid.gif"
+    page = write_sets_page(out / "samples", scored, references=refs,
+                           title=f"text2sign demo: {preset_name}, seed {split.seed}")
+    yield f"every sample with its caption, score and a reference clip: {page}"
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     yield (f"demo finished in {time.perf_counter() - start_all:.0f} s; figures in "
            f"{out / 'report.json'}")

@@ -9,7 +9,8 @@ caption beside it when references are given. Small clips are enlarged by a whole
 `image-rendering: pixelated`, so each model pixel is a crisp square rather than a blur.
 
 `sample` writes the page with its settings (and `sampling.json`, so a later `eval` of the same
-folder keeps them); `eval` and the demo rewrite it with the scores.
+folder keeps them); `eval` and the demo rewrite it with the scores, and for a demo's sets also
+write one page of them all (`write_sets_page`) in the folder above.
 """
 
 from __future__ import annotations
@@ -48,11 +49,19 @@ class PageClip:
 
 
 @dataclass
+class Section:
+    """A heading (e.g. a demo's "unseen" set), its summary lines and its clips."""
+
+    heading: str
+    clips: list[PageClip]
+    summary: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PageContent:
     title: str
-    clips: list[PageClip]
+    sections: list[Section]
     settings: dict[str, Any] = field(default_factory=dict)
-    summary: list[str] = field(default_factory=list)
 
 
 def sample_settings(sample: SampleConfig, checkpoint: str | Path | None = None,
@@ -107,21 +116,56 @@ def references_by_caption(folder: Path | None) -> dict[str, Path]:
 def write_results_page(folder: str | Path, *, title: str | None = None,
                        settings: Mapping[str, Any] | None = None, score: Any = None,
                        references: Mapping[str, Path] | None = None,
-                       summary: Sequence[str] = (), clips: Sequence[Path] | None = None) -> Path:
+                       summary: Sequence[str] = (), clips: Sequence[Path] | None = None,
+                       extra: Mapping[Path, Sequence[tuple[str, str]]] | None = None) -> Path:
     """Write `folder/index.html` for the folder's clips and return its path.
 
     `settings` (sampler, seed, ...) are saved as `sampling.json`; without them the page uses
     the folder's saved ones, so scoring a folder later keeps what made it. `score` is the
     folder's `SetScore` (its clips in file order, as `eval` scores them); `references` maps a
     caption to a reference clip shown beside each clip of that caption; `clips` restricts the
-    page to these files (what a run just wrote, not older files left in the folder)."""
+    page to these files (what a run just wrote, not older files left in the folder); `extra`
+    adds facts per clip file (another metric's per-clip figures, as (name, value) pairs)."""
     folder = Path(folder)
-    settings_path = folder / SETTINGS_FILE
+    settings = _settings(folder, settings)
+    section = folder_section(folder, folder.name, settings, score, references, summary, clips,
+                             extra)
+    return write_page(folder, PageContent(title or f"text2sign results: {folder.name}",
+                                          [section], settings))
+
+
+def write_sets_page(parent: str | Path, sets: Sequence[tuple[Path, Any]], *,
+                    title: str | None = None, references: Mapping[str, Path] | None = None
+                    ) -> Path:
+    """Write `parent/index.html` with one section per (set folder, its SetScore or None): a
+    demo's seen / unseen / longer clips on one page, each set's figures above its clips.
+    Settings come from the first set's `sampling.json`."""
+    parent = Path(parent)
+    settings = _settings(Path(sets[0][0]), None) if sets else {}
+    sections = [folder_section(Path(f), Path(f).name, settings, score, references,
+                               [score.format()] if score is not None else [])
+                for f, score in sets]
+    return write_page(parent, PageContent(title or f"text2sign results: {parent.name}",
+                                          sections, settings))
+
+
+def _settings(folder: Path, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`settings`, saved beside the clips; or, when None, the ones saved there before."""
+    path = folder / SETTINGS_FILE
     if settings is not None:
-        settings_path.write_text(json.dumps(dict(settings), indent=2) + "\n", encoding="utf-8")
-    elif settings_path.exists():
-        settings = json.loads(settings_path.read_text(encoding="utf-8"))
-    settings = dict(settings or {})
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(settings), indent=2) + "\n", encoding="utf-8")
+        return dict(settings)
+    if path.exists():
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    return {}
+
+
+def folder_section(folder: Path, heading: str, settings: Mapping[str, Any], score: Any = None,
+                   references: Mapping[str, Path] | None = None, summary: Sequence[str] = (),
+                   clips: Sequence[Path] | None = None,
+                   extra: Mapping[Path, Sequence[tuple[str, str]]] | None = None) -> Section:
+    """One folder's clips as a page section, with seeds, scores and references filled in."""
     entries = folder_clips(folder)
     if clips is not None:
         wanted = {Path(c).resolve() for c in clips}
@@ -130,6 +174,7 @@ def write_results_page(folder: str | Path, *, title: str | None = None,
     if scored is not None and len(scored) != len(entries):
         raise ValueError(f"{folder}: {len(scored)} scores for {len(entries)} clips")
     seed = settings.get("seed")
+    more = {Path(k).resolve(): v for k, v in (extra or {}).items()}
     page_clips = []
     for i, entry in enumerate(entries):
         details: list[tuple[str, str]] = [("file", entry.path.name)]
@@ -139,11 +184,10 @@ def write_results_page(folder: str | Path, *, title: str | None = None,
         if scored is not None:
             details.extend(scored[i][0])
             verdict = scored[i][1]
+        details.extend(more.get(entry.path.resolve(), ()))
         ref = (references or {}).get(entry.caption)
         page_clips.append(PageClip(entry.path, entry.caption, tuple(details), ref, verdict))
-    content = PageContent(title or f"text2sign results: {folder.name}", page_clips, settings,
-                          list(summary))
-    return write_page(folder, content)
+    return Section(heading, page_clips, list(summary))
 
 
 def _row(path: Path, index: int) -> int:
@@ -228,7 +272,8 @@ dt { color: #555; } dd { margin: 0; overflow-wrap: anywhere; }
 
 
 def render(folder: Path, content: PageContent) -> str:
-    """The page's HTML: a header of settings and summary lines, then one card per clip."""
+    """The page's HTML: the settings, then per section its summary lines and one card per
+    clip."""
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{esc(content.title)}</title>", f"<style>{_STYLE}</style></head><body>",
@@ -237,24 +282,33 @@ def render(folder: Path, content: PageContent) -> str:
         rows = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(_fmt(v))}</td></tr>"
                        for k, v in content.settings.items())
         parts.append(f'<table class="settings">{rows}</table>')
-    if content.summary:
-        parts.append('<ul class="summary">' + "".join(f"<li>{esc(s)}</li>"
-                                                      for s in content.summary) + "</ul>")
-    parts.append(f"<p>{len(content.clips)} clips; each links to its file. Small clips are "
-                 "enlarged by a whole factor, one square per model pixel.</p>")
-    parts.append('<div class="clips">')
-    for clip in content.clips:
-        verdict = {True: " right", False: " wrong", None: ""}[clip.verdict]
-        figures = [f"<figure>{_media(folder, clip.path, clip.caption, 'sample')}"
-                   "<figcaption>generated</figcaption></figure>"]
-        if clip.reference is not None:
-            figures.append(f"<figure>{_media(folder, clip.reference, clip.caption, 'reference')}"
-                           "<figcaption>reference</figcaption></figure>")
-        details = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in clip.details)
-        parts.append(f'<div class="card{verdict}"><div class="pair">{"".join(figures)}</div>'
-                     f'<p class="caption">{esc(clip.caption)}</p><dl>{details}</dl></div>')
-    parts.append("</div></body></html>")
+    total = sum(len(s.clips) for s in content.sections)
+    parts.append(f"<p>{total} clips; each links to its file. Small clips are enlarged by a "
+                 "whole factor, one square per model pixel.</p>")
+    for section in content.sections:
+        if len(content.sections) > 1:
+            parts.append(f"<h2>{esc(section.heading)}</h2>")
+        if section.summary:
+            parts.append('<ul class="summary">' + "".join(f"<li>{esc(s)}</li>"
+                                                          for s in section.summary) + "</ul>")
+        parts.append('<div class="clips">')
+        parts.extend(_card(folder, clip) for clip in section.clips)
+        parts.append("</div>")
+    parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _card(folder: Path, clip: PageClip) -> str:
+    esc = html.escape
+    verdict = {True: " right", False: " wrong", None: ""}[clip.verdict]
+    figures = [f"<figure>{_media(folder, clip.path, clip.caption, 'sample')}"
+               "<figcaption>generated</figcaption></figure>"]
+    if clip.reference is not None:
+        figures.append(f"<figure>{_media(folder, clip.reference, clip.caption, 'reference')}"
+                       "<figcaption>reference</figcaption></figure>")
+    details = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in clip.details)
+    return (f'<div class="card{verdict}"><div class="pair">{"".join(figures)}</div>'
+            f'<p class="caption">{esc(clip.caption)}</p><dl>{details}</dl></div>')
 
 
 def _fmt(value: Any) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -113,12 +116,30 @@ def test_demo_trains_samples_and_scores_seen_unseen_and_longer(tmp_path):
     unseen = tmp_path / "demo" / "samples" / "unseen"
     assert len(list(unseen.glob("0*.gif"))) == 20 and (unseen / "grid.gif").exists()
     assert {p.read_text().strip() for p in unseen.glob("0*.txt")} == set(split["unseen"])
+    assert "Loading weights" not in result.stderr  # --quiet silences transformers' bar too
+
+    # One page shows every sample of the three sets, its caption, score and reference clip.
+    samples = tmp_path / "demo" / "samples"
+    assert f"every sample with its caption, score and a reference clip: {samples / 'index.html'}" \
+        in out
+    page = (samples / "index.html").read_text()
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert all((samples / unquote(src)).is_file() for src in sources)
+    clips = sorted(samples.rglob("0*.gif"))
+    assert len(clips) == 60 and len(sources) == 120  # each clip beside its reference
+    assert {(samples / unquote(src)).resolve() for src in sources} >= {c.resolve() for c in clips}
+    for caption in [*split["unseen"], *split["longer"]]:
+        assert f'<p class="caption">{html.escape(caption)}</p>' in page
+    assert page.count("names its sentence") == 60
+    assert (unseen / "index.html").read_text().count("names its sentence") == 20
 
     # `eval` on the samples folder scores each set apart, as the demo did.
     scores = tmp_path / "scores.json"
     again = run("t2s-mlx", "eval", str(tmp_path / "demo" / "samples"), "--json", str(scores))
     assert again.returncode == 0, again.stderr
-    assert [x.split(":")[0] for x in again.stdout.splitlines()] == ["seen", "unseen", "longer"]
+    lines = again.stdout.splitlines()
+    assert [x.split(":")[0] for x in lines[:3]] == ["seen", "unseen", "longer"]
+    assert lines[3] == f"every clip with its caption and score: {samples / 'index.html'}"
     assert json.loads(scores.read_text())["sets"]["unseen"]["accuracy"] == \
         report["sets"]["unseen"]["accuracy"]
     again = run(tool, *args)

@@ -80,10 +80,26 @@ def test_sample_writes_gifs_captions_and_a_grid(trained_run, tmp_path):
     frames, _ = read_video(out / "000_hello.gif")
     assert frames.shape == (4, 16, 16, 3)
     assert read_video(out / "grid.gif")[0].shape[1] > 16
+    assert result.stdout.strip().endswith(f"look at them: {out / 'index.html'}")
+    page = (out / "index.html").read_text()
+    assert all(f'src="{name}"' in page for name in gifs)
+    assert "7, batch row 3" in page and "thanks friend" in page
     again = tmp_path / "again"
     run("sample", "--checkpoint", str(run_dir), "--out", str(again), "--num-samples", "2",
         "--steps", "3", "--eta", "0", "--seed", "7", "--quiet", "hello", "thanks friend")
     assert (again / "000_hello.gif").read_bytes() == (out / "000_hello.gif").read_bytes()
+
+
+def test_sample_set_changes_a_sampling_field_and_refuses_others(trained_run, tmp_path):
+    _, run_dir = trained_run
+    out = tmp_path / "s"
+    result = run("sample", "--checkpoint", str(run_dir), "--out", str(out), "--steps", "2",
+                 "--set", "sample.timestep_spacing=leading", "--quiet", "hello")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "sampling.json").read_text())["timestep_spacing"] == "leading"
+    assert "<td>timestep_spacing</td><td>leading</td>" in (out / "index.html").read_text()
+    one_line_error(run("sample", "--checkpoint", str(run_dir), "--out", str(out),
+                       "--set", "model.base_channels=8", "hello"), "sampling fields")
 
 
 def test_visualize_prints_the_block_table():
