@@ -141,6 +141,9 @@ class TrainConfig:
     mixed_precision: str = "no"
     cond_drop_prob: float = 0.1
     log_every: int = 10
+    # The UNet's graph in TensorBoard's Graphs tab (t2s-torch). Off by default: tracing it costs
+    # 5-10 s at the start of every run, tiny ones included, for a picture rarely looked at.
+    log_graph: bool = False
     sample_every: int = 1000
     checkpoint_every: int = 1000
     keep_last: int = 3

@@ -355,7 +355,8 @@ class Trainer:
         result = TrainResult(self.step, micro_batch=self.micro_batch, grad_accum=self.grad_accum)
         tb = TensorBoardLogger(self.out_dir / "tb") if main else None
         if tb is not None and self.step == 0:
-            log_model_graph(self.model, self.config, self.out_dir / "tb")
+            if tc.log_graph:
+                log_model_graph(self.model, self.config, self.out_dir / "tb")
             tb.log_config(self.config.to_dict())
             tb.text("device", "\n".join(f"- {k}: {v}" for k, v in
                                         describe_device(self.device).items()))

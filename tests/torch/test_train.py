@@ -109,7 +109,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(toy_data, tmp_path)
 
 def test_tensorboard_has_scalars_config_and_sample_video(toy_data, tmp_path):
     config = tiny_config(toy_data, tmp_path / "run", "train.steps=4", "train.log_every=1",
-                         "train.sample_every=4", "sample.steps=3")
+                         "train.sample_every=4", "sample.steps=3", "train.log_graph=true")
     quiet(config).train()
     events = EventAccumulator(str(tmp_path / "run" / "tb"),
                               size_guidance={"scalars": 0, "images": 0, "tensors": 0}).Reload()
@@ -121,6 +121,14 @@ def test_tensorboard_has_scalars_config_and_sample_video(toy_data, tmp_path):
     (video,) = events.Images("samples")
     assert video.step == 4 and video.encoded_image_string[:6] == b"GIF89a"
     assert (tmp_path / "run" / "samples" / "step_0000004.gif").exists()
+
+
+def test_the_model_graph_is_traced_only_when_asked(toy_data, tmp_path):
+    """Tracing the graph costs seconds at every start, so train.log_graph (off) gates it."""
+    quiet(tiny_config(toy_data, tmp_path / "run", "train.steps=1")).train()
+    events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
+    with pytest.raises(ValueError):
+        events.Graph()
 
 
 def test_auto_batch_size_reaches_the_effective_batch(toy_data, tmp_path):
