@@ -31,3 +31,11 @@ def test_ci_runs_the_readme_test_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci
     assert "set -euo pipefail" in ci
+
+
+def test_ci_installs_the_browser_before_the_tests():
+    """The results-page test renders in headless Chromium; CI must have it when pytest runs."""
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    install = next(i for i, line in enumerate(ci) if "apt-get install" in line and
+                   "chromium" in line)
+    assert install < ci.index(_readme_commands()[1])
