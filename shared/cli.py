@@ -322,6 +322,48 @@ def data_preview_command(data_dir, out_png, num_clips, labels_file) -> None:
 # ------------------------------------------------------------------------------------ eval
 
 
+def reference_options(f):
+    """`eval`'s options for scoring against real reference clips (shared.refeval)."""
+    options = [
+        click.option("--reference", "reference_dir", default=None,
+                     type=click.Path(exists=True, file_okay=False),
+                     help="Real reference clips (GIF/MP4 + .txt captions): score each clip "
+                          "against the references of its caption (docs/evaluation.md)."),
+        click.option("--reference-labels", default=None,
+                     help="A `filename,text` CSV for the reference folder (as data.labels_file)."),
+        click.option("--i3d", "i3d_path", default=None,
+                     type=click.Path(exists=True, dir_okay=False),
+                     help="A local Kinetics I3D checkpoint (.pt state dict or .safetensors): "
+                          "also compute FVD. Without it FVD is reported as not computed."),
+        click.option("--max-references", type=click.IntRange(1), default=5, show_default=True,
+                     help="Reference clips of a caption scored per generated clip."),
+        click.option("--no-pose", is_flag=True,
+                     help="Skip the keypoint metrics (they need the `pose` extra)."),
+        click.option("--seed", "reference_seed", type=int, default=0, show_default=True,
+                     help="Seed of the shuffled-caption baseline's draw."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def reference_eval(clips_dir: str, json_out: str | None, reference_dir: str,
+                   reference_labels: str | None, i3d_path: str | None, max_references: int,
+                   no_pose: bool, reference_seed: int) -> None:
+    """`eval CLIPS_DIR --reference DIR`: print the summary, optionally write the JSON."""
+    from shared.refeval import RefEvalConfig, evaluate_against_reference
+
+    config = RefEvalConfig(max_references=max_references, seed=reference_seed,
+                           pose=not no_pose, labels_file=reference_labels)
+    i3d_module = backend_module("i3d") if i3d_path else None
+    result = evaluate_against_reference(
+        Path(clips_dir), Path(reference_dir), config,
+        i3d=(lambda: i3d_module.load_i3d(i3d_path)) if i3d_module else None)
+    click.echo(result.format())
+    if json_out:
+        Path(json_out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
 @click.command("eval")
 @click.argument("clips_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False),
@@ -329,7 +371,8 @@ def data_preview_command(data_dir, out_png, num_clips, labels_file) -> None:
                                  "captions of the clips).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the scores as JSON.")
-def eval_command(clips_dir, prompts_file, json_out) -> None:
+@reference_options
+def eval_command(clips_dir, prompts_file, json_out, **reference) -> None:
     """Score generated toy-signer clips for text faithfulness.
 
     CLIPS_DIR holds GIF/MP4 clips with same-named .txt captions (what `sample` writes), or
@@ -338,7 +381,13 @@ def eval_command(clips_dir, prompts_file, json_out) -> None:
     report gives, with standard errors, the prompt-identification accuracy (chance = 1 / number
     of prompts), the word accuracy per position (is the first word signed first?) and the
     hand-trajectory error against the clip's own caption.
+
+    With --reference DIR (real signing), each clip is instead scored against the reference
+    clips of its caption: PSNR, SSIM, pose DTW-MJE, hands found, hand travel and duration,
+    FVD with --i3d, each beside a shuffled-caption baseline (docs/evaluation.md).
     """
+    if reference["reference_dir"]:
+        return reference_eval(clips_dir, json_out, **reference)
     from shared.eval import evaluate_set, score_to_dict, set_folders
     from shared.report_html import write_results_page, write_sets_page
 

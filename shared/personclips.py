@@ -1,0 +1,99 @@
+"""Clips of a real person made from one bundled photograph, for checking the pose metrics.
+
+No signing video ships with any installed package, and none can be downloaded here, but the
+keypoint model must be tested on real pixels, not on mocks. scikit-image's wheel bundles a
+photograph of a person (`skimage.data.astronaut()`, a NASA portrait) on which MediaPipe finds
+the body in every frame. Moving that photo on a camera-like path over the frames makes clips
+whose keypoints move: the same path delayed or played at another speed is "the same sign",
+a mirrored copy or another path is not.
+
+A path is a function of the motion's phase p in [0, 1]; a clip samples it at chosen phases,
+so a delay or a change of speed is only another list of phases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+def person_photo() -> np.ndarray:
+    """The astronaut portrait, RGB uint8 (512, 512, 3) (needs scikit-image, in the pose extra)."""
+    try:
+        from skimage import data
+    except ImportError as e:
+        raise ImportError('the person test clips need scikit-image: pip install ".[pose]"') from e
+    return data.astronaut()
+
+
+@dataclass(frozen=True)
+class Pose2D:
+    """Where the photo sits at one phase: a shift (fractions of the frame) and a tilt."""
+
+    dx: float = 0.0
+    dy: float = 0.0
+    degrees: float = 0.0
+
+
+Path2D = Callable[[float], Pose2D]
+
+
+def sway(p: float) -> Pose2D:
+    """Left, right and back with a small tilt: one motion."""
+    s = np.sin(2 * np.pi * p)
+    return Pose2D(dx=0.12 * s, dy=0.0, degrees=8.0 * s)
+
+
+def bow(p: float) -> Pose2D:
+    """Down and up with a tilt the other way: another motion."""
+    s = np.sin(np.pi * p)
+    return Pose2D(dx=-0.04 * s, dy=0.14 * s, degrees=-10.0 * s)
+
+
+def uniform(n: int) -> np.ndarray:
+    """n phases at a constant speed."""
+    return np.linspace(0.0, 1.0, n)
+
+
+def delayed(n: int, hold: int) -> np.ndarray:
+    """The whole motion, starting `hold` frames late (held still before)."""
+    return np.concatenate([np.zeros(hold), np.linspace(0.0, 1.0, n - hold)])
+
+
+def early(n: int, hold: int) -> np.ndarray:
+    """The whole motion, finished `hold` frames early (held still after)."""
+    return np.concatenate([np.linspace(0.0, 1.0, n - hold), np.ones(hold)])
+
+
+def eased(n: int) -> np.ndarray:
+    """The motion slow at first and fast at the end: the same sign at another tempo."""
+    return uniform(n) ** 2
+
+
+def render(phases: Sequence[float], path: Path2D = sway, height: int = 128,
+           width: int | None = None, photo: np.ndarray | None = None,
+           background: tuple[int, int, int] = (96, 96, 96)) -> np.ndarray:
+    """uint8 (F, height, width, 3): the photo, scaled to the frame's height and centred, moved
+    along `path` at each phase. A landscape frame keeps the person inside the centre square, so
+    the training transform's centre crop sees all of them."""
+    photo = person_photo() if photo is None else photo
+    width = width or height
+    image = Image.fromarray(photo).resize((height, height), Image.Resampling.BICUBIC)
+    frames = []
+    for p in phases:
+        pose = path(float(p))
+        moved = image.rotate(pose.degrees, resample=Image.Resampling.BICUBIC,
+                             fillcolor=background)
+        canvas = Image.new("RGB", (width, height), background)
+        canvas.paste(moved, (round((width - height) / 2 + pose.dx * height),
+                             round(pose.dy * height)))
+        frames.append(np.asarray(canvas))
+    return np.stack(frames)
+
+
+def mirrored(frames: np.ndarray) -> np.ndarray:
+    """The clip flipped left to right: the signer's hands and sides swap."""
+    return np.ascontiguousarray(frames[:, :, ::-1])

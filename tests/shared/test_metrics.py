@@ -1,0 +1,116 @@
+"""shared.metrics and shared.fvd against independent implementations: scikit-image's PSNR and
+SSIM, a plain recursive DTW, scipy's matrix square root for the Fréchet distance."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from shared.fvd import frechet_distance, fvd, gaussian_stats, i3d_input
+from shared.metrics import dtw, dtw_mje, mean_joint_error, path_length, psnr, ssim, ssim_frames
+
+skm = pytest.importorskip("skimage.metrics", reason='scikit-image comes with ".[pose]"')
+
+
+def clips(seed: int = 0, shape=(3, 32, 40, 3)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    noise = rng.normal(0, 25, shape)
+    b = np.clip(a + noise, 0, 255).astype(np.uint8)
+    return a, b
+
+
+def test_psnr_matches_skimage_over_the_whole_clip():
+    a, b = clips()
+    assert psnr(b, a) == pytest.approx(skm.peak_signal_noise_ratio(a, b, data_range=255),
+                                       rel=1e-12)
+    assert psnr(a, a) == float("inf")
+
+
+def test_ssim_matches_skimage_gaussian_window_per_frame():
+    a, b = clips(1)
+    expected = [skm.structural_similarity(x, y, data_range=255, channel_axis=-1,
+                                          gaussian_weights=True, sigma=1.5,
+                                          use_sample_covariance=False)
+                for x, y in zip(a, b)]
+    np.testing.assert_allclose(ssim_frames(b, a), expected, rtol=1e-9)
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert ssim(a, 255 - a) < 0
+
+
+def test_pixel_metrics_refuse_mismatched_shapes():
+    a, _ = clips()
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(a, a[:, :-1])
+
+
+def reference_dtw(cost: np.ndarray) -> float:
+    """Textbook recursion D(i, j) = c(i, j) + min(D(i-1, j), D(i, j-1), D(i-1, j-1))."""
+
+    @functools.cache
+    def d(i: int, j: int) -> float:
+        if i == 0 and j == 0:
+            return cost[0, 0]
+        best = min(d(i - 1, j) if i else np.inf, d(i, j - 1) if j else np.inf,
+                   d(i - 1, j - 1) if i and j else np.inf)
+        return cost[i, j] + best
+
+    return d(cost.shape[0] - 1, cost.shape[1] - 1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (6, 1), (7, 9), (12, 4)])
+def test_dtw_total_matches_the_recursion_and_the_path_is_valid(shape):
+    cost = np.random.default_rng(shape[0] * 10 + shape[1]).random(shape)
+    result = dtw(cost)
+    assert result.total_cost == pytest.approx(reference_dtw(cost))
+    path = np.array(result.path)
+    assert tuple(path[0]) == (0, 0) and tuple(path[-1]) == (shape[0] - 1, shape[1] - 1)
+    steps = np.diff(path, axis=0)
+    assert set(map(tuple, steps)) <= {(1, 0), (0, 1), (1, 1)}
+    assert cost[path[:, 0], path[:, 1]].sum() == pytest.approx(result.total_cost)
+    assert result.mean_cost == pytest.approx(result.total_cost / len(path))
+
+
+def test_dtw_mje_is_zero_for_a_resampled_copy_and_positive_for_another_motion():
+    rng = np.random.default_rng(3)
+    track = np.cumsum(rng.normal(size=(10, 5, 2)), axis=0)
+    slowed = np.repeat(track, 3, axis=0)  # each frame held three times
+    delayed = np.concatenate([track[:1].repeat(4, axis=0), track])
+    assert dtw_mje(track, slowed) == 0.0
+    assert dtw_mje(track, delayed) == 0.0
+    assert dtw_mje(track, track[::-1]) > 0.5
+    # the unit: moving every joint by 2 pixels with scale 4 costs half a unit
+    assert dtw_mje(track, track + [2.0, 0.0], scale=4.0) == pytest.approx(0.5)
+
+
+def test_mean_joint_error_skips_joints_missing_in_either_frame():
+    a = np.zeros((1, 3, 2))
+    b = np.array([[[3.0, 4.0], [np.nan, np.nan], [0.0, 1.0]]])
+    assert mean_joint_error(a, b)[0, 0] == pytest.approx((5.0 + 1.0) / 2)
+    assert path_length(np.array([[0, 0], [3, 4], [np.nan, np.nan], [3, 4]], float)) == 5.0
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 6))
+    y = rng.normal(0.5, 2.0, size=(30, 6)) @ rng.normal(size=(6, 6))
+    mu1, c1 = gaussian_stats(x)
+    mu2, c2 = gaussian_stats(y)
+    expected = (np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2)
+                - 2 * np.trace(linalg.sqrtm(c1 @ c2).real))
+    assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(expected, rel=1e-6)
+    assert fvd(x, x) == pytest.approx(0.0, abs=1e-8)
+    # rank-deficient covariances (fewer clips than feature dimensions) stay finite and >= 0
+    few = rng.normal(size=(5, 20))
+    assert 0 <= fvd(few, few + 1.0) < np.inf
+
+
+def test_i3d_input_is_224_square_in_model_range():
+    clip = np.zeros((4, 16, 16, 3), np.uint8)
+    clip[..., 0] = 255
+    x = i3d_input(clip)
+    assert x.shape == (4, 224, 224, 3) and x.dtype == np.float32
+    assert x[..., 0].min() == 1.0 and x[..., 1].max() == -1.0
