@@ -5,7 +5,7 @@ One `Trainer` owns a run directory::
     <out_dir>/config.json           the run's config
     <out_dir>/checkpoints/step_N/   model, EMA, optimizer, trainer state (see shared.checkpoint)
     <out_dir>/samples/step_N.gif    a grid of EMA samples, one per training prompt shown
-    <out_dir>/tb/                   TensorBoard events
+    <out_dir>/tb/                   TensorBoard events (val/*: `shared.valprobe`, when on)
 
 Everything random in a step (timesteps, noise, caption dropout) is drawn from the trainer's own
 generator, dropout from torch's global one, and the data order from (seed, epoch); all of these
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from shared.batching import fitting_batch, max_rss_bytes
 from shared.checkpoint import refuse_existing_run, resume_checkpoint, step_dir_name
-from shared.config import Config
+from shared.config import Config, SampleConfig
 from shared.data import Batch, BatchIterator, ClipDataset, cache_root
 from shared.distributed import regroup, shard, stream_start
 from shared.errors import diverged, interrupted
@@ -43,6 +43,7 @@ from shared.latents import bind_vae, check_vae, use_latents
 from shared.lr import warmup_cosine
 from shared.signals import stop_signals
 from shared.tensorboard import TensorBoardLogger
+from shared.valprobe import ValidationProbe
 from shared.video import to_uint8, write_grid
 from t2s_torch.checkpoint import (
     check_checkpoint,
@@ -360,6 +361,8 @@ class Trainer:
             tb.log_config(self.config.to_dict())
             tb.text("device", "\n".join(f"- {k}: {v}" for k, v in
                                         describe_device(self.device).items()))
+        probe = (ValidationProbe.create(self.config, self.log)
+                 if tb is not None and tc.eval_every else None)
         batches = self._batches()
         bar = tqdm(total=tc.steps, initial=self.step, desc="training", unit="step",
                    disable=not self.progress)
@@ -369,6 +372,8 @@ class Trainer:
             cleanup.callback(bar.close)
             if tb is not None:
                 cleanup.callback(tb.close)
+            if probe is not None:
+                cleanup.callback(probe.close)
             while self.step < last_step:
                 start = time.perf_counter()
                 lr = self._set_lr()
@@ -389,6 +394,8 @@ class Trainer:
                                 "train/samples_per_s": self.clips_per_step / seconds}, self.step)
                 if tb is not None and tc.sample_every and self.step % tc.sample_every == 0:
                     self.write_samples(tb)
+                if probe is not None and self.step % tc.eval_every == 0:
+                    self.evaluate_reference(probe, tb)
                 if self.step % tc.checkpoint_every == 0 or self.step == last_step:
                     last_saved = self.save() if main else None
                 if self.step < last_step and any_rank(bool(stop), self.world, self.device):
@@ -405,20 +412,31 @@ class Trainer:
                       num: int = 4) -> Path:
         """EMA samples for a few training captions: a GIF grid and a TensorBoard video."""
         prompts = prompts or self.captions[:num]
+        clips = self.sample_clips(prompts, self.config.sample)
+        path = write_grid(self.out_dir / "samples" / f"step_{self.step:07d}.gif", list(clips),
+                          prompts, fps=self.config.sample.fps)
+        tb.video("samples", clips, self.step, fps=self.config.sample.fps)
+        return path
+
+    @torch.no_grad()
+    def sample_clips(self, prompts: list[str], sample: SampleConfig) -> np.ndarray:
+        """uint8 (N, F, S, S, 3) EMA samples, one per prompt, with `sample`'s sampler, steps,
+        guidance and seed (decoded to pixels in latent mode)."""
         d = self.config.data
         text = TextBatch(*self.encoder.encode(prompts))
-        uncond = self._uncond(len(prompts))
         shape = (len(prompts), d.num_frames, d.model_size, d.model_size,
                  self.config.model.out_channels)
         decode = self.vae.decode_video if d.vae else None
-        videos = generate(self.ema.model, self.config.diffusion, self.config.sample, text,
-                          uncond, shape, seed=self.config.sample.seed, device=self.device,
-                          decode=decode)
-        clips = [to_uint8(v) for v in videos]
-        path = write_grid(self.out_dir / "samples" / f"step_{self.step:07d}.gif", clips, prompts,
-                          fps=self.config.sample.fps)
-        tb.video("samples", np.stack(clips), self.step, fps=self.config.sample.fps)
-        return path
+        videos = generate(self.ema.model, self.config.diffusion, sample, text,
+                          self._uncond(len(prompts)), shape, seed=sample.seed,
+                          device=self.device, decode=decode)
+        return np.stack([to_uint8(v) for v in videos])
+
+    def evaluate_reference(self, probe: ValidationProbe, tb: TensorBoardLogger | None
+                           ) -> dict[str, float]:
+        """The real-sign metrics of EMA samples on the validation split (`train.eval_every`),
+        logged as val/* at this step."""
+        return probe.run(self.sample_clips, self.step, tb)
 
 
 def log_model_graph(model: torch.nn.Module, config: Config, log_dir: Path) -> None:
