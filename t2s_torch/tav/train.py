@@ -15,9 +15,9 @@ weights are cast to the mixed-precision dtype, trainable ones stay fp32 (as diff
 scripts do), and the forward runs under autocast.
 
 Everything random in a step (VAE draw, caption dropout, timesteps, noise) comes from the
-trainer's generator, and the data order from (seed, epoch); both are checkpointed, so resuming
-continues the very same run (exactly on one process; with several, ranks other than 0 go on
-with fresh streams of their own).
+trainer's generator, re-seeded at every optimizer step from (seed, rank, step), and the data
+order from (seed, epoch). Neither depends on anything but the step number, so resuming continues
+the very same run, on one process or several (with the same number of processes).
 """
 
 from __future__ import annotations
@@ -83,6 +83,13 @@ from t2s_torch.tav.pipeline import TAVPipeline
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The generator's seed for one optimizer step of one process: a function of the step alone,
+    so a resumed run draws what the uninterrupted one would, whatever the number of processes
+    (a saved generator state would be rank 0's only)."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
 
 
 @dataclass
@@ -166,8 +173,7 @@ class TAVTrainer:
                                       weight_decay=config.adam_weight_decay,
                                       eps=config.adam_epsilon)
         self.model, self.optimizer = acc.prepare(self.unet, optimizer)
-        self.generator = torch.Generator(self.device).manual_seed(
-            config.seed * 1_000_003 + acc.process_index)
+        self.generator = torch.Generator(self.device)
         self.step = 0
 
     # ----------------------------------------------------------------------------- state
@@ -195,8 +201,7 @@ class TAVTrainer:
             save_tensors(tmp / OPTIMIZER_FILE,
                          optimizer_tensors(self.optimizer.optimizer, self._param_names()),
                          "optimizer")
-            state = {"step": self.step, "generator": encode_bytes(self.generator.get_state()),
-                     "torch_rng": encode_bytes(torch.get_rng_state())}
+            state = {"step": self.step, "torch_rng": encode_bytes(torch.get_rng_state())}
             save_json(tmp / TRAINER_STATE_FILE, state)
         except BaseException:
             abort_checkpoint(tmp)
@@ -239,13 +244,8 @@ class TAVTrainer:
                                load_tensors(checkpoint / OPTIMIZER_FILE), self._param_names())
         state = load_json(checkpoint / TRAINER_STATE_FILE)
         self.step = int(state["step"])
-        rank = self.accelerator.process_index
-        if rank == 0:  # the saved streams are rank 0's: exact resume on one process
-            self.generator.set_state(decode_bytes(state["generator"]))
+        if self.accelerator.process_index == 0:  # torch's own stream (dropout), not the step's
             torch.set_rng_state(decode_bytes(state["torch_rng"]))
-        else:  # other ranks continue on fresh streams of their own (seed, step, rank)
-            self.generator.manual_seed((self.config.seed * 1_000_003 + rank) * 1_000_003
-                                       + self.step)
 
     # ----------------------------------------------------------------------------- steps
 
@@ -286,6 +286,7 @@ class TAVTrainer:
     def _optimizer_step(self, batches: Iterator[Batch]) -> float:
         """One optimizer step over --gradient_accumulation_steps micro-batches; the mean loss."""
         acc, losses = self.accelerator, []
+        self.generator.manual_seed(step_seed(self.config.seed, acc.process_index, self.step))
         for _ in range(self.config.gradient_accumulation_steps):
             with acc.accumulate(self.model):
                 loss = self._loss(next(batches))

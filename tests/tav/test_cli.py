@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from shared.video import read_video
 from t2s_torch.cli import main
@@ -90,25 +92,33 @@ def test_python_dash_m_runs_the_same_command(capsys):
     assert "--pretrained_model_name_or_path" in help_text and "--max_train_steps" in help_text
 
 
-@pytest.mark.slow
-def test_two_processes_through_accelerate_launch(tiny_sd, toy_clips, tmp_path):
-    """Data-parallel on CPU (gloo): the same module, launched twice; rank 0 alone reports and
-    writes the model, checkpoints, TensorBoard and samples."""
+def launch_two(tiny_sd: Path, clips: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`accelerate launch` of the training module on two CPU processes (gloo)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "run"
     command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
                "--num_processes=2", "--num_machines=1", "--mixed_precision=no",
                "--dynamo_backend=no", f"--main_process_port={port}", "-m",
                "t2s_torch.tav.train", "--pretrained_model_name_or_path", str(tiny_sd),
-               "--data_root", str(toy_clips), "--output_dir", str(out), "--num_frames", "4",
-               "--height", "16", "--width", "16", "--max_train_steps", "2",
-               "--validation_steps", "2", "--validation_num_inference_steps", "2",
-               "--checkpointing_steps", "1", "--train_batch_size", "1", "--quiet"]
+               "--data_root", str(clips), "--output_dir", str(out), "--num_frames", "4",
+               "--height", "16", "--width", "16", "--train_batch_size", "1",
+               "--caption_dropout", "0.5", "--quiet", *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_two_processes_through_accelerate_launch(tiny_sd, toy_clips, tmp_path):
+    """Data-parallel on CPU (gloo): the same module, launched twice; rank 0 alone reports and
+    writes the model, checkpoints, TensorBoard and samples. A run stopped after step 1 and
+    resumed on two processes ends with the same weights as the run that never stopped."""
+    out = tmp_path / "run"
+    result = launch_two(tiny_sd, toy_clips, out, "--max_train_steps", "2",
+                        "--validation_steps", "2", "--validation_num_inference_steps", "2",
+                        "--checkpointing_steps", "1")
     assert result.stdout.count("trained to step 2") == 1
     assert "cpu:0" in result.stdout  # a gloo group, not two lone processes
     assert len(list((out / "logs").glob("events.out.tfevents.*"))) == 1
@@ -118,3 +128,13 @@ def test_two_processes_through_accelerate_launch(tiny_sd, toy_clips, tmp_path):
     assert config.step == 2
     video = pipeline.generate(["hello"], 4, 16, 16, steps=2, guidance=1.0)
     assert video.shape == (1, 4, 16, 16, 3)
+
+    split = tmp_path / "split"
+    launch_two(tiny_sd, toy_clips, split, "--max_train_steps", "1", "--checkpointing_steps", "1")
+    launch_two(tiny_sd, toy_clips, split, "--max_train_steps", "2", "--checkpointing_steps", "1",
+               "--resume_from_checkpoint", "latest")
+    whole, resumed = load_file(out / WEIGHTS_FILE), load_file(split / WEIGHTS_FILE)
+    assert whole.keys() == resumed.keys()
+    first = load_file(split / "checkpoints" / "step_0000001" / WEIGHTS_FILE)
+    assert any(not torch.equal(first[k], whole[k]) for k in whole)  # step 2 changed weights
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
