@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 
 from shared.fvd import frechet_distance, fvd, gaussian_stats, i3d_input
-from shared.metrics import dtw, dtw_mje, mean_joint_error, path_length, psnr, ssim, ssim_frames
+from shared.metrics import (
+    _gaussian_taps,
+    blur_matrix,
+    dtw,
+    dtw_mje,
+    mean_joint_error,
+    path_length,
+    psnr,
+    ssim,
+    ssim_frames,
+)
 
 skm = pytest.importorskip("skimage.metrics", reason='scikit-image comes with ".[pose]"')
 
@@ -114,3 +124,19 @@ def test_i3d_input_is_224_square_in_model_range():
     x = i3d_input(clip)
     assert x.shape == (4, 224, 224, 3) and x.dtype == np.float32
     assert x[..., 0].min() == 1.0 and x[..., 1].max() == -1.0
+
+
+@pytest.mark.parametrize("n", [11, 12, 40])
+def test_blur_matrix_is_scipy_reflect_filtering(n):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    taps = _gaussian_taps()
+    x = np.random.default_rng(n).random((3, n))
+    expected = ndimage.correlate1d(x, taps, axis=1, mode="reflect")
+    np.testing.assert_allclose(x @ blur_matrix(n, taps).T, expected, rtol=1e-12)
+    # each row keeps the filter's total weight: a flat image stays flat at the borders too
+    np.testing.assert_allclose(blur_matrix(n, taps).sum(axis=1), 1.0)
+
+
+def test_blur_matrix_refuses_an_axis_shorter_than_the_filter_radius():
+    with pytest.raises(ValueError, match="too short"):
+        blur_matrix(3, _gaussian_taps())
