@@ -194,6 +194,10 @@ def data_toy_command(out, n, seed, num_prompts, max_words, vocab_size, frames, h
 @click.option("--columns", default=None, metavar="KEY=COLUMN,...",
               help="Map other layouts: keys video, start, end, text, name, e.g. "
                    "video=clip_file,start=t0,end=t1,text=gloss.")
+@click.option("--keep-column", "keep_columns", multiple=True, metavar="COLUMN",
+              help="Copy this --segments column (e.g. a signer id) into the manifest, so "
+                   "`train --set data.split_by=COLUMN` keeps each of its values on one side "
+                   "of the validation split (repeatable; data.split_by=source needs none).")
 @click.option("--frames", type=click.IntRange(1), default=28, show_default=True,
               help="Frames per clip, evenly spaced over the segment.")
 @click.option("--keep-fps", is_flag=True, help="Keep every source frame instead of --frames.")
@@ -209,8 +213,8 @@ def data_toy_command(out, n, seed, num_prompts, max_words, vocab_size, frames, h
               help="Processes cutting clips (default: all cores).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad row instead of skipping it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def data_prepare_command(source, out, segments, columns, frames, keep_fps, height, width, fit,
-                         fmt, manifest_format, workers, strict, quiet) -> None:
+def data_prepare_command(source, out, segments, columns, keep_columns, frames, keep_fps, height,
+                         width, fit, fmt, manifest_format, workers, strict, quiet) -> None:
     """Cut a sign-language corpus into training clips in OUT.
 
     \b
@@ -223,13 +227,16 @@ def data_prepare_command(source, out, segments, columns, frames, keep_fps, heigh
     a same-named .txt caption, listed in OUT/manifest.csv with its source, times and sha256.
     Bad rows (missing video, end before start, past the video's end, empty caption,
     undecodable) are skipped and listed with their line in OUT/rejected.csv. Running again
-    redoes only what is missing or changed; the output is the same, byte for byte.
+    redoes only what is missing or changed; the output is the same, byte for byte. Train with
+    --set data.split_by=source (or a --keep-column) so no source video (or signer) is on both
+    sides of the validation split.
     """
     from shared.prepare import PrepareConfig, parse_columns, prepare_corpus
 
     config = PrepareConfig(num_frames=frames, keep_fps=keep_fps, height=height, width=width,
                            fit=fit, fmt=fmt, manifest=manifest_format,
-                           columns=parse_columns(columns), workers=workers or os.cpu_count() or 1,
+                           columns=parse_columns(columns), keep_columns=tuple(keep_columns),
+                           workers=workers or os.cpu_count() or 1,
                            strict=strict, progress=not quiet)
     summary = prepare_corpus(source, out, segments, config)
     shown = 20

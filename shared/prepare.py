@@ -21,7 +21,8 @@ turns the first into the second:
   half-written clip). Output is byte-identical for the same input and settings, whatever the
   number of workers.
 * Record. Each finished clip is appended to the manifest (source, start, end, caption, output,
-  sha256 of the output file, the settings' fingerprint) the moment it is written, so an
+  sha256 of the output file, the settings' fingerprint, and any segments-file columns named by
+  `keep_columns`, e.g. a signer id) the moment it is written, so an
   interrupted run keeps its work; the next run redoes only clips whose manifest entry is
   missing, disagrees with the job, or whose file no longer matches its checksum. At the end the
   manifest is rewritten sorted by output name, so it too is deterministic.
@@ -38,10 +39,10 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -103,6 +104,10 @@ class PrepareConfig:
     manifest: str = "csv"
     # Logical column (video, start, end, text, name) -> the segments file's column name.
     columns: Mapping[str, str] = field(default_factory=dict)
+    # Columns of the segments file copied into the manifest under their own names (a signer
+    # id, a session): `data.split_by` can then keep each value on one side of the train /
+    # validation split. They do not change the clips, so they are not in the fingerprint.
+    keep_columns: tuple[str, ...] = ()
     workers: int = 1
     strict: bool = False
     progress: bool = True
@@ -120,6 +125,12 @@ class PrepareConfig:
         if unknown:
             raise DataError(f"columns: unknown key(s) {', '.join(unknown)}; use "
                             f"{', '.join(COLUMN_KEYS)}")
+        taken = sorted({c.strip().lower() for c in self.keep_columns} & set(MANIFEST_FIELDS))
+        if taken:
+            raise DataError(f"--keep-column {', '.join(taken)}: the manifest already has "
+                            f"{'this field' if len(taken) == 1 else 'these fields'} "
+                            f"({', '.join(MANIFEST_FIELDS)}); split by it directly "
+                            "(e.g. data.split_by=source)")
         return self
 
     def fingerprint(self) -> str:
@@ -157,6 +168,8 @@ class Job:
     output: str  # file name inside the output folder
     where: str  # "segments.csv line 12", or the clip's relative path
     line: int | None
+    # (column, value) of each kept segments-file column, in --keep-column order
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -183,13 +196,18 @@ class ManifestRow:
     frames: int
     line: int | None
     settings: str
+    # kept segments-file columns (see PrepareConfig.keep_columns), written after the fields
+    extra: tuple[tuple[str, str], ...] = ()
 
     def to_strings(self) -> dict[str, str]:
-        return {**{k: str(v) for k, v in asdict(self).items()}, "start": f"{self.start:.3f}",
+        fields = {k: str(getattr(self, k)) for k in MANIFEST_FIELDS}
+        return {**fields, **dict(self.extra), "start": f"{self.start:.3f}",
                 "end": f"{self.end:.3f}", "line": "" if self.line is None else str(self.line)}
 
     def to_json(self) -> dict:
-        return {**asdict(self), "start": round(self.start, 3), "end": round(self.end, 3)}
+        fields = {k: getattr(self, k) for k in MANIFEST_FIELDS}
+        return {**fields, **dict(self.extra), "start": round(self.start, 3),
+                "end": round(self.end, 3)}
 
     @classmethod
     def parse(cls, raw: Mapping) -> ManifestRow:
@@ -199,7 +217,9 @@ class ManifestRow:
         row = cls(source=str(raw["source"]), start=float(raw["start"]), end=float(raw["end"]),
                   caption=str(raw["caption"]), output=str(raw["output"]),
                   sha256=str(raw["sha256"]), frames=int(raw["frames"]),
-                  line=None if line in ("", None) else int(line), settings=str(raw["settings"]))
+                  line=None if line in ("", None) else int(line), settings=str(raw["settings"]),
+                  extra=tuple((str(k), "" if v is None else str(v)) for k, v in raw.items()
+                              if k not in MANIFEST_FIELDS and k is not None))
         if not re.fullmatch(r"[0-9a-f]{64}", row.sha256) or not row.output:
             raise ValueError("incomplete manifest row")
         return row
@@ -242,8 +262,10 @@ class SegmentError(Exception):
 
 
 def plan_segments(source: Path, segments: Path, columns: Mapping[str, str] | None = None,
-                  exclude: Path | None = None) -> tuple[list[Job], list[BadRow]]:
-    """Jobs for the rows of a CSV / TSV of segments (header required), and the bad rows."""
+                  exclude: Path | None = None, keep_columns: Sequence[str] = (),
+                  ) -> tuple[list[Job], list[BadRow]]:
+    """Jobs for the rows of a CSV / TSV of segments (header required), and the bad rows;
+    each job carries the values of the `keep_columns` of its row."""
     if not segments.is_file():
         raise DataError(f"{segments}: segments file not found; give a CSV/TSV with video, "
                         "start, end and text columns")
@@ -259,6 +281,7 @@ def plan_segments(source: Path, segments: Path, columns: Mapping[str, str] | Non
         if not header:
             raise DataError(f"{segments}: empty segments file; it needs a header row")
         index = resolve_columns(header, columns or {}, segments)
+        kept = resolve_kept_columns(header, keep_columns, segments)
         line = reader.line_num
         for row in reader:
             start_line, line = line + 1, reader.line_num
@@ -266,6 +289,9 @@ def plan_segments(source: Path, segments: Path, columns: Mapping[str, str] | Non
                 continue
             where = f"{segments} line {start_line}"
             job_or_bad = _job_from_row(row, index, videos, source, where, start_line)
+            if isinstance(job_or_bad, Job) and kept:
+                job_or_bad = replace(job_or_bad, extra=tuple(
+                    (name, row[i].strip() if i < len(row) else "") for name, i in kept))
             if isinstance(job_or_bad, BadRow):
                 bad.append(job_or_bad)
             elif job_or_bad.output in first_use:
@@ -306,6 +332,24 @@ def resolve_columns(header: list[str], mapping: Mapping[str, str], path: Path) -
         raise DataError(f"{path}: a {have} column but no {missing} column; name it with "
                         f"--columns {missing}=COLUMN")
     return index
+
+
+def resolve_kept_columns(header: list[str], keep: Sequence[str], path: Path
+                         ) -> list[tuple[str, int]]:
+    """(name as the file spells it, index) of each column to keep; a name the file lacks is an
+    error naming the file, its columns and the flag to fix."""
+    lookup: dict[str, int] = {}
+    for i, name in enumerate(header):
+        lookup.setdefault(name.strip().lower(), i)
+    kept = []
+    for name in keep:
+        i = lookup.get(name.strip().lower())
+        if i is None:
+            raise DataError(f"{path}: no column {name!r} to keep; its columns are "
+                            f"{', '.join(h.strip() for h in header)}; fix --keep-column")
+        if all(i != j for _, j in kept):
+            kept.append((header[i].strip(), i))
+    return kept
 
 
 def _job_from_row(row: list[str], index: Mapping[str, int], videos: Mapping[str, Path],
@@ -590,7 +634,7 @@ def prepare_one(job: Job, config: PrepareConfig, out_dir: Path) -> ManifestRow |
     path = write_video(Path(out_dir) / f"{job.output}.{config.fmt}", frames, fps)
     _write_atomic(path.with_suffix(".txt"), (job.caption + "\n").encode("utf-8"))
     return ManifestRow(job.source_rel, start, end, job.caption, path.name, file_sha256(path),
-                       len(frames), job.line, config.fingerprint())
+                       len(frames), job.line, config.fingerprint(), job.extra)
 
 
 def file_sha256(path: Path) -> str:
@@ -632,9 +676,12 @@ class Manifest:
     """`manifest.csv` / `manifest.jsonl`: one row per finished clip, appended as clips finish
     (a crash loses at most the row being written) and rewritten sorted at the end."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, extra_columns: Sequence[str] = ()):
         self.path = path
         self.jsonl = path.suffix == ".jsonl"
+        # CSV columns after MANIFEST_FIELDS (kept segments-file columns); `rewrite` adds any
+        # that its rows have, so appended lines always match the header.
+        self.extra_columns = list(extra_columns)
 
     def load_valid(self, out_dir: Path) -> dict[str, ManifestRow]:
         """Rows whose output file exists with the recorded checksum, by output name; rows cut
@@ -666,6 +713,8 @@ class Manifest:
 
     def rewrite(self, rows: Iterable[ManifestRow]) -> None:
         ordered = sorted(rows, key=lambda r: r.output)
+        for row in ordered:
+            self.extra_columns += [k for k, _ in row.extra if k not in self.extra_columns]
         text = "".join([self._header(), *(self._line(r) for r in ordered)])
         _write_atomic(self.path, text.encode("utf-8"))
 
@@ -679,13 +728,13 @@ class Manifest:
             yield append
 
     def _header(self) -> str:
-        return "" if self.jsonl else _csv_line(MANIFEST_FIELDS)
+        return "" if self.jsonl else _csv_line([*MANIFEST_FIELDS, *self.extra_columns])
 
     def _line(self, row: ManifestRow) -> str:
         if self.jsonl:
             return json.dumps(row.to_json(), ensure_ascii=False, sort_keys=True) + "\n"
         values = row.to_strings()
-        return _csv_line([values[k] for k in MANIFEST_FIELDS])
+        return _csv_line([values.get(k, "") for k in (*MANIFEST_FIELDS, *self.extra_columns)])
 
 
 def _csv_line(values: Iterable[str]) -> str:
@@ -710,16 +759,27 @@ def prepare_corpus(source: str | Path, out_dir: str | Path, segments: str | Path
     if out_dir.resolve() == source.resolve():
         raise DataError(f"{out_dir}: the output folder is the source folder; give a new one")
     if segments is not None:
-        jobs, bad = plan_segments(source, Path(segments), config.columns, exclude=out_dir)
+        jobs, bad = plan_segments(source, Path(segments), config.columns, exclude=out_dir,
+                                  keep_columns=config.keep_columns)
+    elif config.keep_columns:
+        raise DataError(f"--keep-column {','.join(config.keep_columns)}: a folder of clips has "
+                        "no columns; give --segments CSV with that column (or split a plain "
+                        "folder by data.split_by=COLUMN of a labels CSV)")
     else:
         jobs, bad = plan_folder(source, exclude=out_dir)
     if config.strict and bad:
         raise _strict_error(bad[0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(out_dir / f"manifest.{config.manifest}")
+    manifest = Manifest(out_dir / f"manifest.{config.manifest}",
+                        list(dict.fromkeys(k for j in jobs for k, _ in j.extra)))
     rows = manifest.load_valid(out_dir)
-    todo = [j for j in jobs if not _is_done(j, rows.get(f"{j.output}.{config.fmt}"), config,
-                                            out_dir)]
+    todo = []
+    for job in jobs:
+        key = f"{job.output}.{config.fmt}"
+        if not _is_done(job, rows.get(key), config, out_dir):
+            todo.append(job)
+        elif rows[key].extra != job.extra:  # only the kept columns changed: no re-cut
+            rows[key] = replace(rows[key], extra=job.extra)
     summary = PrepareSummary(out_dir, manifest.path, reused=len(jobs) - len(todo))
     manifest.rewrite(rows.values())
     bar = tqdm(total=len(todo), desc="preparing clips", unit="clip", disable=not config.progress)
