@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick             # the CI smoke run (tiny; < 2 min on 2 cores)
     python benchmarks/run.py --presets small --backends mlx --json mac.json   # on a Mac
     python benchmarks/run.py --quality runs/demo/run-toy                      # sampler check
+    python benchmarks/run.py --quality RUN --reference DIR --json cmp.json   # on real clips
 
 Each figure comes from its own child process (`bench_torch.py` / `bench_mlx.py`), so peak memory
 is that measurement's alone (CPU: the child's max RSS; CUDA: max_memory_allocated; MPS: driver
@@ -503,6 +504,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also time cached data loading against the training step")
     p.add_argument("--quality", type=Path, default=None, metavar="CHECKPOINT",
                    help="a trained torch checkpoint: DPM++ 20 and DDIM 50 against DDIM 500")
+    p.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                   help="with --quality: only the sampler comparison on real clips, each "
+                        "sampler / steps / eta / guidance scored against DIR's clips of the "
+                        "same caption beside the shuffled-caption baseline "
+                        "(benchmarks/reference_quality.py); no throughput rows")
+    p.add_argument("--reference-captions", type=int, default=8, metavar="N",
+                   help="with --reference: sample the first N of DIR's captions")
+    p.add_argument("--reference-samples", type=int, default=2, metavar="N",
+                   help="with --reference: clips per caption")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="torch activations channels-last (auto: as training runs them, on the "
                         "CPU only); run on and off to see what the layout is worth")
@@ -540,8 +550,37 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 compile=args.compile, overrides=args.overrides)
 
 
+def reference_main(args: argparse.Namespace) -> int:
+    """`--quality RUN --reference DIR`: the recipe table on real clips, printed and in --json."""
+    from benchmarks.reference_quality import compare_on_references, format_table
+    from shared.checkpoint import CheckpointError, resolve_checkpoint
+    from shared.data import DataError
+
+    start = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    try:
+        resolve_checkpoint(args.quality)
+        report = compare_on_references(args.quality, args.reference, log,
+                                       max_captions=args.reference_captions,
+                                       samples=args.reference_samples)
+    except (CheckpointError, DataError, ConfigError) as error:
+        raise SystemExit(f"--quality / --reference: {error}") from None
+    print(format_table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    log(f"done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.reference:
+        if not args.quality:
+            raise SystemExit("--reference needs --quality RUN: the checkpoint to sample")
+        return reference_main(args)
     plan = make_plan(args)
     if args.quality:  # before the long measurements, not after them
         from shared.checkpoint import CheckpointError, resolve_checkpoint

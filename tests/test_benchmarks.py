@@ -176,3 +176,56 @@ def test_quality_scores_text_following_on_the_checkpoints_held_out_split(tmp_pat
     (data / "split.json").unlink()
     lines = quality.text_following_notes(run_dir, lambda _: None, samples=1)
     assert len(lines) == 1 and "not measured" in lines[0] and "split.json" in lines[0]
+
+
+@pytest.mark.slow
+def test_reference_comparison_scores_every_recipe_against_real_clips(tmp_path):
+    """`--quality RUN --reference DIR`: each sampler / steps / eta / guidance row scored against
+    real-person clips of its caption beside the shuffled baseline, as a table and in the JSON;
+    no throughput rows."""
+    pytest.importorskip("torch")
+    pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.reference_quality import RECIPES, make_person_set
+
+    refs = make_person_set(tmp_path / "refs", captions=3, signers=2, frames=8)
+    run_dir = tmp_path / "run"
+    train = subprocess.run(
+        [str(Path(sys.executable).parent / "t2s-torch"), "train", "--data", str(refs),
+         "--preset", "tiny", "--steps", "2", "--out", str(run_dir), "--quiet",
+         "--set", "train.batch_size=2", "--set", "data.val_fraction=0"],
+        capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr
+    out = tmp_path / "cmp.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quality", str(run_dir),
+         "--reference", str(refs), "--reference-samples", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["protocol"]["captions"] == ["sign 0", "sign 1", "sign 2"]
+    rows = report["rows"]
+    assert [r["recipe"] for r in rows] == [
+        "ddim 10 eta 0, guidance 5",  # the tiny preset's own sampling settings
+        "ddim 25 eta 0, guidance 5", "ddim 25 eta 1, guidance 5", "ddim 100 eta 0, guidance 5",
+        "dpm++ 25, guidance 5", "ddim 25 eta 0, guidance 1", "ddim 25 eta 0, guidance 3",
+        "ddim 25 eta 0, guidance 7.5"]
+    assert [r["defaults"] for r in rows] == [True] + [False] * (len(RECIPES) - 1)
+    for row in rows:
+        assert row["protocol"]["num_generated"] == 3 and row["seconds_per_clip"] > 0
+        for key, low, high in (("psnr", 3, 40), ("ssim", -1, 1)):
+            for side in ("paired", "shuffled"):
+                assert low < row["totals"][key][side] < high, (row["recipe"], key, side)
+        assert len(row["clips"]) == 3
+    # eta draws fresh noise each step: the clips, hence the scores, are not DDIM eta 0's
+    assert rows[1]["totals"]["psnr"]["paired"] != rows[2]["totals"]["psnr"]["paired"]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(RECIPES) and "(defaults)" in table[1]
+    assert "device ceiling" not in result.stderr  # no throughput measurement
+
+
+def test_reference_comparison_needs_a_checkpoint(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"),
+                             "--reference", str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "--reference needs --quality" in result.stderr
