@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from shared.checkpoint import (
+    CHECKSUMS_FILE,
     MLX_TO_TORCH_AXES,
     TORCH_TO_MLX_AXES,
     CheckpointError,
@@ -256,3 +260,35 @@ def test_resume_falls_back_past_a_damaged_newest_step(tmp_path):
         pick_resume_checkpoint(run, verify)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         pick_resume_checkpoint(tmp_path / "empty", verify)
+
+
+def test_a_byte_changed_in_place_is_caught_by_the_saved_checksum(tmp_path):
+    """Same size, intact header: only the checksum written at save time can see it."""
+    run = tmp_path / "run"
+    train_steps(run, 1, 2)
+    newest = run / "checkpoints" / "step_0000002"
+    sums = json.loads((newest / CHECKSUMS_FILE).read_text())["sha256"]
+    assert set(sums) == {"config.json", "model.safetensors", "ema.safetensors",
+                         "optimizer.safetensors", "trainer_state.json"}
+    assert sums["model.safetensors"] == hashlib.sha256(
+        (newest / "model.safetensors").read_bytes()).hexdigest()
+    verify(newest)
+    ema = newest / "ema.safetensors"
+    data = bytearray(ema.read_bytes())
+    data[-1] ^= 0x40  # one bit of the last weight
+    ema.write_bytes(bytes(data))
+    check_tensor_file(ema, {"w": TensorSpec((3,), "F32")})  # the header still looks fine
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(ema))}: damaged .*checksum"):
+        verify(newest)
+    warnings: list[str] = []
+    assert pick_resume_checkpoint(run, verify, warn=warnings.append) == newest.parent / \
+        "step_0000001"
+    assert len(warnings) == 1 and "checksum" in warnings[0]
+
+
+def test_checkpoints_from_before_checksums_still_verify(tmp_path):
+    run = tmp_path / "run"
+    train_steps(run, 1)
+    step = run / "checkpoints" / "step_0000001"
+    (step / CHECKSUMS_FILE).unlink()
+    verify(step)
