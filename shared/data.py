@@ -401,6 +401,8 @@ class ClipDataset:
         if not usable:
             raise DataError(f"{config.data_dir}: no usable clips ({self.report.summary()}); "
                             "a clip is a .gif/.mp4 with a same-named .txt caption")
+        # what the split kept apart, for the trainer's first line ("" without data.split_by)
+        self.split_note = ""
         if split == "all":
             chosen = range(len(usable))
         else:
@@ -410,10 +412,9 @@ class ClipDataset:
                                        config.seed, groups)
             chosen = train if split == "train" else val
             if groups is not None:
-                log.info("split by %s: %d training clips in %d groups, %d validation clips in "
-                         "%d groups", config.split_by, len(train),
-                         len({groups[i] for i in train}), len(val),
-                         len({groups[i] for i in val}))
+                self.split_note = (f" ({len(val)} held out for validation by "
+                                   f"{config.split_by}: {len({groups[i] for i in val})} of "
+                                   f"{len(set(groups))} groups)")
         self.clips = [usable[i][0] for i in chosen]
         self._arrays = [usable[i][1] for i in chosen]
         if self.report.skipped:

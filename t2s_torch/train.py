@@ -350,7 +350,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.out_dir / "config.json")
         ranks = f" x {self.world.world_size} processes" if self.world.enabled else ""
-        self.log(f"training on {self.device} with {len(self.dataset)} clips: micro-batch "
+        self.log(f"training on {self.device} with {len(self.dataset)} clips"
+                 f"{self.dataset.split_note}: micro-batch "
                  f"{self.micro_batch} x {self.grad_accum} accumulation{ranks} = "
                  f"{self.clips_per_step} clips per step")
         result = TrainResult(self.step, micro_batch=self.micro_batch, grad_accum=self.grad_accum)

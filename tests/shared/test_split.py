@@ -94,6 +94,9 @@ def test_split_by_a_kept_signer_column_keeps_each_signer_on_one_side(prepared):
     val_signers = {signer[s] for s in sources(val)}
     assert len(val_signers) == 1 and not train_signers & val_signers
     assert len(val) == 8
+    # what the trainers print after "training on cpu with 16 clips"
+    assert train.split_note == " (8 held out for validation by signer_id: 1 of 3 groups)"
+    assert ClipDataset(data_config(prepared), "train", progress=False).split_note == ""
 
 
 def test_grouped_split_is_deterministic_and_leaves_training_a_group():
