@@ -46,6 +46,7 @@ import numpy as np
 
 from shared.checkpoint import (
     CHECKPOINT_FORMS,
+    CHECKSUMS_FILE,
     CONFIG_FILE,
     EMA_FILE,
     LAYOUTS,
@@ -59,6 +60,7 @@ from shared.checkpoint import (
     read_header,
     resolve_checkpoint,
     tensor_metadata,
+    write_checksums,
 )
 from shared.config import Config, ConfigError, ModelConfig
 from shared.lr import warmup_cosine
@@ -689,7 +691,8 @@ def convert_checkpoint(src: Path, out: Path, source: str, target: str, dtype: st
         trainer_state, notes = convert_trainer_state(state, source, target, config)
         report.notes += notes
     others = sorted(p.name for p in src.iterdir()
-                    if p.name not in (*TENSOR_FILES, CONFIG_FILE, TRAINER_STATE_FILE))
+                    if p.name not in (*TENSOR_FILES, CONFIG_FILE, TRAINER_STATE_FILE,
+                                      CHECKSUMS_FILE))
     if dtype is not None:
         report.notes.append(f"--dtype {DTYPE_NAMES[dtype]} applied to model and EMA weights; "
                             "optimizer moments keep their dtype")
@@ -715,6 +718,9 @@ def convert_checkpoint(src: Path, out: Path, source: str, target: str, dtype: st
                 report.converted.append(f"{name} (copied)")
             else:
                 report.notes.append(f"{name}: not a file, not copied")
+        if (src / CHECKSUMS_FILE).exists():  # the files changed, so their sums are new
+            write_checksums(tmp)
+            report.converted.append(f"{CHECKSUMS_FILE} (rewritten)")
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -33,11 +33,13 @@ from safetensors.torch import load_file as load_torch  # noqa: E402
 import t2s_mlx.checkpoint as mlx_ckpt  # noqa: E402
 import t2s_torch.checkpoint as torch_ckpt  # noqa: E402
 from shared.checkpoint import (  # noqa: E402
+    CHECKSUMS_FILE,
     EMA_FILE,
     MODEL_FILE,
     OPTIMIZER_FILE,
     TORCH_TO_MLX_AXES,
     TRAINER_STATE_FILE,
+    check_checksums,
     tensor_metadata,
 )
 from shared.config import Config, preset  # noqa: E402
@@ -285,6 +287,10 @@ def test_torch_mlx_torch_round_trip_is_bit_exact(which, request, tmp_path):
     assert (tmp_path / "back" / "config.json").read_bytes() == (source / "config.json"
                                                                ).read_bytes()
     assert snapshot(source) == before
+    for converted in (tmp_path / "mlx", tmp_path / "back"):  # new files, new sums, intact
+        check_checksums(converted)
+    assert (tmp_path / "mlx" / CHECKSUMS_FILE).read_bytes() != (source / CHECKSUMS_FILE
+                                                               ).read_bytes()
     if which == "torch_bf16_checkpoint":
         f = read_safetensors(tmp_path / "mlx" / OPTIMIZER_FILE)
         assert {t.dtype for k, t in f.tensors.items() if k != "step"} == {"BF16"}
