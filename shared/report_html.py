@@ -32,6 +32,7 @@ from shared.data import DataReport, find_clips
 
 PAGE = "index.html"
 SETTINGS_FILE = "sampling.json"  # what `sample` used, kept for pages written later (eval)
+STATE_FILE = "page.json"  # the page's title and reference clips, kept for pages written later
 TARGET_PX = 200  # clips are enlarged by the whole factor that brings their short side near this
 _VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".m4v")
 
@@ -127,7 +128,9 @@ def write_results_page(folder: str | Path, *, title: str | None = None,
     page to these files (what a run just wrote, not older files left in the folder); `extra`
     adds facts per clip file (another metric's per-clip figures, as (name, value) pairs)."""
     folder = Path(folder)
+    fresh = settings is not None  # a run that just made the clips: forget an older page's state
     settings = _settings(folder, settings)
+    title, references = _page_state(folder, title, references, fresh)
     section = folder_section(folder, folder.name, settings, score, references, summary, clips,
                              extra)
     return write_page(folder, PageContent(title or f"text2sign results: {folder.name}",
@@ -142,6 +145,7 @@ def write_sets_page(parent: str | Path, sets: Sequence[tuple[Path, Any]], *,
     Settings come from the first set's `sampling.json`."""
     parent = Path(parent)
     settings = _settings(Path(sets[0][0]), None) if sets else {}
+    title, references = _page_state(parent, title, references, False)
     sections = [folder_section(Path(f), Path(f).name, settings, score, references,
                                [score.format()] if score is not None else [])
                 for f, score in sets]
@@ -159,6 +163,44 @@ def _settings(folder: Path, settings: Mapping[str, Any] | None) -> dict[str, Any
     if path.exists():
         return dict(json.loads(path.read_text(encoding="utf-8")))
     return {}
+
+
+def _page_state(folder: Path, title: str | None, references: Mapping[str, Path] | None,
+                fresh: bool) -> tuple[str | None, Mapping[str, Path] | None]:
+    """The page's title and reference clips: the ones given, saved beside the page (as paths
+    relative to it); or, when not given, the ones saved there before, so that `eval` of a
+    demo's samples rewrites the page with its scores and keeps the reference clips and title.
+    `fresh` (a new sample run) drops what an older page saved."""
+    path = folder / STATE_FILE
+    saved: dict[str, Any] = {}
+    if path.exists() and not fresh:
+        try:
+            saved = dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):  # a damaged note only costs the references
+            saved = {}
+    if title is None:
+        title = saved.get("title")
+    if references is None:
+        references = {caption: (folder / rel) for caption, rel in
+                      saved.get("references", {}).items() if (folder / rel).is_file()}
+    state = {k: v for k, v in {
+        "title": title,
+        "references": {c: _relative(folder, Path(p)) for c, p in (references or {}).items()},
+    }.items() if v}
+    if state:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    elif path.exists():
+        path.unlink()
+    return title, references
+
+
+def _relative(folder: Path, target: Path) -> str:
+    """`target` relative to `folder` (so a copied results tree keeps it), else absolute."""
+    try:
+        return Path(os.path.relpath(target.resolve(), folder.resolve())).as_posix()
+    except ValueError:  # another drive
+        return target.resolve().as_posix()
 
 
 def folder_section(folder: Path, heading: str, settings: Mapping[str, Any], score: Any = None,

@@ -21,6 +21,7 @@ from shared.report_html import (
     references_by_caption,
     sample_settings,
     write_results_page,
+    write_sets_page,
 )
 from shared.textfollow import score_set
 from shared.toy import render_clip
@@ -120,6 +121,40 @@ def test_only_the_clips_a_run_wrote_are_shown(folder):
     keep = sorted(out.glob("0*.gif"))[:2]
     parsed = _parse(write_results_page(out, clips=keep))
     assert {unquote(i["src"]) for i in parsed.images} == {p.name for p in keep}
+
+
+def test_eval_after_the_demo_keeps_its_reference_clips_and_title(tmp_path: Path):
+    """The demo writes its pages with reference clips; `eval OUT/samples` rewrites them with
+    scores and no references of its own: the references and the demo's title stay. A new
+    `sample` run into the folder starts over (no stale references)."""
+    samples, refs = tmp_path / "samples", tmp_path / "references"
+    captions = ["hello", "thanks"]
+    clips = [render_clip(c, 8, 48, 48, seed=i, hand_size=1.6) for i, c in enumerate(captions)]
+    refs.mkdir()
+    write_video(refs / "hello.gif", clips[0], fps=10)
+    (refs / "hello.txt").write_text("hello\n")
+    ref_map = references_by_caption(refs)
+    sets = [samples / "seen", samples / "unseen"]
+    for folder in sets:
+        write_sample_folder(folder, clips, captions)
+        write_results_page(folder, settings={"seed": 1}, references=ref_map)
+    write_sets_page(samples, [(f, None) for f in sets], references=ref_map,
+                    title="text2sign demo: toy, seed 0")
+    # what `eval OUT/samples` does: each set's page, then the sets page, without references
+    scored = [(f, score_set(f.name, clips, captions)) for f in sets]
+    pages = [write_results_page(f, score=s, summary=[s.format()]) for f, s in scored]
+    pages.append(write_sets_page(samples, scored))
+    for page in pages:
+        parsed = _parse(page)
+        srcs = [(page.parent / unquote(i["src"])).resolve() for i in parsed.images]
+        assert (refs / "hello.gif").resolve() in srcs, page
+        assert all(p.is_file() for p in srcs)
+        assert " ".join(parsed.text).count("names its sentence") == 2 * (
+            len(sets) if page.parent == samples else 1)
+    assert "text2sign demo: toy, seed 0" in pages[-1].read_text()
+    # a fresh sample run into a set folder: its own page, the old references gone
+    parsed = _parse(write_results_page(sets[0], settings={"seed": 2}))
+    assert {unquote(i["src"]) for i in parsed.images} == {p.name for p in sets[0].glob("0*.gif")}
 
 
 def test_display_scale_is_a_whole_factor_near_200_pixels():
