@@ -369,6 +369,11 @@ def reference_eval(clips_dir: str, json_out: str | None, reference_dir: str,
     click.echo(result.format())
     if json_out:
         Path(json_out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    from shared.report_html import reference_scores, write_results_page
+
+    refs, facts = reference_scores(result)
+    page = write_results_page(clips_dir, references=refs, extra=facts, summary=[result.format()])
+    click.echo(f"every clip with its caption, scores and a reference clip: {page}")
 
 
 @click.command("eval")

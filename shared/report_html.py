@@ -10,7 +10,9 @@ caption beside it when references are given. Small clips are enlarged by a whole
 
 `sample` writes the page with its settings (and `sampling.json`, so a later `eval` of the same
 folder keeps them); `eval` and the demo rewrite it with the scores, and for a demo's sets also
-write one page of them all (`write_sets_page`) in the folder above.
+write one page of them all (`write_sets_page`) in the folder above. `eval --reference` adds each
+clip's PSNR, SSIM, DTW-MJE, ... beside its shuffled-caption baseline and a reference clip of its
+caption (`reference_scores`).
 """
 
 from __future__ import annotations
@@ -102,6 +104,31 @@ def score_details(score: Any) -> list[tuple[tuple[tuple[str, str], ...], bool]]:
         facts.append(("trajectory error", f"{float(toy.errors[i]):.3f}"))
         out.append((tuple(facts), named))
     return out
+
+
+def reference_scores(result: Any) -> tuple[dict[str, Path], dict[Path, list[tuple[str, str]]]]:
+    """What `eval --reference` adds to the page (a `shared.refeval.RefEvalResult`): the first
+    reference clip of each scored caption, and per clip file its metrics, each beside its
+    shuffled-caption baseline."""
+    from shared.refeval import METRICS
+
+    refs: dict[str, Path] = {}
+    facts: dict[Path, list[tuple[str, str]]] = {}
+    for clip in result.clips:
+        if clip.references:
+            refs.setdefault(clip.caption, Path(clip.references[0]))
+        rows = [("references", str(len(clip.references)))]
+        for key, label, _ in METRICS:
+            value, base = clip.paired.get(key), clip.shuffled.get(key)
+            if value is not None:
+                rows.append((label, _num(value) + (f" (shuffled {_num(base)})"
+                                                  if base is not None else "")))
+        facts[Path(clip.path)] = rows
+    return refs, facts
+
+
+def _num(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.3f}"
 
 
 def references_by_caption(folder: Path | None) -> dict[str, Path]:
@@ -297,7 +324,7 @@ h1 { font-size: 1.4em; margin: 0 0 .4em; }
 table.settings { border-collapse: collapse; margin: .5em 0 1em; }
 table.settings td { padding: .1em .8em .1em 0; }
 table.settings td:first-child { color: #555; }
-.summary { margin: 0 0 1em; padding-left: 1.2em; }
+.summary { margin: 0 0 1em; padding-left: 1.2em; } .summary pre { margin: 0; }
 .clips { display: flex; flex-wrap: wrap; gap: 16px; }
 .card { background: #fff; border: 2px solid #ddd; border-radius: 6px; padding: 8px;
         max-width: 100%; }
@@ -330,9 +357,10 @@ def render(folder: Path, content: PageContent) -> str:
     for section in content.sections:
         if len(content.sections) > 1:
             parts.append(f"<h2>{esc(section.heading)}</h2>")
-        if section.summary:
-            parts.append('<ul class="summary">' + "".join(f"<li>{esc(s)}</li>"
-                                                          for s in section.summary) + "</ul>")
+        if section.summary:  # a line per item; a table of several lines keeps its columns
+            parts.append('<ul class="summary">' + "".join(
+                f"<li><pre>{esc(s)}</pre></li>" if "\n" in s else f"<li>{esc(s)}</li>"
+                for s in section.summary) + "</ul>")
         parts.append('<div class="clips">')
         parts.extend(_card(folder, clip) for clip in section.clips)
         parts.append("</div>")

@@ -18,6 +18,7 @@ from shared.report_html import (
     PAGE,
     SETTINGS_FILE,
     display_scale,
+    reference_scores,
     references_by_caption,
     sample_settings,
     write_results_page,
@@ -155,6 +156,30 @@ def test_eval_after_the_demo_keeps_its_reference_clips_and_title(tmp_path: Path)
     # a fresh sample run into a set folder: its own page, the old references gone
     parsed = _parse(write_results_page(sets[0], settings={"seed": 2}))
     assert {unquote(i["src"]) for i in parsed.images} == {p.name for p in sets[0].glob("0*.gif")}
+
+
+def test_eval_reference_shows_each_clip_metrics_and_its_reference(folder):
+    """`eval --reference`'s page: per clip its PSNR, SSIM, ... beside the shuffled baseline,
+    the reference clip of its caption beside it, and the summary table with its columns."""
+    from shared.refeval import METRICS, ClipResult, RefEvalConfig, RefEvalResult
+
+    out, refs = folder
+    gifs = sorted(out.glob("0*.gif"))
+    paired = {k: None for k, _, _ in METRICS} | {"psnr": 21.25, "ssim": 0.5, "dtw_mje": 0.125}
+    shuffled = dict(paired, psnr=12.5, ssim=0.25, dtw_mje=0.75)
+    clips = [ClipResult(str(gifs[0]), CAPTIONS[0], [str(refs / "ref.gif")], [], 0.4, None,
+                        None, None, paired, shuffled)]
+    result = RefEvalResult(clips, [str(g) for g in gifs[1:]], 1, 1, RefEvalConfig(pose=False))
+    refs_map, facts = reference_scores(result)
+    page = write_results_page(out, references=refs_map, extra=facts, summary=[result.format()])
+    parsed = _parse(page)
+    text = " ".join(parsed.text)
+    assert "21.250 (shuffled 12.500)" in text and "0.125 (shuffled 0.750)" in text
+    assert text.count("PSNR (dB)") == 2  # the clip's card and the summary table
+    assert (refs / "ref.gif").resolve() in {(out / unquote(i["src"])).resolve()
+                                            for i in parsed.images}
+    assert len(parsed.images) == len(gifs) + 1  # unmatched clips still shown, without scores
+    assert "<pre>" in page.read_text()
 
 
 def test_display_scale_is_a_whole_factor_near_200_pixels():
