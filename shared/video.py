@@ -19,6 +19,8 @@ from PIL import Image, ImageDraw, ImageFont
 GIF_SUFFIXES = (".gif",)
 AV_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
 VIDEO_SUFFIXES = GIF_SUFFIXES + AV_SUFFIXES
+_UMASK = os.umask(0o022)  # read once (the only way is to set it), then put back
+os.umask(_UMASK)
 
 
 class VideoError(RuntimeError):
@@ -89,7 +91,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0) -> Path
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        writer(Path(tmp), frames, fps)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide clips from a results page served
+        writer(Path(tmp), frames, fps)  # or shared by another user; files get the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

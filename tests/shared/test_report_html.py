@@ -117,6 +117,15 @@ def test_a_later_scored_page_keeps_the_settings_and_adds_each_clip_score(tmp_pat
         write_results_page(out, score=score_set("s", clips[:1], captions[:1]))
 
 
+def test_the_clips_are_as_readable_as_the_page(folder):
+    """Clips are written under a temporary name and renamed; they must not keep mkstemp's
+    0600, or a page served or shared by another user shows broken images."""
+    out, _ = folder
+    page = write_results_page(out)
+    for clip in [*out.glob("0*.gif"), out / "grid.gif"]:
+        assert clip.stat().st_mode & 0o777 == page.stat().st_mode & 0o777, clip.name
+
+
 def test_only_the_clips_a_run_wrote_are_shown(folder):
     out, _ = folder
     keep = sorted(out.glob("0*.gif"))[:2]
