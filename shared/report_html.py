@@ -93,9 +93,9 @@ def score_details(score: Any) -> list[tuple[tuple[tuple[str, str], ...], bool]]:
     out = []
     for i in range(toy.num_clips):
         named = bool(toy.correct[i])
-        guess = toy.predictions[i] or "no hands found"
+        guess = toy.predictions[i]
         facts = [("names its sentence", f"yes, among {toy.num_prompts}" if named
-                  else f"no: closest is “{guess}”")]
+                  else f"no: closest is “{guess}”" if guess else "no: no hands found")]
         valid = score.position_valid[i]
         if valid.any():
             marks = " ".join(("✓" if score.position_correct[i, k] else "✗") if valid[k] else "·"

@@ -113,6 +113,11 @@ def test_a_later_scored_page_keeps_the_settings_and_adds_each_clip_score(tmp_pat
         assert f"{float(score.score.errors[i]):.3f}" in text
     assert text.count("names its sentence") == 2
     assert text.count("yes, among 2") == int(score.score.correct.sum())
+    blank = [_solid((200, 200, 200), frames=8, size=48)] * 2  # no hands to find
+    write_sample_folder(tmp_path / "blank", blank, captions)
+    text = " ".join(_parse(write_results_page(tmp_path / "blank",
+                                              score=score_set("b", blank, captions))).text)
+    assert text.count("no: no hands found") == 2 and "“no hands found”" not in text
     with pytest.raises(ValueError, match="1 scores for 2 clips"):
         write_results_page(out, score=score_set("s", clips[:1], captions[:1]))
 
