@@ -142,6 +142,9 @@ def test_demo_trains_samples_and_scores_seen_unseen_and_longer(tmp_path):
     assert lines[3] == f"every clip with its caption and score: {samples / 'index.html'}"
     assert json.loads(scores.read_text())["sets"]["unseen"]["accuracy"] == \
         report["sets"]["unseen"]["accuracy"]
+    rescored = (samples / "index.html").read_text()  # the scores again, the references kept
+    assert sorted(re.findall(r'src="([^"]+)"', rescored)) == sorted(sources)
+    assert rescored.count("names its sentence") == 60 and "text2sign demo: toy" in rescored
     again = run(tool, *args)
     assert "found 8 clips" in again.stdout and "found a finished run" in again.stdout
 
