@@ -8,6 +8,7 @@ different sign ~0.4; these rows give that scale, on real reference clips when a 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,9 @@ from shared.data import DataReport, find_clips, preprocess_clip
 from shared.metrics import psnr, ssim
 from shared.pose import PoseCache
 from shared.refeval import PoseSummary, caption_key, pose_distance
-from shared.video import read_video
+from shared.video import VideoError, read_video
+
+log = logging.getLogger("text2sign.calibration")
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,19 @@ def folder_rows(folder: Path, cache: PoseCache, frames: int = 28, size: int = 12
                 max_clips: int = 40, labels_file: str | None = None) -> list[Row]:
     """Reference scores on real clips: transformed copies, another clip of the same caption
     (another signer or take), and a clip of a different caption."""
-    found = find_clips(DataConfig(data_dir=str(folder), labels_file=labels_file), DataReport())
-    found = found[:max_clips]
+    listed = find_clips(DataConfig(data_dir=str(folder), labels_file=labels_file), DataReport())
+    found, clips = [], []
+    for clip in listed:
+        if len(found) == max_clips:
+            break
+        try:  # a broken file is skipped with a warning, as training skips it
+            clips.append(preprocess_clip(read_video(clip.path)[0], frames, size))
+        except (VideoError, OSError, ValueError) as e:
+            log.warning("skipping %s: %s", clip.path, e)
+            continue
+        found.append(clip)
     if len(found) < 2:
         raise ValueError(f"{folder}: need at least 2 captioned clips for reference scores")
-    clips = [preprocess_clip(read_video(c.path)[0], frames, size) for c in found]
     keys = [caption_key(c.caption) for c in found]
     rows = list(transformed_rows(clips, cache))
     same, other = [], []

@@ -84,6 +84,8 @@ def test_folder_rows_on_wide_mp4s_rank_same_caption_above_a_different_one(cache,
     write_clip(tmp_path, "sway_b.mp4", pc.render(pc.eased(20), pc.sway, **wide), "Sway", 25)
     write_clip(tmp_path, "bow_a.mp4", pc.render(pc.uniform(20), pc.bow, **wide), "bow", 25)
     write_clip(tmp_path, "bow_b.gif", pc.render(pc.delayed(16, 3), pc.bow, **wide), "bow", 10)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 50)  # skipped, not a crash
+    (tmp_path / "broken.txt").write_text("sway")
     rows = by_name(folder_rows(tmp_path, cache, frames=FRAMES, size=SIZE))
     assert set(rows) == {"itself", "delayed", "mirrored", "same", "different"}
     assert rows["itself"].pairs == 4 and rows["itself"].dtw_mje == 0.0
