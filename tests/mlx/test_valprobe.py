@@ -4,7 +4,6 @@ CPU backend is slow): 2 x 16 x 16 clips, one evaluation after two steps."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
