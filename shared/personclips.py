@@ -75,21 +75,29 @@ def eased(n: int) -> np.ndarray:
 
 def render(phases: Sequence[float], path: Path2D = sway, height: int = 128,
            width: int | None = None, photo: np.ndarray | None = None,
-           background: tuple[int, int, int] = (96, 96, 96)) -> np.ndarray:
+           background: tuple[int, int, int] = (96, 96, 96), zoom: float = 1.0,
+           at: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """uint8 (F, height, width, 3): the photo, scaled to the frame's height and centred, moved
     along `path` at each phase. A landscape frame keeps the person inside the centre square, so
-    the training transform's centre crop sees all of them."""
+    the training transform's centre crop sees all of them.
+
+    `zoom` scales the person (1: the photo as tall as the frame; smaller, they stand on the
+    frame's bottom edge, cut by it as at 1) and `at` moves them (x, y in fractions of the
+    frame's height): another framing of the same motion, whose shifts scale with the person, as
+    another camera would see the same signer.
+    """
     photo = person_photo() if photo is None else photo
     width = width or height
-    image = Image.fromarray(photo).resize((height, height), Image.Resampling.BICUBIC)
+    size = round(height * zoom)
+    image = Image.fromarray(photo).resize((size, size), Image.Resampling.BICUBIC)
     frames = []
     for p in phases:
         pose = path(float(p))
         moved = image.rotate(pose.degrees, resample=Image.Resampling.BICUBIC,
                              fillcolor=background)
         canvas = Image.new("RGB", (width, height), background)
-        canvas.paste(moved, (round((width - height) / 2 + pose.dx * height),
-                             round(pose.dy * height)))
+        canvas.paste(moved, (round((width - size) / 2 + at[0] * height + pose.dx * size),
+                             round(height - size + at[1] * height + pose.dy * size)))
         frames.append(np.asarray(canvas))
     return np.stack(frames)
 

@@ -1,10 +1,11 @@
 """Body and hand keypoints of a clip (MediaPipe Holistic), cached per clip.
 
-Pose metrics compare where the signer's body and hands are, frame by frame. MediaPipe Holistic
-0.10.14 is used because its wheel ships the pose, hand and face models, so it runs offline;
-it is the optional extra `pose` (`pip install ".[pose]"`). Extraction runs in static-image mode
-(each frame on its own): the result of a frame does not depend on the frames before it, so a
-cached clip, a reordered clip and a repeated frame all give the same keypoints.
+Pose metrics compare where the signer's body and hands are, frame by frame, each clip in its
+own body frame (`body_normalised`: centred on the shoulders, in shoulder widths). MediaPipe
+Holistic 0.10.14 is used because its wheel ships the pose, hand and face models, so it runs
+offline; it is the optional extra `pose` (`pip install ".[pose]"`). Extraction runs in
+static-image mode (each frame on its own): the result of a frame does not depend on the frames
+before it, so a cached clip, a reordered clip and a repeated frame all give the same keypoints.
 
 A track holds 53 points per frame in pixels of the frame it was found in: 11 upper-body points
 (nose, eyes, ears, shoulders, elbows, wrists) and 21 per hand (the signer's left, then right).
@@ -193,12 +194,41 @@ class PoseCache:
 
 
 def shoulder_width(track: PoseTrack) -> float:
-    """Median distance between the shoulders over the frames with a body (NaN if none): the
-    unit of the pose metrics, so a score does not depend on image size or framing."""
+    """Median distance between the shoulders over the frames with a body (NaN if none): each
+    clip's own unit in the pose metrics, so a score does not depend on image size or on how
+    large the signer appears."""
     k = track.keypoints
     d = np.linalg.norm(k[:, LEFT_SHOULDER] - k[:, RIGHT_SHOULDER], axis=-1)
     d = d[track.pose_found & np.isfinite(d)]
     return float(np.median(d)) if len(d) else float("nan")
+
+
+def shoulder_centre(track: PoseTrack) -> np.ndarray:
+    """(2,): the median shoulder midpoint over the frames with a body (NaN if none)."""
+    k = track.keypoints
+    mid = (k[:, LEFT_SHOULDER] + k[:, RIGHT_SHOULDER]) / 2
+    mid = mid[track.pose_found & np.isfinite(mid).all(axis=-1)]
+    return np.median(mid, axis=0).astype(np.float64) if len(mid) else np.full(2, np.nan)
+
+
+def body_normalised(track: PoseTrack) -> np.ndarray | None:
+    """The filled keypoints in the clip's own body frame: origin at the shoulder midpoint, unit
+    the shoulder width, both the clip's median over its frames with a body. None when the clip
+    has no body (or no shoulder width).
+
+    Each clip is normalised by its own body, so where the signer stands in the frame and how
+    large they appear no longer count, only how they move; the hands stay where they are
+    relative to the body, which is the sign. The origin is the clip's median, not each frame's
+    own midpoint: a per-frame origin would add the shoulders' keypoint jitter to all 53 points
+    of every frame, and would erase the body's own movement within the clip (a lean, a shift,
+    a nod of the shoulders), which belongs to the signing. A clip whose camera moves while it
+    films would need the per-frame origin; sign-language references are filmed still.
+    """
+    points = filled(track)
+    scale = shoulder_width(track)
+    if points is None or not scale > 0:
+        return None
+    return (points - shoulder_centre(track)) / scale
 
 
 def filled(track: PoseTrack) -> np.ndarray | None:

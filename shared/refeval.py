@@ -6,7 +6,9 @@ case- and space-insensitively) and scored, per clip and in total, on:
 - PSNR and SSIM at the generated size, the reference brought there by the training transform
   (uniform frame resampling, centre square crop, bicubic resize; `shared.data.preprocess_clip`);
 - pose, from MediaPipe Holistic body + hand keypoints (`shared.pose`): DTW-MJE, the mean joint
-  error along the best time alignment in shoulder widths; the share of frames with a hand found;
+  error along the best time alignment, each clip's keypoints first moved to its own body frame
+  (origin at its median shoulder midpoint, unit its median shoulder width, so where the signer
+  stands and how large they appear do not count); the share of frames with a hand found;
   the total distance both hands travel and the clip's duration, each as a ratio to the
   reference's;
 - FVD over the whole set, only with a user-supplied local I3D (`shared.fvd`).
@@ -31,7 +33,7 @@ from shared.config import DataConfig
 from shared.data import CACHE_DIRNAME, Clip, DataError, DataReport, find_clips, prepare_cache
 from shared.fvd import FeatureExtractor, FVDProtocol, clip_features, fvd
 from shared.metrics import dtw_mje, path_length, psnr, ssim
-from shared.pose import PoseCache, PoseTrack, filled, hand_positions, shoulder_width
+from shared.pose import PoseCache, PoseTrack, body_normalised, hand_positions, shoulder_width
 from shared.video import read_video
 
 POSE_CACHE_NAME = "pose-v1"
@@ -164,7 +166,8 @@ class ReferenceSet:
 class PoseSummary:
     """What one clip's keypoints say, ready to compare."""
 
-    points: np.ndarray | None  # filled (F, J, 2), None when no body in any frame
+    # filled (F, J, 2) in the clip's own body frame (`body_normalised`), None without a body
+    points: np.ndarray | None
     scale: float  # shoulder width in pixels (NaN without a body)
     body_frames: float  # share of frames with a body
     hand_frames: float  # share of frames with at least one hand
@@ -177,15 +180,16 @@ class PoseSummary:
         if track.pose_found.any() and scale > 0:
             hands = hand_positions(track)
             travel = (path_length(hands[:, 0]) + path_length(hands[:, 1])) / scale
-        return cls(filled(track), scale, float(track.pose_found.mean()),
+        return cls(body_normalised(track), scale, float(track.pose_found.mean()),
                    float(track.hands_found.any(axis=1).mean()), travel)
 
 
 def pose_distance(generated: PoseSummary, reference: PoseSummary) -> float | None:
-    """DTW-MJE in the reference's shoulder widths; None when either clip has no body."""
-    if generated.points is None or reference.points is None or not reference.scale > 0:
+    """DTW-MJE between two clips, each in its own body frame (origin its median shoulder
+    midpoint, unit its median shoulder width); None when either clip has no body."""
+    if generated.points is None or reference.points is None:
         return None
-    return dtw_mje(generated.points, reference.points, reference.scale)
+    return dtw_mje(generated.points, reference.points)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -273,7 +277,8 @@ class RefEvalResult:
                              "(sigma 1.5), averaged over channels and frames",
                 "pose": ("MediaPipe Holistic 0.10.14, static-image mode; 11 upper-body + "
                          "2 x 21 hand points; DTW-MJE = mean joint error along the DTW path, "
-                         "in the reference's shoulder widths" if self.config.pose
+                         "each clip centred on its median shoulder midpoint and scaled by "
+                         "its own median shoulder width" if self.config.pose
                          else "not computed (--no-pose)"),
                 "baseline": "shuffled: the same number of references drawn from other "
                             "captions",

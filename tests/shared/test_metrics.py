@@ -20,6 +20,7 @@ from shared.metrics import (
     ssim,
     ssim_frames,
 )
+from shared.pose import LEFT_SHOULDER, NUM_JOINTS, RIGHT_SHOULDER, PoseTrack, body_normalised
 
 skm = pytest.importorskip("skimage.metrics", reason='scikit-image comes with ".[pose]"')
 
@@ -106,6 +107,27 @@ def test_dtw_mje_is_zero_for_a_resampled_copy_and_positive_for_another_motion():
     assert dtw_mje(track, track[::-1]) > 0.5
     # the unit: moving every joint by 2 pixels with scale 4 costs half a unit
     assert dtw_mje(track, track + [2.0, 0.0], scale=4.0) == pytest.approx(0.5)
+
+
+def test_dtw_mje_in_each_clips_body_frame_ignores_where_and_how_large_the_signer_is():
+    rng = np.random.default_rng(4)
+    points = np.cumsum(rng.normal(size=(12, NUM_JOINTS, 2)), axis=0) + 100.0
+    points[:, LEFT_SHOULDER] = [120.0, 100.0]  # shoulders 40 px apart, centred on (100, 100)
+    points[:, RIGHT_SHOULDER] = [80.0, 100.0]
+    found = np.ones(12, bool)
+
+    def track(k: np.ndarray) -> PoseTrack:
+        return PoseTrack(k.astype(np.float32), found, np.ones((12, 2), bool))
+
+    base = body_normalised(track(points))
+    assert np.allclose(base[:, LEFT_SHOULDER], [0.5, 0.0])  # origin: shoulders; unit: width
+    # the same motion by a signer 0.6 times as large, standing elsewhere in the frame
+    elsewhere = body_normalised(track(0.6 * points + [37.0, -12.0]))
+    assert dtw_mje(base, elsewhere) == pytest.approx(0.0, abs=1e-5)
+    # the hands move relative to the body: that is the sign, and it still counts
+    moved = points.copy()
+    moved[:, 11:] += [20.0, 0.0]
+    assert dtw_mje(base, body_normalised(track(moved))) == pytest.approx(0.5 * 42 / 53, rel=1e-5)
 
 
 def test_mean_joint_error_skips_joints_missing_in_either_frame():

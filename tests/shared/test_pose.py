@@ -1,8 +1,8 @@
 """Pose keypoints (MediaPipe Holistic, the `pose` extra) on real decoded video that the tests
 make from a bundled photo of a person (shared.personclips): no mock of the keypoint model.
 
-A clip against itself scores DTW-MJE 0; the same motion delayed or at another tempo stays near
-0; a mirrored clip or another motion does not.
+A clip against itself scores DTW-MJE 0; the same motion delayed, at another tempo, or filmed
+elsewhere in a larger frame stays near 0; a mirrored clip or another motion does not.
 """
 
 from __future__ import annotations
@@ -16,17 +16,24 @@ pytest.importorskip("mediapipe", reason='pose metrics need ".[pose]"')
 pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
 
 from shared import personclips as pc  # noqa: E402
+from shared.metrics import dtw_mje  # noqa: E402
 from shared.pose import (  # noqa: E402
     NUM_JOINTS,
     PoseCache,
     PoseExtraMissing,
+    PoseTrack,
+    filled,
     pixels_key,
     require_mediapipe,
+    shoulder_width,
 )
 from shared.refeval import PoseSummary, pose_distance  # noqa: E402
 from shared.video import read_video, write_video  # noqa: E402
 
 N = 16
+# Another framing of the same clip: a 160^2 frame, the person 0.8 of its height (128 px, as in
+# the 128^2 clips, so MediaPipe sees them at the same resolution), off the centre.
+ELSEWHERE = {"height": 160, "zoom": 0.8, "at": (-0.1, 0.0)}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +49,7 @@ def decoded(tmp_path_factory, name: str, frames: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def summaries(cache, tmp_path_factory) -> dict[str, PoseSummary]:
+def tracks(cache, tmp_path_factory) -> dict[str, PoseTrack]:
     clips = {
         "base": pc.render(pc.uniform(N)),
         "delayed": pc.render(pc.delayed(N, 4)),
@@ -50,9 +57,17 @@ def summaries(cache, tmp_path_factory) -> dict[str, PoseSummary]:
         "eased": pc.render(pc.eased(N)),
         "mirrored": pc.mirrored(pc.render(pc.uniform(N))),
         "other": pc.render(pc.uniform(N), pc.bow),
+        "elsewhere": pc.render(pc.uniform(N), **ELSEWHERE),
+        "mirrored elsewhere": pc.mirrored(pc.render(pc.uniform(N), **ELSEWHERE)),
+        "other elsewhere": pc.render(pc.uniform(N), pc.bow, **ELSEWHERE),
     }
-    return {k: PoseSummary.of(cache.track(decoded(tmp_path_factory, f"{k}.gif", v)))
+    return {k: cache.track(decoded(tmp_path_factory, f"{k.replace(' ', '_')}.gif", v))
             for k, v in clips.items()}
+
+
+@pytest.fixture(scope="module")
+def summaries(tracks) -> dict[str, PoseSummary]:
+    return {k: PoseSummary.of(t) for k, t in tracks.items()}
 
 
 def test_the_body_is_found_in_every_frame_of_a_decoded_gif_and_mp4(cache, tmp_path_factory):
@@ -79,8 +94,23 @@ def test_time_shifted_or_retimed_copies_stay_near_zero_and_others_do_not(summari
     assert max(near.values()) < 0.15, near
     assert min(far.values()) > 0.25, far
     assert max(near.values()) < 0.5 * min(far.values()), (near, far)
-    # symmetric in which clip is the reference, up to the shoulder width used as the unit
-    assert pose_distance(base, summaries["other"]) == pytest.approx(far["other"], rel=0.1)
+    # symmetric in which clip is the reference: each clip is in its own unit (its shoulder
+    # width), no longer the reference's, so swapping them changes nothing
+    assert pose_distance(base, summaries["other"]) == pytest.approx(far["other"], rel=1e-9)
+
+
+def test_the_same_motion_framed_elsewhere_scores_near_zero_and_others_do_not(summaries, tracks):
+    base = summaries["base"]
+    elsewhere = pose_distance(summaries["elsewhere"], base)
+    far = {k: pose_distance(summaries[k], base) for k in ("mirrored elsewhere", "other elsewhere")}
+    # each clip in its own body frame: as close as the delayed copy (the bound above)
+    assert elsewhere < 0.15, elsewhere
+    assert min(far.values()) > 0.25 and elsewhere < 0.5 * min(far.values()), (elsewhere, far)
+    # the framing really differs: compared where the points lie in the frame, in the
+    # reference's shoulder widths (the metric before), the same motion looked like another
+    in_frame = dtw_mje(filled(tracks["elsewhere"]), filled(tracks["base"]),
+                       shoulder_width(tracks["base"]))
+    assert in_frame > 0.4, in_frame
 
 
 def test_a_still_clip_travels_nowhere_and_a_moving_one_does(cache):
