@@ -13,8 +13,9 @@ so a delay or a change of speed is only another list of phases.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -105,3 +106,18 @@ def render(phases: Sequence[float], path: Path2D = sway, height: int = 128,
 def mirrored(frames: np.ndarray) -> np.ndarray:
     """The clip flipped left to right: the signer's hands and sides swap."""
     return np.ascontiguousarray(frames[:, :, ::-1])
+
+
+def write_two_take_set(folder: Path, paths: Mapping[str, Path2D], frames: int,
+                       height: int = 180, width: int = 320) -> Path:
+    """Each caption twice, as wide MP4 + .txt: take "a" at an even tempo, "b" eased. The smallest
+    real-pixel set where every clip has a same-caption mate and other captions to be shuffled
+    against, which the reference metrics' baseline needs."""
+    from shared.video import write_video
+
+    for caption, path in paths.items():
+        for take, phases in (("a", uniform(frames)), ("b", eased(frames))):
+            write_video(folder / f"{caption}_{take}.mp4",
+                        render(phases, path, height=height, width=width), 25)
+            (folder / f"{caption}_{take}.txt").write_text(caption + "\n")
+    return folder

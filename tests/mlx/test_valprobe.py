@@ -17,17 +17,12 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 
 from shared import personclips as pc  # noqa: E402
 from shared.config import apply_overrides, preset  # noqa: E402
-from shared.video import write_video  # noqa: E402
 from t2s_mlx.train import Trainer  # noqa: E402
 
 
 def test_eval_every_logs_real_sign_metrics_beside_the_baseline(tmp_path):
-    data = tmp_path / "clips"
-    for caption, path in (("sway", pc.sway), ("bow", pc.bow)):
-        for name, phases in (("a", pc.uniform(6)), ("b", pc.eased(6))):
-            write_video(data / f"{caption}_{name}.mp4",
-                        pc.render(phases, path, height=72, width=128), 25)
-            (data / f"{caption}_{name}.txt").write_text(caption + "\n")
+    data = pc.write_two_take_set(tmp_path / "clips", {"sway": pc.sway, "bow": pc.bow}, 6,
+                                 height=72, width=128)
     config = apply_overrides(preset("tiny"), [
         f"data.data_dir={data}", f"train.out_dir={tmp_path / 'run'}", "data.num_frames=2",
         "data.image_size=16", "data.val_fraction=0.5", "train.steps=2", "train.batch_size=2",

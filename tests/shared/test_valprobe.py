@@ -24,7 +24,6 @@ from shared.data import ClipDataset  # noqa: E402
 from shared.pose import PoseCache  # noqa: E402
 from shared.tensorboard import TensorBoardLogger  # noqa: E402
 from shared.valprobe import ValidationProbe, choose_items  # noqa: E402
-from shared.video import write_video  # noqa: E402
 
 FRAMES, SIZE = 8, 128
 MOTIONS = {"sway": pc.sway, "bow": pc.bow}
@@ -33,13 +32,7 @@ MOTIONS = {"sway": pc.sway, "bow": pc.bow}
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """Two wide MP4 "signers" per caption (another tempo each), as a real set would hold."""
-    root = tmp_path_factory.mktemp("probe")
-    for caption, path in MOTIONS.items():
-        for name, phases in (("a", pc.uniform(16)), ("b", pc.eased(16))):
-            write_video(root / f"{caption}_{name}.mp4",
-                        pc.render(phases, path, height=180, width=320), 25)
-            (root / f"{caption}_{name}.txt").write_text(caption + "\n")
-    return root
+    return pc.write_two_take_set(tmp_path_factory.mktemp("probe"), MOTIONS, 16)
 
 
 @pytest.fixture(scope="module")

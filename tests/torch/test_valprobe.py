@@ -18,7 +18,6 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 
 from shared import personclips as pc  # noqa: E402
 from shared.config import Config, apply_overrides, preset  # noqa: E402
-from shared.video import write_video  # noqa: E402
 from t2s_torch.train import Trainer  # noqa: E402
 
 PIXEL_TAGS = ("val/psnr", "val/psnr_shuffled", "val/ssim", "val/ssim_shuffled")
@@ -27,12 +26,7 @@ PIXEL_TAGS = ("val/psnr", "val/psnr_shuffled", "val/ssim", "val/ssim_shuffled")
 def person_folder(root: Path) -> Path:
     """Three captions, two wide MP4 "signers" each: real pixels MediaPipe reads."""
     paths = {"sway": pc.sway, "bow": pc.bow, "still": lambda p: pc.Pose2D()}
-    for caption, path in paths.items():
-        for name, phases in (("a", pc.uniform(8)), ("b", pc.eased(8))):
-            write_video(root / f"{caption}_{name}.mp4",
-                        pc.render(phases, path, height=72, width=128), 25)
-            (root / f"{caption}_{name}.txt").write_text(caption + "\n")
-    return root
+    return pc.write_two_take_set(root, paths, 8, height=72, width=128)
 
 
 def probe_config(data: Path, out: Path, *overrides: str) -> Config:
