@@ -18,9 +18,10 @@ What a conversion does, driven by the one layout table (`shared.checkpoint.TORCH
   resumed run draws with the target backend's randomness (exact resume holds within a backend).
   A torch target gets `param_groups` rebuilt from the config (hyper-parameters, scheduled lr).
 
-Every tensor file is read and written by the small safetensors reader / writer below (8-byte
-little-endian header length, JSON header, raw little-endian data), so bf16 - which numpy lacks -
-moves as its raw 16-bit patterns and is never rounded through another dtype.
+Every tensor file is read and written by the small safetensors reader / writer in
+`shared.safetensors_io`, so bf16 - which numpy lacks - moves as its raw 16-bit patterns and is
+never rounded through another dtype; layouts, parameter shapes and the key / shape checks are
+`shared.layouts`.
 
 Refusals (one line, naming the fix): an input already in the target layout, keys missing from or
 unknown to the model the config builds, a shape that does not fit that model, an existing OUT
@@ -34,10 +35,9 @@ import argparse
 import json
 import os
 import shutil
-import struct
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,37 +49,43 @@ from shared.checkpoint import (
     CHECKSUMS_FILE,
     CONFIG_FILE,
     EMA_FILE,
-    LAYOUTS,
-    MLX_TO_TORCH_AXES,
     MODEL_FILE,
     OPTIMIZER_FILE,
-    TORCH_TO_MLX_AXES,
     TRAINER_STATE_FILE,
     CheckpointError,
     load_checkpoint_config,
-    read_header,
     resolve_checkpoint,
     tensor_metadata,
     write_checksums,
 )
-from shared.config import Config, ConfigError, ModelConfig
+from shared.config import Config, ConfigError
+from shared.layouts import (
+    _examples,
+    axes_table,
+    check_file_layout,
+    check_keys,
+    check_shape,
+    key_refusal,
+    layout_shape,
+    parameter_shapes,
+    relayout,
+)
 from shared.lr import warmup_cosine
+from shared.safetensors_io import (
+    FLOAT_DTYPES,
+    STORAGE,
+    ConvertError,
+    RawTensor,
+    SafetensorsFile,
+    cast,
+    read_safetensors,
+    write_safetensors,
+)
 
 DTYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 WEIGHT_FILES = {MODEL_FILE: "model", EMA_FILE: "ema"}
 TENSOR_FILES = (MODEL_FILE, EMA_FILE, OPTIMIZER_FILE)
-
-# safetensors dtype -> the numpy dtype that holds its bytes (little-endian). bf16 and fp8 have no
-# numpy dtype: they are held as unsigned integers of their width and only ever moved as bits.
-STORAGE = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
-    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
-    "F8_E4M3": "u1", "F8_E5M2": "u1",
-}
-MAX_HEADER = 100 * 1024 * 1024  # the limit the safetensors library enforces
 
 # Optimizer state names in each backend (AdamW).
 TORCH_MOMENTS = {"exp_avg": "m", "exp_avg_sq": "v"}
@@ -104,345 +110,6 @@ ADAM_EPS = 1e-8  # torch.optim.AdamW and mlx.optimizers.AdamW default, as both t
 
 
 CONVERT_FORMS = CHECKPOINT_FORMS + ", or one .safetensors file"
-
-
-class ConvertError(CheckpointError):
-    """A conversion refused; the message is one line that names the input and the fix."""
-
-
-# ---------------------------------------------------------------------------------------------
-# safetensors, read and written with numpy
-
-
-@dataclass
-class RawTensor:
-    """A tensor as stored: its safetensors dtype and an array of its bytes in that shape.
-
-    `array` has the tensor's shape and a numpy dtype of the same width (uint16 for BF16), so
-    transposing or copying it moves bit patterns and never rounds.
-    """
-
-    dtype: str
-    array: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape)
-
-
-@dataclass
-class SafetensorsFile:
-    tensors: dict[str, RawTensor]
-    metadata: dict[str, str]
-
-
-def read_safetensors(path: str | Path) -> SafetensorsFile:
-    """Every tensor of a safetensors file (copied out of it; the file is only read)."""
-    path = Path(path)
-    try:  # a damaged file: one line that says so, before reading it all
-        read_header(path)
-    except CheckpointError as e:
-        raise ConvertError(str(e)) from None
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConvertError(f"{path}: cannot be read ({e.strerror or e})") from None
-    bad = f"{path}: not a valid safetensors file"
-    if len(data) < 8:
-        raise ConvertError(f"{bad} (only {len(data)} bytes); re-save it from its backend")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER or 8 + n > len(data):
-        raise ConvertError(f"{bad} (header length {n} does not fit); re-save it from its backend")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConvertError(f"{bad} (header: {e}); re-save it from its backend") from None
-    if not isinstance(header, dict):
-        raise ConvertError(f"{bad} (header is not a JSON object); re-save it from its backend")
-    metadata = header.pop("__metadata__", None) or {}
-    body = memoryview(data)[8 + n:]
-    tensors = {}
-    for name, info in header.items():
-        try:
-            dtype, shape = info["dtype"], tuple(int(s) for s in info["shape"])
-            start, end = (int(x) for x in info["data_offsets"])
-            storage = np.dtype(STORAGE[dtype])
-        except (KeyError, TypeError, ValueError):
-            raise ConvertError(f"{bad} (tensor {name!r}: {info!r}); re-save it from its "
-                               "backend") from None
-        count = int(np.prod(shape, dtype=np.int64))
-        if not 0 <= start <= end <= len(body) or end - start != count * storage.itemsize:
-            raise ConvertError(f"{bad} (tensor {name!r} has offsets {start}..{end} for "
-                               f"{dtype} {list(shape)}); re-save it from its backend")
-        array = np.frombuffer(body[start:end], dtype=storage).reshape(shape).copy()
-        tensors[name] = RawTensor(dtype, array)
-    return SafetensorsFile(tensors, {str(k): str(v) for k, v in metadata.items()})
-
-
-def safetensors_bytes(tensors: dict[str, RawTensor], metadata: dict[str, str]) -> Iterable[bytes]:
-    """The pieces of a safetensors file: header length, header, then each tensor's bytes."""
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    arrays, offset = [], 0
-    for name in sorted(tensors):
-        t = tensors[name]
-        array = np.asarray(t.array, dtype=np.dtype(STORAGE[t.dtype]), order="C")
-        header[name] = {"dtype": t.dtype, "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-        arrays.append(array)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # pad so the data starts 8-byte aligned, as safetensors does
-    yield struct.pack("<Q", len(text))
-    yield text
-    for array in arrays:
-        yield array.tobytes()
-
-
-def write_safetensors(path: str | Path, tensors: dict[str, RawTensor],
-                      metadata: dict[str, str]) -> None:
-    """Write a safetensors file (flushed to disk). Callers write under a temporary name."""
-    with open(path, "wb") as f:
-        for piece in safetensors_bytes(tensors, metadata):
-            f.write(piece)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-# ---------------------------------------------------------------------------------------------
-# dtypes
-
-
-def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bit patterns (uint16), rounding to nearest even as torch does.
-
-    On the uint32 pattern: add 0x7FFF plus the lowest kept bit, keep the top 16 bits; values past
-    the bf16 range round to +-inf, as torch's do. NaN becomes the quiet NaN 0x7FC0 with its sign
-    (ml_dtypes' choice; rounding could otherwise carry a NaN to inf). torch has no single NaN
-    pattern: its scalar path writes 0x7FC0, its vectorised path 0xFFFF.
-    """
-    x = np.asarray(x, dtype="<f4", order="C")
-    bits = x.view("<u4").astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = np.isnan(x)
-    if nan.any():
-        sign = ((bits >> 16) & 0x8000).astype(np.uint16)
-        rounded = np.where(nan, sign | np.uint16(0x7FC0), rounded).astype(np.uint16)
-    return rounded.astype("<u2")
-
-
-def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """bf16 bit patterns (uint16) -> float32, exactly (a 16-bit shift)."""
-    return (np.asarray(bits, dtype="<u2").astype("<u4") << 16).view("<f4")
-
-
-def to_float32(t: RawTensor) -> np.ndarray:
-    if t.dtype == "BF16":
-        return bf16_bits_to_float32(t.array)
-    return t.array.astype("<f4")
-
-
-def cast(t: RawTensor, dtype: str | None) -> RawTensor:
-    """Cast a floating tensor to `dtype` ("F32", "F16", "BF16"); others pass through.
-
-    Through float32, which holds every bf16 and fp16 value exactly: bf16 -> fp32 is a shift,
-    fp32 -> bf16 rounds to nearest even on the bits, fp32 -> fp16 is numpy's (IEEE) cast.
-    """
-    if dtype is None or t.dtype == dtype or t.dtype not in FLOAT_DTYPES:
-        return t
-    if dtype not in ("F32", "F16", "BF16"):
-        raise ValueError(f"cannot cast to {dtype!r}; use F32, F16 or BF16")
-    x = to_float32(t)
-    if dtype == "BF16":
-        return RawTensor("BF16", float32_to_bf16_bits(x))
-    with np.errstate(over="ignore"):  # out-of-range values become +-inf, as in torch
-        return RawTensor(dtype, x.astype(STORAGE[dtype]))
-
-
-# ---------------------------------------------------------------------------------------------
-# layouts and the shapes a config builds
-
-
-def axes_table(source: str, target: str) -> dict[int, tuple[int, ...]]:
-    """The permutation, by tensor rank, that takes `source` layout to `target` (the one table)."""
-    if (source, target) == ("torch", "mlx"):
-        return TORCH_TO_MLX_AXES
-    if (source, target) == ("mlx", "torch"):
-        return MLX_TO_TORCH_AXES
-    if source == target and source in LAYOUTS:
-        return {}
-    raise ValueError(f"no conversion from {source!r} to {target!r}; layouts are {LAYOUTS}")
-
-
-def relayout(t: RawTensor, table: dict[int, tuple[int, ...]]) -> RawTensor:
-    axes = table.get(t.array.ndim)
-    if axes is None:
-        return t
-    return RawTensor(t.dtype, np.asarray(t.array.transpose(axes), order="C"))
-
-
-def layout_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
-    """A torch-layout shape as `layout` stores it."""
-    axes = axes_table("torch", layout).get(len(shape))
-    return shape if axes is None else tuple(shape[a] for a in axes)
-
-
-def parameter_shapes(model: ModelConfig, layout: str = "torch") -> dict[str, tuple[int, ...]]:
-    """Every parameter key of the UNet `model` builds, with its shape in `layout`.
-
-    Walks `t2s_torch/unet.py` (and its MLX twin) with integers only; tests check it against both
-    real models, so a change there that this walk misses fails loudly.
-    """
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def linear(name: str, out: int, inp: int, bias: bool = True) -> None:
-        shapes[f"{name}.weight"] = (out, inp)
-        if bias:
-            shapes[f"{name}.bias"] = (out,)
-
-    def norm(name: str, ch: int) -> None:
-        shapes[f"{name}.weight"] = (ch,)
-        shapes[f"{name}.bias"] = (ch,)
-
-    def conv(name: str, out: int, inp: int, kernel: tuple[int, int, int]) -> None:
-        shapes[f"{name}.weight"] = (out, inp, *kernel)
-        shapes[f"{name}.bias"] = (out,)
-
-    def block_conv(name: str, inp: int, out: int) -> None:
-        if model.conv_mode == "full":
-            conv(name, out, inp, (3, 3, 3))
-        else:
-            conv(f"{name}.spatial", out, inp, (1, 3, 3))
-            conv(f"{name}.temporal", out, out, (3, 1, 1))
-
-    def resnet(name: str, inp: int, out: int) -> None:
-        norm(f"{name}.norm1", inp)
-        block_conv(f"{name}.conv1", inp, out)
-        linear(f"{name}.time_emb_proj", 2 * out, temb)
-        norm(f"{name}.norm2", out)
-        block_conv(f"{name}.conv2", out, out)
-        if inp != out:
-            conv(f"{name}.skip", out, inp, (1, 1, 1))
-
-    def attention(name: str, ch: int, context: int) -> None:
-        linear(f"{name}.to_q", ch, ch, bias=False)
-        linear(f"{name}.to_k", ch, context, bias=False)
-        linear(f"{name}.to_v", ch, context, bias=False)
-        linear(f"{name}.to_out", ch, ch)
-
-    def transformer(name: str, ch: int) -> None:
-        norm(f"{name}.norm", ch)
-        linear(f"{name}.proj_in", ch, ch)
-        for i in (1, 2, 3, 4):
-            norm(f"{name}.norm{i}", ch)
-        attention(f"{name}.attn1", ch, ch)
-        attention(f"{name}.attn2", ch, model.context_dim)
-        attention(f"{name}.attn_temp", ch, ch)
-        linear(f"{name}.ff.linear_1", 4 * ch, ch)
-        linear(f"{name}.ff.linear_2", ch, 4 * ch)
-        linear(f"{name}.proj_out", ch, ch)
-        if model.text_alignment:
-            shapes[f"{name}.text_align"] = (model.num_heads,)
-
-    chs, temb, last = model.level_channels(), model.time_embed_dim, model.num_levels - 1
-    linear("time_embed.linear_1", temb, model.base_channels)
-    linear("time_embed.linear_2", temb, temb)
-    linear("text_embed", temb, model.context_dim)
-    if model.frame_text:
-        linear("frame_text.proj", chs[0], model.context_dim)
-    conv("conv_in", chs[0], model.in_channels, (1, 3, 3))
-
-    skip_chs, prev = [chs[0]], chs[0]
-    for i, ch in enumerate(chs):
-        for j in range(model.num_res_blocks):
-            resnet(f"down_blocks.{i}.resnets.{j}", prev if j == 0 else ch, ch)
-            if i in model.attention_levels:
-                transformer(f"down_blocks.{i}.attentions.{j}", ch)
-        if i < last:
-            conv(f"down_blocks.{i}.downsample.conv", ch, ch, (1, 3, 3))
-        skip_chs += [ch] * model.num_res_blocks + ([ch] if i < last else [])
-        prev = ch
-
-    resnet("mid_block.resnets.0", prev, prev)
-    transformer("mid_block.attentions.0", prev)
-    resnet("mid_block.resnets.1", prev, prev)
-
-    for u, level in enumerate(reversed(range(model.num_levels))):
-        ch = chs[level]
-        skips = [skip_chs.pop() for _ in range(model.num_res_blocks + 1)]
-        for j, s in enumerate(skips):
-            resnet(f"up_blocks.{u}.resnets.{j}", (prev if j == 0 else ch) + s, ch)
-            if level in model.attention_levels:
-                transformer(f"up_blocks.{u}.attentions.{j}", ch)
-        if level > 0:
-            conv(f"up_blocks.{u}.upsample.conv", ch, ch, (1, 3, 3))
-        prev = ch
-
-    norm("norm_out", prev)
-    conv("conv_out", model.out_channels, prev, (1, 3, 3))
-    return {k: layout_shape(v, layout) for k, v in shapes.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# checks (each raises one line that names the fix)
-
-
-def _examples(keys: Iterable[str]) -> str:
-    keys = sorted(keys)
-    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-    return ", ".join(keys[:3]) + more
-
-
-def check_file_layout(metadata: dict[str, str], source: str, target: str, path: Path) -> None:
-    """Refuse a file that is not in the layout this direction converts from."""
-    layout = metadata.get("t2s_layout")
-    if layout == source:
-        return
-    if layout is None:
-        raise ConvertError(f"{path}: no t2s_layout in its safetensors metadata, so not a "
-                           "text2sign checkpoint file; re-save it with t2s_torch or t2s_mlx "
-                           "save_checkpoint")
-    if layout == target:
-        raise ConvertError(f"{path}: already in {target} layout; to go {target} -> {source} use "
-                           f"`python convert/{target}_to_{source}.py IN OUT`, or use it as it is")
-    raise ConvertError(f"{path}: unknown t2s_layout {layout!r}; expected {source!r} for "
-                       f"convert/{source}_to_{target}.py")
-
-
-def key_refusal(path: Path, missing: Iterable[str], unexpected: Iterable[str], what: str,
-                config_path: Path | str) -> ConvertError:
-    missing, unexpected = set(missing), set(unexpected)
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing ({_examples(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected ({_examples(unexpected)})")
-    return ConvertError(f"{path}: {what} do not fit the model {config_path} builds: "
-                        f"{'; '.join(parts)}; convert the checkpoint with the config.json it was "
-                        "written with, or re-save it from the training run")
-
-
-def check_keys(expected: Iterable[str], found: Iterable[str], path: Path, what: str,
-               config_path: Path | str) -> None:
-    expected, found = set(expected), set(found)
-    if expected != found:
-        raise key_refusal(path, expected - found, found - expected, what, config_path)
-
-
-def check_shape(key: str, shape: tuple[int, ...], want: tuple[int, ...], layout: str,
-                path: Path, config_path: Path | str) -> None:
-    """`want` is what the config builds, in `layout` (the layout the file says it is in)."""
-    if shape == want:
-        return
-    other = "mlx" if layout == "torch" else "torch"
-    axes = axes_table(layout, other).get(len(want))
-    if axes is not None and shape == tuple(want[a] for a in axes):
-        hint = (f"it is stored in {other} layout although its t2s_layout says {layout}; "
-                "re-save it from its backend")
-    else:
-        hint = "convert the checkpoint with the config.json it was written with"
-    raise ConvertError(f"{path}: {key} has shape {list(shape)} but {config_path} builds "
-                       f"{list(want)} in {layout} layout; {hint}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,16 +44,18 @@ from shared.checkpoint import (  # noqa: E402
 )
 from shared.config import Config, preset  # noqa: E402
 from shared.convert import (  # noqa: E402
+    convert,
+    convert_optimizer,
+    mlx_to_torch,
+    torch_to_mlx,
+)
+from shared.layouts import parameter_shapes  # noqa: E402
+from shared.safetensors_io import (  # noqa: E402
     ConvertError,
     RawTensor,
     bf16_bits_to_float32,
-    convert,
-    convert_optimizer,
     float32_to_bf16_bits,
-    mlx_to_torch,
-    parameter_shapes,
     read_safetensors,
-    torch_to_mlx,
     write_safetensors,
 )
 from t2s_mlx.unet import UNet3D as MLXUNet3D  # noqa: E402

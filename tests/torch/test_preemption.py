@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 from shared.checkpoint import CheckpointError, list_checkpoints, load_json, step_dir_name
 from shared.config import Config, apply_overrides, preset
-from shared.convert import ConvertError, torch_to_mlx
+from shared.convert import torch_to_mlx
+from shared.safetensors_io import ConvertError
 from shared.toy import make_toy_dataset
 from t2s_torch.checkpoint import check_checkpoint, load_model
 from t2s_torch.train import Trainer
