@@ -10,7 +10,7 @@ import numpy as np
 from shared.config import DataConfig
 from shared.data import DataError, DataReport, find_clips
 from shared.textfollow import SetScore, score_set
-from shared.toy import ToyScore, score_clips
+from shared.toyjudge import ToyScore, score_clips
 from shared.video import read_video
 
 

@@ -27,16 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.toy import (
-    VOCABULARY,
-    ToyScore,
-    caption_text,
-    parse_caption,
-    reference_trajectory,
-    score_clips,
-    track_hands,
-    trajectory_errors,
-)
+from shared.toy import VOCABULARY, caption_text, parse_caption, reference_trajectory
+from shared.toyjudge import ToyScore, score_clips, track_hands, trajectory_errors
 
 SPLIT_FILE = "split.json"
 #: Each word must keep at least this many training partners in each position of the longest

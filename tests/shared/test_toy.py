@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared import toy
+from shared import toy, toyjudge
 from shared.video import read_video, write_video
 
 NUM_PROMPTS = 20
@@ -33,7 +33,7 @@ def train_view(clip: np.ndarray, frames: int, size: int,
                                 .resize((size, size), resample)) for i in idx])
 
 
-def upper_bound_at_chance(score: toy.ToyScore, sigmas: float = 3.0) -> float:
+def upper_bound_at_chance(score: toyjudge.ToyScore, sigmas: float = 3.0) -> float:
     return score.chance + sigmas * score.chance_stderr
 
 
@@ -72,7 +72,7 @@ def test_words_are_far_apart() -> None:
     (~0.02-0.03 frame heights), at full and at short length."""
     for frames in (28, 8):
         refs = np.stack([toy.reference_trajectory(w, frames) for w in toy.VOCABULARY])
-        m = toy.trajectory_errors(refs, refs)
+        m = toyjudge.trajectory_errors(refs, refs)
         assert np.allclose(np.diag(m), 0.0, atol=1e-9)
         np.fill_diagonal(m, np.inf)
         assert m.min() > 0.06, m.min()
@@ -98,10 +98,10 @@ def test_signer_palette_never_passes_for_a_glove() -> None:
         s = toy.sample_signer(rng)
         body += [s.background, s.floor, s.clothing, s.skin, s.hair]
         gloves.append(s.gloves)
-    w0, w1 = toy._glove_weights(np.asarray(body, np.float32))
+    w0, w1 = toyjudge._glove_weights(np.asarray(body, np.float32))
     assert w0.max() == 0.0 and w1.max() == 0.0
     g = np.asarray(gloves, np.float32)  # (n, 2, 3)
-    left, right = toy._glove_weights(g[:, 0]), toy._glove_weights(g[:, 1])
+    left, right = toyjudge._glove_weights(g[:, 0]), toyjudge._glove_weights(g[:, 1])
     assert left[0].min() == 1.0 and left[1].max() == 0.0
     assert right[1].min() == 1.0 and right[0].max() == 0.0
 
@@ -160,7 +160,7 @@ def test_track_hands_finds_a_disc_where_it_was_drawn(height: int, width: int) ->
     r = max(2.0, toy.HAND_RADIUS * height)
     centres = [(float(rng.uniform(r + 1, width - r - 1)), float(rng.uniform(r + 1, height - r - 1)))
                for _ in range(6)]
-    got = toy.track_hands(_disc_clip(height, width, centres, r))
+    got = toyjudge.track_hands(_disc_clip(height, width, centres, r))
     expect = np.array([((x - width / 2) / height, y / height) for x, y in centres])
     err_px = np.abs(got[:, 0] - expect) * height
     assert err_px.max() <= 1.0, err_px
@@ -172,7 +172,7 @@ def test_track_hands_tells_the_gloves_apart() -> None:
     clip = _disc_clip(h, w, [(20.0, 30.0)], 5.0, (40, 200, 40))
     yy, xx = np.mgrid[0:h, 0:w] + 0.5
     clip[0][(xx - 45.0) ** 2 + (yy - 40.0) ** 2 <= 25.0] = (210, 40, 210)
-    got = toy.track_hands(clip)[0]
+    got = toyjudge.track_hands(clip)[0]
     np.testing.assert_allclose(got[0], [(20 - 32) / 64, 30 / 64], atol=1 / 64)
     np.testing.assert_allclose(got[1], [(45 - 32) / 64, 40 / 64], atol=1 / 64)
 
@@ -181,7 +181,7 @@ def test_track_hands_follows_the_rendered_signer() -> None:
     signer = toy.sample_signer(np.random.default_rng(4))
     clip = toy.render_clip("friend water", 16, 90, 160, signer=signer)
     truth = toy.sentence_trajectory("friend water", 16, signer)
-    got = toy.track_hands(clip)
+    got = toyjudge.track_hands(clip)
     assert not np.isnan(got).any()
     assert np.abs(got - truth).max() < 2.0 / 90  # within two pixels
 
@@ -189,11 +189,11 @@ def test_track_hands_follows_the_rendered_signer() -> None:
 def test_track_hands_on_noise_and_blank_finds_nothing() -> None:
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
-    assert np.isnan(toy.track_hands(noise)).mean() > 0.9
-    assert np.isnan(toy.track_hands(np.zeros((4, 32, 32, 3), np.uint8))).all()
-    assert toy.track_hands(np.zeros((32, 32, 3), np.uint8)).shape == (1, 2, 2)
+    assert np.isnan(toyjudge.track_hands(noise)).mean() > 0.9
+    assert np.isnan(toyjudge.track_hands(np.zeros((4, 32, 32, 3), np.uint8))).all()
+    assert toyjudge.track_hands(np.zeros((32, 32, 3), np.uint8)).shape == (1, 2, 2)
     with pytest.raises(ValueError):
-        toy.track_hands(np.zeros((4, 32, 32), np.uint8))
+        toyjudge.track_hands(np.zeros((4, 32, 32), np.uint8))
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_track_hands_on_noise_and_blank_finds_nothing() -> None:
 
 def test_own_clips_are_identified_at_reference_size(reference_set) -> None:
     clips, captions = reference_set
-    score = toy.score_clips(clips, captions)
+    score = toyjudge.score_clips(clips, captions)
     assert score.num_prompts == NUM_PROMPTS >= 16
     assert score.chance == pytest.approx(1 / NUM_PROMPTS)
     assert score.accuracy >= 0.95, score
@@ -224,12 +224,12 @@ def test_own_clips_are_identified_after_the_training_crop(reference_set, frames,
                                                           resample) -> None:
     clips, captions = reference_set
     small = [train_view(c, frames, size, resample) for c in clips]
-    score = toy.score_clips(small, captions)
+    score = toyjudge.score_clips(small, captions)
     assert score.accuracy >= 0.95, score
     # The closed prompt list is not what makes it easy: every sentence of the reference set,
     # and many more, as candidates.
     extra = toy.sample_prompts(200, seed=99)
-    wide = toy.score_clips(small, captions, candidate_prompts=[*captions, *extra])
+    wide = toyjudge.score_clips(small, captions, candidate_prompts=[*captions, *extra])
     assert wide.num_prompts > 150
     assert wide.accuracy >= 0.9, wide
 
@@ -239,41 +239,41 @@ def test_noise_and_blank_clips_score_at_chance(prompts) -> None:
     n = 400
     captions = [prompts[i % NUM_PROMPTS] for i in range(n)]
     noise = [rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8) for _ in range(n)]
-    score = toy.score_clips(noise, captions)
+    score = toyjudge.score_clips(noise, captions)
     assert score.accuracy <= upper_bound_at_chance(score), score
     # Coloured blobs of noise at the reference size as well.
     big = [rng.integers(0, 256, (28, 180, 320, 3), dtype=np.uint8) for _ in range(8)]
-    big_score = toy.score_clips(big, captions[:8], candidate_prompts=prompts)
+    big_score = toyjudge.score_clips(big, captions[:8], candidate_prompts=prompts)
     assert np.isfinite(big_score.errors).all()
-    blank = toy.score_clips([np.zeros((16, 32, 32, 3), np.uint8)] * 3, captions[:3])
+    blank = toyjudge.score_clips([np.zeros((16, 32, 32, 3), np.uint8)] * 3, captions[:3])
     assert blank.accuracy == 0.0
     assert blank.detection_rate == 0.0
-    np.testing.assert_allclose(blank.errors, toy.MISSING_PENALTY)
+    np.testing.assert_allclose(blank.errors, toyjudge.MISSING_PENALTY)
     assert blank.predictions == ("", "", "")
 
 
 def test_shuffled_captions_score_at_chance(reference_set) -> None:
     clips, captions = reference_set
-    tracks = [toy.track_hands(train_view(c, 16, 32)) for c in clips]
+    tracks = [toyjudge.track_hands(train_view(c, 16, 32)) for c in clips]
     rng = np.random.default_rng(0)
     accs = []
     for _ in range(5):  # several shuffles of the same clips: a real sample, not one draw
         shuffled = [captions[i] for i in rng.permutation(len(captions))]
-        accs.append(toy.score_clips(clips, shuffled, tracks=tracks).accuracy)
-    score = toy.score_clips(clips, captions, tracks=tracks)
+        accs.append(toyjudge.score_clips(clips, shuffled, tracks=tracks).accuracy)
+    score = toyjudge.score_clips(clips, captions, tracks=tracks)
     n = 5 * len(clips)
     chance = score.chance
     assert np.mean(accs) <= chance + 3 * math.sqrt(chance * (1 - chance) / n), accs
     # A deliberate mismatch (every clip with another prompt's caption) never counts as right.
     wrong = [captions[(i + 1) % len(captions)] for i in range(len(captions))]
-    assert toy.score_clips(clips, wrong, tracks=tracks).accuracy == 0.0
+    assert toyjudge.score_clips(clips, wrong, tracks=tracks).accuracy == 0.0
 
 
 def test_partly_missing_hands_do_not_crash(reference_set) -> None:
     clips, captions = reference_set
     clip = train_view(clips[0], 16, 32).copy()
     clip[5:9] = 128  # hands gone for a few frames
-    score = toy.score_clips([clip], [captions[0]], candidate_prompts=captions[:NUM_PROMPTS])
+    score = toyjudge.score_clips([clip], [captions[0]], candidate_prompts=captions[:NUM_PROMPTS])
     assert 0.7 < score.detection_rate < 0.8
     assert np.isfinite(score.errors).all()
 
@@ -281,9 +281,9 @@ def test_partly_missing_hands_do_not_crash(reference_set) -> None:
 def test_score_clips_checks_its_inputs(prompts) -> None:
     clip = np.zeros((4, 16, 16, 3), np.uint8)
     with pytest.raises(ValueError, match="candidate"):
-        toy.score_clips([clip], ["hello"], candidate_prompts=["yes", "no"])
+        toyjudge.score_clips([clip], ["hello"], candidate_prompts=["yes", "no"])
     with pytest.raises(ValueError):
-        toy.score_clips([clip, clip], ["hello"])
+        toyjudge.score_clips([clip, clip], ["hello"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,14 +307,14 @@ def test_dataset_gif_round_trip_scores_and_captions(tmp_path) -> None:
         clips.append(clip)
         captions.append(caption)
     assert sorted(captions.count(p) for p in prompts) == [2] * NUM_PROMPTS  # balanced
-    score = toy.score_clips(clips, captions, candidate_prompts=prompts)
+    score = toyjudge.score_clips(clips, captions, candidate_prompts=prompts)
     assert score.accuracy >= 0.95, score
     # Write + read a generated-size clip too: the loader's view survives GIF quantisation.
     small = [train_view(c, 16, 32) for c in clips]
     for i, c in enumerate(small):
         write_video(tmp_path / f"s{i}.gif", c)
     back = [read_video(tmp_path / f"s{i}.gif")[0] for i in range(len(small))]
-    assert toy.score_clips(back, captions, candidate_prompts=prompts).accuracy >= 0.95
+    assert toyjudge.score_clips(back, captions, candidate_prompts=prompts).accuracy >= 0.95
 
 
 def test_dataset_is_deterministic(tmp_path) -> None:
