@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shared.config import DataConfig
 from shared.data import Clip, DataError, DataReport, find_clips
-from shared.prepare import fit_frames
+from shared.prepare_cut import fit_frames
 from shared.video import VideoError, read_video, write_grid
 
 _BACKGROUND, _INK, _FAINT = (255, 255, 255), (0, 0, 0), (110, 110, 110)

@@ -23,7 +23,9 @@ import pytest
 import shared.prepare as prepare
 from shared.config import DataConfig
 from shared.data import BatchIterator, ClipDataset, DataError
-from shared.prepare import (
+from shared.prepare import PrepareConfig, parse_columns, prepare_corpus
+from shared.prepare_cut import fit_frames
+from shared.prepare_plan import (
     BAD_TIME,
     DUPLICATE_NAME,
     EMPTY_CAPTION,
@@ -31,12 +33,8 @@ from shared.prepare import (
     MISSING_VIDEO,
     PAST_END,
     UNDECODABLE,
-    PrepareConfig,
     caption_from_name,
-    fit_frames,
-    parse_columns,
     parse_time,
-    prepare_corpus,
 )
 from shared.video import read_video, write_video
 
