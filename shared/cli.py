@@ -1,7 +1,9 @@
 """The verbs both command-line tools share (`t2s-torch` and `t2s-mlx`).
 
-Each backend's `cli.py` builds its click group with `make_group` and adds its own verbs; the
-commands here need no framework, so they behave identically on both sides. Commands only parse
+Each backend's `cli.py` builds its click group with `make_group`, handing it the backend's
+`shared.backend.Backend` object, and adds its own verbs; the commands here need no framework
+(train, sample, doctor, ... call the object's members), so they behave identically on both
+sides. Commands only parse
 and print: the work is done by library functions that tests call directly.
 """
 
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from shared.backend import Backend
 from shared.checkpoint import CheckpointError
 from shared.config import PRESETS, Config, ConfigError, apply_overrides, preset
 from shared.data import DataError
@@ -52,9 +54,9 @@ class T2SGroup(click.Group):
             return super().invoke(ctx)
 
 
-def make_group(name: str, help_text: str, backend: str) -> T2SGroup:
+def make_group(name: str, help_text: str, backend: Backend) -> T2SGroup:
     """The tool's click group: the shared verbs plus train / sample / doctor, which run
-    `backend` (the package `t2s_torch` or `t2s_mlx`, imported only when a verb needs it)."""
+    `backend` (the verbs' `ctx.obj`; its framework is imported only when a verb needs it)."""
 
     @click.group(name=name, cls=T2SGroup, help=help_text,
                  context_settings={"help_option_names": ["-h", "--help"],
@@ -69,11 +71,6 @@ def make_group(name: str, help_text: str, backend: str) -> T2SGroup:
         named.help = (command.help or "").replace("TOOL", name)
         group.add_command(named)
     return group
-
-
-def backend_module(name: str):
-    """`<backend>.<name>` of the running tool (t2s_torch.train, t2s_mlx.sample, ...)."""
-    return importlib.import_module(f"{click.get_current_context().obj}.{name}")
 
 
 def quiet_libraries(quiet: bool) -> None:
@@ -261,7 +258,8 @@ def data_prepare_command(source, out, segments, columns, keep_columns, frames, k
               help="Override a field, as for train (e.g. --set data.image_size=256).")
 @click.option("--device", default=None, help="Device to encode on (default: the best available).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def data_encode_command(data_dir, vae, preset_name, config_file, overrides, device,
+@click.pass_context
+def data_encode_command(ctx, data_dir, vae, preset_name, config_file, overrides, device,
                         quiet) -> None:
     """Encode every clip of DATA_DIR to VAE latents once, for latent-mode training.
 
@@ -279,9 +277,8 @@ def data_encode_command(data_dir, vae, preset_name, config_file, overrides, devi
     flags = (f"data.data_dir={data_dir}", f"data.vae={vae}", "diffusion.clip_sample=false")
     config = load_config(preset_name, config_file, flags + tuple(overrides))
     quiet_libraries(quiet)
-    latent_vae = backend_module("vae").LatentVAE
-    click.echo(encode_data(config, lambda: latent_vae.from_pretrained(vae, device=device),
-                           progress=not quiet))
+    latent_vae = ctx.obj.latent_vae
+    click.echo(encode_data(config, lambda: latent_vae(vae, device=device), progress=not quiet))
 
 
 @data_group.command("stats")
@@ -354,7 +351,7 @@ def reference_options(f):
     return f
 
 
-def reference_eval(clips_dir: str, json_out: str | None, reference_dir: str,
+def reference_eval(backend: Backend, clips_dir: str, json_out: str | None, reference_dir: str,
                    reference_labels: str | None, i3d_path: str | None, max_references: int,
                    no_pose: bool, reference_seed: int) -> None:
     """`eval CLIPS_DIR --reference DIR`: print the summary, optionally write the JSON."""
@@ -362,10 +359,9 @@ def reference_eval(clips_dir: str, json_out: str | None, reference_dir: str,
 
     config = RefEvalConfig(max_references=max_references, seed=reference_seed,
                            pose=not no_pose, labels_file=reference_labels)
-    i3d_module = backend_module("i3d") if i3d_path else None
     result = evaluate_against_reference(
         Path(clips_dir), Path(reference_dir), config,
-        i3d=(lambda: i3d_module.load_i3d(i3d_path)) if i3d_module else None)
+        i3d=(lambda: backend.load_i3d(i3d_path)) if i3d_path else None)
     click.echo(result.format())
     if json_out:
         Path(json_out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -384,7 +380,8 @@ def reference_eval(clips_dir: str, json_out: str | None, reference_dir: str,
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the scores as JSON.")
 @reference_options
-def eval_command(clips_dir, prompts_file, json_out, **reference) -> None:
+@click.pass_context
+def eval_command(ctx, clips_dir, prompts_file, json_out, **reference) -> None:
     """Score generated toy-signer clips for text faithfulness.
 
     CLIPS_DIR holds GIF/MP4 clips with same-named .txt captions (what `sample` writes), or
@@ -399,7 +396,7 @@ def eval_command(clips_dir, prompts_file, json_out, **reference) -> None:
     FVD with --i3d, each beside a shuffled-caption baseline (docs/evaluation.md).
     """
     if reference["reference_dir"]:
-        return reference_eval(clips_dir, json_out, **reference)
+        return reference_eval(ctx.obj, clips_dir, json_out, **reference)
     from shared.eval import evaluate_set, score_to_dict, set_folders
     from shared.report_html import write_results_page, write_sets_page
 
@@ -458,15 +455,6 @@ def demo_command(ctx, out, preset_name, n, seed, samples_per_sentence, device, o
                          workers=os.cpu_count() or 1, progress=not quiet, overrides=overrides,
                          seed=seed, samples_per_sentence=samples_per_sentence):
         click.echo(line)
-
-
-def demo_main() -> None:
-    """`t2s-demo`: the demo on the backend that suits this machine (MLX on Apple Silicon)."""
-    from shared.demo import default_backend
-
-    backend = default_backend()
-    tool = make_group("t2s-demo", f"text2sign demo on {backend}", backend=backend)
-    tool(["demo", *sys.argv[1:]], prog_name="t2s-demo")
 
 
 # ------------------------------------------------------------------------- train / sample
@@ -618,8 +606,7 @@ def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch
     quiet_libraries(quiet)
     config = build_train_config(preset_name, config_file, data_dir, out_dir, steps, batch_size,
                                 lr, overrides, resume, strict, mixed_precision, vae)
-    trainer = backend_module("train").Trainer(config, device=device, progress=not quiet,
-                                              log=click.echo)
+    trainer = ctx.obj.trainer(config, device=device, progress=not quiet, log=click.echo)
     try:
         result = trainer.train(resume=resume or False)
     except TrainingInterrupted as e:
@@ -633,8 +620,9 @@ def train_command(ctx, data_dir, preset_name, config_file, out_dir, steps, batch
 
 @click.command("sample")
 @sample_options
-def sample_command(checkpoint, out_dir, seed, num_samples, sampler, steps, eta, guidance, device,
-                   no_ema, vae, overrides, quiet, prompts) -> None:
+@click.pass_context
+def sample_command(ctx, checkpoint, out_dir, seed, num_samples, sampler, steps, eta, guidance,
+                   device, no_ema, vae, overrides, quiet, prompts) -> None:
     """Generate sign videos for PROMPTS with a trained checkpoint.
 
     \b
@@ -654,7 +642,7 @@ def sample_command(checkpoint, out_dir, seed, num_samples, sampler, steps, eta, 
     base = load_checkpoint_config(resolve_checkpoint(checkpoint))
     sample = build_sample_config(base, seed, num_samples, sampler, steps, eta, guidance,
                                  overrides)
-    paths = backend_module("sample").sample_checkpoint(
+    paths = ctx.obj.sample_checkpoint(
         checkpoint, list(prompts), out_dir, sample, device=device, use_ema=not no_ema,
         progress=not quiet, vae=vae)
     page = write_results_page(out_dir, settings=sample_settings(sample, checkpoint, not no_ema),
@@ -692,10 +680,11 @@ def visualize_command(preset_name, checkpoint, batch, overrides) -> None:
 
 @click.command("doctor")
 @click.option("--device", default=None, help="Device to check (default: the best available).")
-def doctor_command(device) -> None:
+@click.pass_context
+def doctor_command(ctx, device) -> None:
     """Check the device, the libraries, the text encoder and one UNet step."""
     failed = 0
-    for name, ok, detail in backend_module("doctor").run_checks(device):
+    for name, ok, detail in ctx.obj.run_checks(device):
         click.echo(f"[{'ok' if ok else 'FAIL'}] {name}: {detail}")
         failed += not ok
     if failed:

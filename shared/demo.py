@@ -1,22 +1,22 @@
 """The README's main job: toy-signer data -> training -> samples -> faithfulness, on a backend.
 
-One implementation for both tools: the backend (`t2s_torch` or `t2s_mlx`) is imported by name,
-and everything else (data, prompts, scoring, the report) is shared. A finished run is reused,
-an interrupted one resumes, so running the demo twice costs little the second time.
+One implementation for both tools: the entry point hands in its backend (a
+`shared.backend.Backend`, which trains and samples), and everything else (data, prompts,
+scoring, the report) is shared. A finished run is reused, an interrupted one resumes, so
+running the demo twice costs little the second time.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from shared.backend import Backend
 from shared.checkpoint import list_checkpoints
 from shared.config import apply_overrides, preset
 from shared.data import preprocess_clip
@@ -34,14 +34,6 @@ DEMO_MAX_WORDS = 2
 # Samples per evaluation sentence: 20 sentences x 5 = 100 clips per set, so that each figure's
 # standard error is at most 5 points.
 DEMO_SAMPLES = 5
-
-
-def default_backend() -> str:
-    """MLX on Apple Silicon, PyTorch elsewhere (MLX's Linux CPU build is for correctness)."""
-    apple = platform.system() == "Darwin" and platform.machine() == "arm64"
-    if apple and importlib.util.find_spec("mlx") is not None:
-        return "t2s_mlx"
-    return "t2s_torch"
 
 
 def ensure_toy_data(data_dir: Path, n: int, workers: int = 1, seed: int = 0,
@@ -83,14 +75,12 @@ def write_references(folder: Path, captions: list[str], num_frames: int, image_s
     return refs
 
 
-def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
+def run_demo(out: Path, backend: Backend, preset_name: str = "toy", n: int = 400,
              device: str | None = None, workers: int = 1, progress: bool = True,
              overrides: tuple[str, ...] = (), seed: int = 0,
              samples_per_sentence: int = DEMO_SAMPLES) -> Iterator[str]:
     """Yield the demo's report line by line as the work happens."""
     start_all = time.perf_counter()
-    train_mod = importlib.import_module(f"{backend}.train")
-    sample_mod = importlib.import_module(f"{backend}.sample")
     data_dir, run_dir = out / "data", out / f"run-{preset_name}"
     start = time.perf_counter()
     made = ensure_toy_data(data_dir, n, workers, seed, progress)
@@ -109,8 +99,7 @@ def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
         yield f"training: found a finished run in {run_dir}"
     else:
         start = time.perf_counter()
-        trainer = train_mod.Trainer(config, device=device, progress=progress,
-                                    log=lambda _: None)
+        trainer = backend.trainer(config, device=device, progress=progress, log=lambda _: None)
         result = trainer.train(resume=bool(done))
         yield (f"training: {result.step} steps of {config.train.batch_size} clips "
                f"({config.data.num_frames} frames of {config.data.image_size} px) in "
@@ -118,7 +107,7 @@ def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
                f"{sum(result.losses[-50:]) / max(1, len(result.losses[-50:])):.3f}")
 
     sample = dataclasses.replace(config.sample, num_samples=samples_per_sentence)
-    report = {"preset": preset_name, "backend": backend, "split_seed": split.seed,
+    report = {"preset": preset_name, "backend": backend.name, "split_seed": split.seed,
               "sample": dataclasses.asdict(sample), "sets": {}}
     sets = split.sets()
     refs = write_references(out / "references", [p for ps in sets.values() for p in ps],
@@ -127,8 +116,8 @@ def run_demo(out: Path, backend: str, preset_name: str = "toy", n: int = 400,
     for label, prompts in sets.items():
         folder = out / "samples" / label
         start = time.perf_counter()
-        sample_mod.sample_checkpoint(run_dir, list(prompts), folder, sample, device=device,
-                                     progress=progress)
+        backend.sample_checkpoint(run_dir, list(prompts), folder, sample, device=device,
+                                  progress=progress)
         (folder / "prompts.txt").write_text("".join(p + "\n" for p in prompts))
         result = evaluate_set(folder, label)
         report["sets"][label] = result.to_dict()

@@ -93,6 +93,56 @@ def test_mlx_cli_does_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
+def test_the_tools_import_no_framework_until_a_verb_runs():
+    """Each tool's backend object is built at import; its members import torch / MLX on call."""
+    code = ("import sys, t2s_torch.cli, t2s_mlx.cli, text2sign.demo; "
+            "print(sorted({'torch', 'mlx', 'transformers', 'diffusers'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_each_tool_hands_its_backend_object_to_the_shared_verbs():
+    from click.testing import CliRunner
+
+    from shared.backend import Backend
+    from shared.cli import make_group
+    from t2s_mlx.cli import main as mlx_main
+    from t2s_torch.cli import main as torch_main
+
+    for tool, name in ((torch_main, "t2s_torch"), (mlx_main, "t2s_mlx")):
+        backend = tool.context_settings["obj"]
+        assert isinstance(backend, Backend) and backend.name == name
+        assert backend.tool == tool.name
+
+    def unused(*args, **kwargs):
+        raise AssertionError("not this verb's member")
+
+    checked = []
+    fake = Backend(name="fake", tool="t2s-fake", trainer=unused, sample_checkpoint=unused,
+                   latent_vae=unused, load_i3d=unused,
+                   run_checks=lambda device: checked.append(device) or [("device", True, "ok")])
+    result = CliRunner().invoke(make_group("t2s-fake", "a fake backend", fake),
+                                ["doctor", "--device", "cpu"])
+    assert result.exit_code == 0 and result.output == "[ok] device: ok\n" and checked == ["cpu"]
+
+
+def test_t2s_demo_picks_mlx_on_apple_silicon_only(monkeypatch):
+    from text2sign import demo
+
+    real_find_spec = demo.importlib.util.find_spec
+    monkeypatch.setattr(demo.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "mlx" else real_find_spec(name, *a))
+    monkeypatch.setattr(demo.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(demo.platform, "machine", lambda: "arm64")
+    assert demo.default_backend().name == "t2s_mlx"
+    monkeypatch.setattr(demo.platform, "machine", lambda: "x86_64")
+    assert demo.default_backend().name == "t2s_torch"
+    monkeypatch.setattr(demo.platform, "system", lambda: "Linux")
+    assert demo.default_backend().name == "t2s_torch"
+    result = run("t2s-demo", "--help")
+    assert result.returncode == 0 and "Usage: t2s-demo demo [OPTIONS]" in result.stdout
+
+
 def test_demo_trains_samples_and_scores_seen_unseen_and_longer(tmp_path):
     tool = "t2s-torch"  # the demo is shared code; t2s-mlx's train and sample have their tests
     args = ("demo", "--out", str(tmp_path / "demo"), "--n", "8", "--quiet", "--samples", "1",
