@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from shared.cli import user_errors
+from shared.cli_common import user_errors
 from shared.errors import TrainingInterrupted
 from t2s_torch.tav.config import MIXED_PRECISION, TAVConfig
 
