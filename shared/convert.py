@@ -31,17 +31,16 @@ temporary name and renamed into place; the input is only ever opened for reading
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
 from shared.checkpoint import (
@@ -503,36 +502,62 @@ _SIDES = {
 }
 
 
-def build_parser(source: str, target: str, prog: str | None = None) -> argparse.ArgumentParser:
+def help_text(source: str, target: str) -> str:
+    """The command's help: HELP for this direction, each paragraph kept as laid out, and what
+    IN and OUT are."""
     s, t = _SIDES[source], _SIDES[target]
-    parser = argparse.ArgumentParser(
-        prog=prog or f"convert/{source}_to_{target}.py",
-        description=HELP.format(source=source, target=target, src_conv=s["conv"],
-                                dst_conv=t["conv"], src_opt=s["opt"], dst_opt=t["opt"],
-                                src_step=s["step"], dst_step=t["step"]),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", metavar="IN", help="checkpoint directory or .safetensors file")
-    parser.add_argument("output", metavar="OUT", help="where to write the converted copy")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="cast model and EMA weights (default: keep their dtype)")
-    parser.add_argument("--force", action="store_true", help="replace an existing OUT")
-    parser.add_argument("--config", default=None, metavar="CONFIG_JSON",
-                        help="for a single .safetensors file: the config.json to check keys and "
-                             "shapes against (default: the one beside the file, if any)")
-    return parser
+    text = HELP.format(source=source, target=target, src_conv=s["conv"], dst_conv=t["conv"],
+                       src_opt=s["opt"], dst_opt=t["opt"], src_step=s["step"],
+                       dst_step=t["step"])
+    text += ("\nArguments:\n"
+             "  IN   checkpoint directory or .safetensors file\n"
+             "  OUT  where to write the converted copy\n")
+    # "\b" before a paragraph: click prints it as written instead of re-wrapping it
+    return "\n\n".join("\b\n" + p for p in text.strip().split("\n\n"))
+
+
+def build_command(source: str, target: str,
+                  out: Callable[[str], None] = print) -> click.Command:
+    """One direction's click command; it returns the exit code (2 for a refusal)."""
+
+    @click.command(help=help_text(source, target),
+                   context_settings={"help_option_names": ["-h", "--help"],
+                                     "max_content_width": 100})
+    @click.argument("src", metavar="IN")
+    @click.argument("dst", metavar="OUT")
+    @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default=None,
+                  help="cast model and EMA weights (default: keep their dtype)")
+    @click.option("--force", is_flag=True, help="replace an existing OUT")
+    @click.option("--config", default=None, metavar="CONFIG_JSON",
+                  help="for a single .safetensors file: the config.json to check keys and "
+                       "shapes against (default: the one beside the file, if any)")
+    def command(src: str, dst: str, dtype: str | None, force: bool, config: str | None) -> int:
+        try:
+            report = convert(src, dst, source, target, dtype=dtype, force=force,
+                             config=config)
+        except (CheckpointError, ConfigError, OSError) as e:
+            message = " ".join(str(e).split())
+            click.echo(f"error: {message}", err=True)
+            return 2
+        for line in report.lines():
+            out(line)
+        return 0
+
+    return command
 
 
 def main(argv: list[str] | None = None, *, source: str, target: str,
          out: Callable[[str], None] = print) -> int:
-    """Run one direction's command line; returns the exit code (2 for a refusal)."""
-    args = build_parser(source, target).parse_args(argv)
+    """Run one direction's command line; returns the exit code (2 for a refusal or a usage
+    error, as click reports it)."""
+    command = build_command(source, target, out)
     try:
-        report = convert(args.input, args.output, source, target, dtype=args.dtype,
-                         force=args.force, config=args.config)
-    except (CheckpointError, ConfigError, OSError) as e:
-        message = " ".join(str(e).split())
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    for line in report.lines():
-        out(line)
-    return 0
+        code = command.main(args=argv, prog_name=f"convert/{source}_to_{target}.py",
+                            standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        return 1
+    return code or 0
