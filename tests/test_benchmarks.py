@@ -72,7 +72,7 @@ def test_quick_benchmark_reports_every_row_consistently(tmp_path):
 def test_a_failed_measurement_says_why():
     sys.path.insert(0, str(ROOT))
     from benchmarks.common import Job
-    from benchmarks.run import MeasurementFailed, failure_reason, run_child
+    from benchmarks.measure import MeasurementFailed, failure_reason, run_child
 
     with pytest.raises(MeasurementFailed, match="unknown preset 'nope'"):
         run_child(Job("train", preset="nope"), timeout=120)
@@ -134,7 +134,9 @@ def test_peer_has_our_heads_and_widths():
 
 def test_compile_row_is_compared_with_its_eager_row():
     sys.path.insert(0, str(ROOT))
-    from benchmarks.run import Row, comparisons, make_plan, parse
+    from benchmarks.measure import Row
+    from benchmarks.report import comparisons
+    from benchmarks.run import make_plan, parse
 
     assert make_plan(parse(["--quick", "--backends", "torch", "--compile"])).compile
     assert not make_plan(parse(["--quick", "--backends", "torch"])).compile
