@@ -13,16 +13,13 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
 
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-import mlx.optimizers as optim  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Job,
     ceiling_shapes,
     conv3d_flops,
@@ -30,11 +27,11 @@ from benchmarks.common import (  # noqa: E402
     median,
     report,
 )
-from t2s_mlx.device import select_device  # noqa: E402
-from t2s_mlx.diffusion import GaussianDiffusion, TextBatch  # noqa: E402
-from t2s_mlx.sample import guided_prediction  # noqa: E402
-from t2s_mlx.train import mixed_value_and_grad  # noqa: E402
-from t2s_mlx.unet import UNet3D  # noqa: E402
+from t2s_mlx.device import select_device
+from t2s_mlx.diffusion import GaussianDiffusion, TextBatch
+from t2s_mlx.sample import guided_prediction
+from t2s_mlx.train import mixed_value_and_grad
+from t2s_mlx.unet import UNet3D
 
 
 def timed(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:

@@ -12,14 +12,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Job,
     ceiling_shapes,
     conv3d_flops,
@@ -27,16 +24,16 @@ from benchmarks.common import (  # noqa: E402
     median,
     report,
 )
-from shared.batching import max_rss_bytes  # noqa: E402
-from t2s_torch.device import (  # noqa: E402
+from shared.batching import max_rss_bytes
+from t2s_torch.device import (
     autocast_context,
     prefers_channels_last,
     select_device,
     synchronize,
 )
-from t2s_torch.diffusion import GaussianDiffusion, TextBatch  # noqa: E402
-from t2s_torch.sample import guided_prediction  # noqa: E402
-from t2s_torch.unet import UNet3D  # noqa: E402
+from t2s_torch.diffusion import GaussianDiffusion, TextBatch
+from t2s_torch.sample import guided_prediction
+from t2s_torch.unet import UNet3D
 
 
 def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:

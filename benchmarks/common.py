@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shared.config import Config, apply_overrides, preset  # noqa: E402
+from shared.config import Config, apply_overrides, preset
 
 # The device ceiling: an fp32 2048^2 matmul and an fp32 64 -> 64 channel 3x3x3 conv3d over a
 # (4, 64, 8, 32, 32) video (channels-first shape; MLX takes the same sizes channels-last).

@@ -33,20 +33,17 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mlx.core as mx
+import mlx.nn as nn
 
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-
-from shared.config import ModelConfig, preset  # noqa: E402
-from t2s_mlx.fast_conv import FastConv3d  # noqa: E402
-from t2s_mlx.unet import FactorizedConv3d, ResBlock3D, UNet3D  # noqa: E402
+from shared.config import ModelConfig, preset
+from t2s_mlx.fast_conv import FastConv3d
+from t2s_mlx.unet import FactorizedConv3d, ResBlock3D, UNet3D
 
 KERNELS = {"spatial": ((1, 3, 3), (0, 1, 1)), "temporal": ((3, 1, 1), (1, 0, 0)),
            "pointwise": ((1, 1, 1), (0, 0, 0)), "full": ((3, 3, 3), (1, 1, 1))}

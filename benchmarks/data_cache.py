@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shared.config import DataConfig  # noqa: E402
-from shared.data import BatchIterator, ClipDataset, cache_root  # noqa: E402
-from shared.toy import make_toy_dataset  # noqa: E402
+from shared.config import DataConfig
+from shared.data import BatchIterator, ClipDataset, cache_root
+from shared.toy import make_toy_dataset
 
 
 def one_pass(config: DataConfig, batch_size: int) -> tuple[float, int]:

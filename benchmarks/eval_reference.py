@@ -15,18 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shared import personclips as pc  # noqa: E402
-from shared.refeval import RefEvalConfig, evaluate_against_reference  # noqa: E402
-from shared.video import write_video  # noqa: E402
+from shared import personclips as pc
+from shared.refeval import RefEvalConfig, evaluate_against_reference
+from shared.video import write_video
 
 
 def caption_path(k: int) -> pc.Path2D:

@@ -12,14 +12,11 @@ Keypoints are cached under --cache (default: a temporary folder).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shared.calibration import folder_rows, format_rows, synthetic_rows  # noqa: E402
-from shared.pose import PoseCache  # noqa: E402
+from shared.calibration import folder_rows, format_rows, synthetic_rows
+from shared.pose import PoseCache
 
 
 def main() -> None:

@@ -26,12 +26,9 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shared.config import SampleConfig  # noqa: E402
-from shared.refeval import ReferenceSet, RefEvalConfig, evaluate_against_reference  # noqa: E402
-from shared.video import to_uint8, write_sample_folder  # noqa: E402
+from shared.config import SampleConfig
+from shared.refeval import ReferenceSet, RefEvalConfig, evaluate_against_reference
+from shared.video import to_uint8, write_sample_folder
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import Job, job_config  # noqa: E402
-from benchmarks.measure import Plan, available_targets, measure  # noqa: E402
-from benchmarks.report import header_info, markdown, to_json  # noqa: E402
-from shared.config import ConfigError  # noqa: E402
+from benchmarks.common import Job, job_config
+from benchmarks.measure import Plan, available_targets, measure
+from benchmarks.report import header_info, markdown, to_json
+from shared.config import ConfigError
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,13 +8,7 @@ Numpy + safetensors only: neither torch nor mlx is imported.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Runnable as a plain script from a checkout, installed or not.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shared.convert import main  # noqa: E402
+from shared.convert import main
 
 if __name__ == "__main__":
     raise SystemExit(main(source="mlx", target="torch"))

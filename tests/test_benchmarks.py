@@ -70,7 +70,6 @@ def test_quick_benchmark_reports_every_row_consistently(tmp_path):
 
 
 def test_a_failed_measurement_says_why():
-    sys.path.insert(0, str(ROOT))
     from benchmarks.common import Job
     from benchmarks.measure import MeasurementFailed, failure_reason, run_child
 
@@ -119,7 +118,6 @@ def test_a_bad_set_fails_before_measuring():
 
 
 def test_peer_has_our_heads_and_widths():
-    sys.path.insert(0, str(ROOT))
     from benchmarks.bench_torch import peer_model
     from benchmarks.common import Job
 
@@ -133,7 +131,6 @@ def test_peer_has_our_heads_and_widths():
 
 
 def test_compile_row_is_compared_with_its_eager_row():
-    sys.path.insert(0, str(ROOT))
     from benchmarks.measure import Row
     from benchmarks.report import comparisons
     from benchmarks.run import make_plan, parse
@@ -155,7 +152,6 @@ def test_quality_scores_text_following_on_the_checkpoints_held_out_split(tmp_pat
     """`--quality`'s text-following rows: seen and unseen sentences of the split the checkpoint
     was trained with, each with its standard error; a checkpoint without a split says so."""
     pytest.importorskip("torch")
-    sys.path.insert(0, str(ROOT))
     from benchmarks import quality
 
     bin_dir = Path(sys.executable).parent
@@ -187,7 +183,6 @@ def test_reference_comparison_scores_every_recipe_against_real_clips(tmp_path):
     no throughput rows."""
     pytest.importorskip("torch")
     pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
-    sys.path.insert(0, str(ROOT))
     from benchmarks.reference_quality import RECIPES, make_person_set
 
     refs = make_person_set(tmp_path / "refs", captions=3, signers=2, frames=8)
