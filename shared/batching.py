@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Callable
 
 
 def fitting_batch(per_clip_bytes: float, free_bytes: float, target: int) -> int:
@@ -29,3 +30,14 @@ def max_rss_bytes() -> int:
     probe or a benchmark used (ru_maxrss is bytes on macOS, KiB elsewhere)."""
     scale = 1 if os.uname().sysname == "Darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def fit_measured(per_clip_bytes: float, free_bytes: float, target: int,
+                 log: Callable[[str], None] = print) -> int:
+    """The micro-batch whose measured per-clip cost fits 70% of `free_bytes`: for devices that
+    swap (or get killed) rather than raise when memory runs out, so the size cannot be tried."""
+    usable = free_bytes * 0.7
+    size = fitting_batch(per_clip_bytes, usable, target)
+    log(f"--batch-size auto: ~{per_clip_bytes / 2**20:.0f} MiB per clip, "
+        f"{usable / 2**30:.1f} GiB usable: micro-batch {size}")
+    return size
