@@ -330,7 +330,8 @@ def preset(name: str) -> Config:
         # alignment (25 / 22% vs 14 / 9% without), the motion-weighted loss (58 / 60%) and each
         # frame's words at full resolution (78 / 86% with both; a fresh run 66 / 59%). Motion
         # weight 10, not 4: unseen 68 / 75% on seeds 0 / 1 where 4 gave 59 / 83% (the other
-        # seed must land within 10 points).
+        # seed must land within 10 points). DPM-Solver++ 10, not DDIM 25: on two demo models,
+        # same starting noise, unseen +4 / +17 points and seen +13 / +7, in 40% of the steps.
         long = name == "toy-long"
         return Config(
             model=ModelConfig(base_channels=32 if long else 24, channel_mult=(1, 2),
@@ -342,7 +343,7 @@ def preset(name: str) -> Config:
                               lr=1e-3 if long else 2e-3,
                               warmup_steps=100, ema_decay=0.995, log_every=25,
                               sample_every=0, checkpoint_every=500, keep_last=2),
-            sample=SampleConfig(steps=25, guidance=3.0),
+            sample=SampleConfig(sampler="dpm++", steps=10, guidance=3.0),
         )
     if name == "tiny":
         return Config(

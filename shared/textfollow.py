@@ -169,6 +169,16 @@ def stderr(p: float, n: int) -> float:
     return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n else float("nan")
 
 
+def paired_difference(first: Sequence[bool], second: Sequence[bool]) -> tuple[float, float]:
+    """Mean and standard error of `second - first` over clips that share their starting noise
+    and caption (two samplers on one model): pairing removes what the clips have in common, so
+    the difference is resolved several times finer than two independent proportions allow."""
+    d = np.asarray(second, dtype=float) - np.asarray(first, dtype=float)
+    if d.size < 2:
+        return (float(d.mean()) if d.size else float("nan")), float("nan")
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+
+
 def position_accuracy(tracks: Sequence[np.ndarray], captions: Sequence[str],
                       vocab: Sequence[str] = VOCABULARY) -> tuple[np.ndarray, np.ndarray]:
     """Per clip and position: is the own sentence closer to the clip than every sentence that

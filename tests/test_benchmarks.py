@@ -165,11 +165,17 @@ def test_quality_scores_text_following_on_the_checkpoints_held_out_split(tmp_pat
         assert result.returncode == 0, result.stderr
     monkeypatch.setattr(quality, "TEXT_FOLLOWING", (("ddim", 2, None), ("dpm++", 2, 1.0)))
     lines = quality.text_following_notes(run_dir, lambda _: None, samples=1)
-    assert len(lines) == 3 and "20 seen and 20 unseen sentences" in lines[0]
+    assert len(lines) == 3 and "20 seen and 20 unseen and 20 longer sentences" in lines[0]
     assert "ddim 2 steps, guidance 5.0: seen " in lines[1]
     assert "dpm++ 2 steps, guidance 1.0: seen " in lines[2]
     for line in lines[1:]:
-        assert line.count(" ± ") == 4 and ", unseen " in line
+        assert line.count("%) ") + line.endswith("%)") == 3 and ", unseen " in line
+        assert ", longer " in line
+    # Only the second row has a difference from the first, one per set, each with its error.
+    assert "minus the first row" not in lines[1]
+    diffs = lines[2].split("minus the first row, same noise (points): ")[1].split(", ")
+    assert [d.split()[0] for d in diffs] == ["seen", "unseen", "longer"]
+    assert all(" ± " in d for d in diffs)
 
     (data / "split.json").unlink()
     lines = quality.text_following_notes(run_dir, lambda _: None, samples=1)

@@ -113,3 +113,24 @@ def test_a_blank_clip_is_wrong_everywhere():
 def test_stderr_is_the_binomial_one():
     assert tf.stderr(0.5, 100) == pytest.approx(0.05)
     assert tf.stderr(1.0, 10) == 0.0 and math.isnan(tf.stderr(0.5, 0))
+
+
+def test_paired_difference_matches_a_paired_t_test():
+    """The paired difference's mean over its standard error is the paired t statistic, and
+    pairing resolves a difference that two independent proportions' errors would hide."""
+    from scipy.stats import ttest_rel
+
+    from shared.textfollow import paired_difference, stderr
+
+    rng = np.random.default_rng(3)
+    first = rng.random(100) < 0.6
+    second = first.copy()
+    second[np.flatnonzero(~first)[:8]] = True  # eight clips fixed, none broken
+    second[np.flatnonzero(first)[:1]] = False
+    mean, se = paired_difference(first, second)
+    assert mean == pytest.approx(0.07)
+    t = ttest_rel(second.astype(float), first.astype(float)).statistic
+    assert mean / se == pytest.approx(t)
+    independent = np.hypot(stderr(first.mean(), 100), stderr(second.mean(), 100))
+    assert se < independent / 2
+    assert np.isnan(paired_difference([True], [False])[1])
