@@ -169,7 +169,7 @@ def test_quality_scores_text_following_on_the_checkpoints_held_out_split(tmp_pat
     assert "ddim 2 steps, guidance 5.0: seen " in lines[1]
     assert "dpm++ 2 steps, guidance 1.0: seen " in lines[2]
     for line in lines[1:]:
-        assert line.count("%) ") + line.endswith("%)") == 3 and ", unseen " in line
+        assert line.count("(words ") == 3 and ", unseen " in line
         assert ", longer " in line
     # Only the second row has a difference from the first, one per set, each with its error.
     assert "minus the first row" not in lines[1]
