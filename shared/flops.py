@@ -1,8 +1,9 @@
 """Analytic FLOP and parameter counts of the 3D UNet, from the config alone.
 
 MLX has no FLOP counter, and the benchmark needs model FLOPs to turn a step time into a model
-FLOP utilisation, so this module walks the UNet that `ModelConfig` builds (t2s_torch/unet.py and
-its MLX twin) block by block with plain integer arithmetic. It imports neither torch nor mlx.
+FLOP utilisation, so this module walks the UNet that `ModelConfig` builds (`shared.unet_plan`,
+the plan both backends build from) block by block with plain integer arithmetic. It imports
+neither torch nor mlx.
 
 Convention — the one torch.utils.flop_counter.FlopCounterMode uses, so that the numbers here equal
 that counter's exactly (tests/shared/test_flops.py checks it against the real torch model):
@@ -54,6 +55,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.config import Config, ConfigError, ModelConfig
+from shared.unet_plan import unet_plan
 
 # Kernel volumes of the UNet's convolutions.
 SPATIAL_KERNEL = 9  # (1, 3, 3)
@@ -175,10 +177,8 @@ def block_flops(config: Config, batch: int = 1,
         raise ConfigError(f"model input size {size} is not divisible by {factor} "
                           f"(one halving per extra model level)")
     b, f = batch, d.num_frames
-    chs = m.level_channels()
+    plan = unet_plan(m)
     temb = m.time_embed_dim
-    last = m.num_levels - 1
-    attn_levels = set(m.attention_levels)
 
     def positions(level: int) -> int:
         side = size // 2 ** level
@@ -200,60 +200,34 @@ def block_flops(config: Config, batch: int = 1,
     rows.append(t.row("text_embed", (b, temb)))
 
     t = _Tally()
-    t.conv(positions(0), m.in_channels, chs[0], SPATIAL_KERNEL)
-    rows.append(t.row("conv_in", video(chs[0], 0)))
+    t.conv(positions(0), m.in_channels, plan.in_channels, SPATIAL_KERNEL)
+    rows.append(t.row("conv_in", video(plan.in_channels, 0)))
 
     if m.frame_text:
         t = _Tally()
         t.flops += 2 * b * f * length * m.context_dim  # pool the tokens per frame
-        t.linear(b * f, m.context_dim, chs[0])
-        rows.append(t.row("frame_text", (b, f, chs[0])))
+        t.linear(b * f, m.context_dim, plan.in_channels)
+        rows.append(t.row("frame_text", (b, f, plan.in_channels)))
 
-    skip_chs = [chs[0]]
-    prev = chs[0]
-    for i, ch in enumerate(chs):
+    for block in plan.blocks:
         t = _Tally()
-        pixels = (size // 2 ** i) ** 2
-        for j in range(m.num_res_blocks):
-            _resblock(t, m, b, positions(i), prev if j == 0 else ch, ch)
-            if i in attn_levels:
-                _transformer(t, m, b, f, pixels, ch, length)
-        out_level = i
-        if i < last:
-            t.conv(positions(i + 1), ch, ch, SPATIAL_KERNEL)  # stride-2 downsample
-            out_level = i + 1
-        skip_chs += [ch] * m.num_res_blocks + ([ch] if i < last else [])
-        rows.append(t.row(f"down_blocks.{i}", video(ch, out_level)))
-        prev = ch
+        ch, level = block.out_channels, block.level
+        for j, (c_in, c_out) in enumerate(block.resnets):
+            _resblock(t, m, b, positions(level), c_in, c_out)
+            if j < block.transformers:
+                _transformer(t, m, b, f, (size // 2 ** level) ** 2, ch, length)
+        if block.resample:
+            # A stride-2 downsample, or the conv after a nearest 2x upsample: both pay for
+            # their output grid.
+            t.conv(positions(block.out_level), ch, ch, SPATIAL_KERNEL)
+        rows.append(t.row(block.name, video(ch, block.out_level)))
 
     t = _Tally()
-    _resblock(t, m, b, positions(last), prev, prev)
-    _transformer(t, m, b, f, (size // 2 ** last) ** 2, prev, length)
-    _resblock(t, m, b, positions(last), prev, prev)
-    rows.append(t.row("mid_block", video(prev, last)))
-
-    for k, level in enumerate(reversed(range(m.num_levels))):
-        ch = chs[level]
-        skips = [skip_chs.pop() for _ in range(m.num_res_blocks + 1)]
-        pixels = (size // 2 ** level) ** 2
-        t = _Tally()
-        for j, s in enumerate(skips):
-            _resblock(t, m, b, positions(level), (prev if j == 0 else ch) + s, ch)
-            if level in attn_levels:
-                _transformer(t, m, b, f, pixels, ch, length)
-        out_level = level
-        if level > 0:
-            t.conv(positions(level - 1), ch, ch, SPATIAL_KERNEL)  # conv after nearest 2x
-            out_level = level - 1
-        rows.append(t.row(f"up_blocks.{k}", video(ch, out_level)))
-        prev = ch
+    t.norm(plan.out_channels)
+    rows.append(t.row("norm_out", video(plan.out_channels, 0)))
 
     t = _Tally()
-    t.norm(prev)
-    rows.append(t.row("norm_out", video(prev, 0)))
-
-    t = _Tally()
-    t.conv(positions(0), prev, m.out_channels, SPATIAL_KERNEL)
+    t.conv(positions(0), plan.out_channels, m.out_channels, SPATIAL_KERNEL)
     rows.append(t.row("conv_out", video(m.out_channels, 0)))
     return rows
 

@@ -16,6 +16,7 @@ import numpy as np
 from shared.checkpoint import LAYOUTS, MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
 from shared.config import ModelConfig
 from shared.safetensors_io import ConvertError, RawTensor
+from shared.unet_plan import unet_plan
 
 # ---------------------------------------------------------------------------------------------
 # layouts and the shapes a config builds
@@ -48,8 +49,8 @@ def layout_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
 def parameter_shapes(model: ModelConfig, layout: str = "torch") -> dict[str, tuple[int, ...]]:
     """Every parameter key of the UNet `model` builds, with its shape in `layout`.
 
-    Walks `t2s_torch/unet.py` (and its MLX twin) with integers only; tests check it against both
-    real models, so a change there that this walk misses fails loudly.
+    Walks `shared.unet_plan`, the blocks both UNets build, with integers only; tests check it
+    against both real models, so a layer change this walk misses fails loudly.
     """
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -102,42 +103,25 @@ def parameter_shapes(model: ModelConfig, layout: str = "torch") -> dict[str, tup
         if model.text_alignment:
             shapes[f"{name}.text_align"] = (model.num_heads,)
 
-    chs, temb, last = model.level_channels(), model.time_embed_dim, model.num_levels - 1
+    plan, temb = unet_plan(model), model.time_embed_dim
     linear("time_embed.linear_1", temb, model.base_channels)
     linear("time_embed.linear_2", temb, temb)
     linear("text_embed", temb, model.context_dim)
     if model.frame_text:
-        linear("frame_text.proj", chs[0], model.context_dim)
-    conv("conv_in", chs[0], model.in_channels, (1, 3, 3))
+        linear("frame_text.proj", plan.in_channels, model.context_dim)
+    conv("conv_in", plan.in_channels, model.in_channels, (1, 3, 3))
 
-    skip_chs, prev = [chs[0]], chs[0]
-    for i, ch in enumerate(chs):
-        for j in range(model.num_res_blocks):
-            resnet(f"down_blocks.{i}.resnets.{j}", prev if j == 0 else ch, ch)
-            if i in model.attention_levels:
-                transformer(f"down_blocks.{i}.attentions.{j}", ch)
-        if i < last:
-            conv(f"down_blocks.{i}.downsample.conv", ch, ch, (1, 3, 3))
-        skip_chs += [ch] * model.num_res_blocks + ([ch] if i < last else [])
-        prev = ch
+    for block in plan.blocks:
+        ch = block.out_channels
+        for j, (inp, out) in enumerate(block.resnets):
+            resnet(f"{block.name}.resnets.{j}", inp, out)
+            if j < block.transformers:  # after its resnet; the mid block's sits between two
+                transformer(f"{block.name}.attentions.{j}", ch)
+        if block.resample:
+            conv(f"{block.name}.{block.kind}sample.conv", ch, ch, (1, 3, 3))
 
-    resnet("mid_block.resnets.0", prev, prev)
-    transformer("mid_block.attentions.0", prev)
-    resnet("mid_block.resnets.1", prev, prev)
-
-    for u, level in enumerate(reversed(range(model.num_levels))):
-        ch = chs[level]
-        skips = [skip_chs.pop() for _ in range(model.num_res_blocks + 1)]
-        for j, s in enumerate(skips):
-            resnet(f"up_blocks.{u}.resnets.{j}", (prev if j == 0 else ch) + s, ch)
-            if level in model.attention_levels:
-                transformer(f"up_blocks.{u}.attentions.{j}", ch)
-        if level > 0:
-            conv(f"up_blocks.{u}.upsample.conv", ch, ch, (1, 3, 3))
-        prev = ch
-
-    norm("norm_out", prev)
-    conv("conv_out", model.out_channels, prev, (1, 3, 3))
+    norm("norm_out", plan.out_channels)
+    conv("conv_out", model.out_channels, plan.out_channels, (1, 3, 3))
     return {k: layout_shape(v, layout) for k, v in shapes.items()}
 
 

@@ -19,6 +19,7 @@ the one the torch file writes down; only the layouts differ:
 - Cross-attention per frame, keys and values projected once per clip; with `text_alignment`
   the torch file's alignment bias `-TEXT_ALIGN_GAIN * text_align[h] * (tau_f - rho_j)^2`.
 - Exact (erf) GELU; nearest 2x upsampling in H and W; skips concatenated as `[h, skip]`.
+- The blocks, their widths and skips: `shared.unet_plan`, as in torch.
 
 Every conv is a `FastConv3d` (`t2s_mlx/fast_conv.py`, MLX-only speed code): an `nn.Conv3d` in
 keys, shapes, layout and initialisation that runs as the 2-D conv or matmul Metal is fast at
@@ -45,6 +46,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from shared.checkpoint import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
 from shared.config import ModelConfig
+from shared.unet_plan import BlockPlan, unet_plan
 from t2s_mlx.fast_conv import FastConv3d
 from t2s_mlx.norm_silu import group_norm_silu
 
@@ -389,17 +391,22 @@ class Upsample3D(nn.Module):
         return self.conv(x.reshape(b, f, 2 * h, 2 * w, c))
 
 
+def planned_layers(block: BlockPlan, temb_dim: int, config: ModelConfig
+                   ) -> tuple[list[ResBlock3D], list[SpatioTemporalTransformer]]:
+    """A planned block's ResBlock3Ds and transformers, at the widths `shared.unet_plan` gives."""
+    resnets = [ResBlock3D(i, o, temb_dim, config) for i, o in block.resnets]
+    attentions = [SpatioTemporalTransformer(block.out_channels, config)
+                  for _ in range(block.transformers)]
+    return resnets, attentions
+
+
 class DownBlock3D(nn.Module):
     """One encoder level: (ResBlock3D [+ transformer]) x num_res_blocks, then maybe downsample."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, has_attention: bool,
-                 add_downsample: bool, config: ModelConfig) -> None:
+    def __init__(self, block: BlockPlan, temb_dim: int, config: ModelConfig) -> None:
         super().__init__()
-        self.resnets = [ResBlock3D(in_ch if j == 0 else out_ch, out_ch, temb_dim, config)
-                        for j in range(config.num_res_blocks)]
-        self.attentions = [SpatioTemporalTransformer(out_ch, config)
-                           for _ in range(config.num_res_blocks if has_attention else 0)]
-        self.downsample = Downsample3D(out_ch) if add_downsample else None
+        self.resnets, self.attentions = planned_layers(block, temb_dim, config)
+        self.downsample = Downsample3D(block.out_channels) if block.resample else None
 
     def __call__(self, h: mx.array, temb: mx.array, context: mx.array,
                  context_mask: mx.array | None, ckpt: bool
@@ -419,10 +426,9 @@ class DownBlock3D(nn.Module):
 class MidBlock3D(nn.Module):
     """ResBlock3D -> transformer -> ResBlock3D at the lowest resolution."""
 
-    def __init__(self, channels: int, temb_dim: int, config: ModelConfig) -> None:
+    def __init__(self, block: BlockPlan, temb_dim: int, config: ModelConfig) -> None:
         super().__init__()
-        self.resnets = [ResBlock3D(channels, channels, temb_dim, config) for _ in range(2)]
-        self.attentions = [SpatioTemporalTransformer(channels, config)]
+        self.resnets, self.attentions = planned_layers(block, temb_dim, config)
 
     def __call__(self, h: mx.array, temb: mx.array, context: mx.array,
                  context_mask: mx.array | None, ckpt: bool) -> mx.array:
@@ -433,19 +439,13 @@ class MidBlock3D(nn.Module):
 
 
 class UpBlock3D(nn.Module):
-    """One decoder level: (concat skip -> ResBlock3D [+ transformer]) x (num_res_blocks + 1).
+    """One decoder level: (concat skip -> ResBlock3D [+ transformer]) x (num_res_blocks + 1),
+    then maybe upsample; each resnet's input width includes the skip it pops (`block.skips`)."""
 
-    `skip_channels[j]` is the width of the skip that resnet j concatenates (in pop order).
-    """
-
-    def __init__(self, in_ch: int, skip_channels: list[int], out_ch: int, temb_dim: int,
-                 has_attention: bool, add_upsample: bool, config: ModelConfig) -> None:
+    def __init__(self, block: BlockPlan, temb_dim: int, config: ModelConfig) -> None:
         super().__init__()
-        self.resnets = [ResBlock3D((in_ch if j == 0 else out_ch) + s, out_ch, temb_dim, config)
-                        for j, s in enumerate(skip_channels)]
-        self.attentions = [SpatioTemporalTransformer(out_ch, config)
-                           for _ in range(len(skip_channels) if has_attention else 0)]
-        self.upsample = Upsample3D(out_ch) if add_upsample else None
+        self.resnets, self.attentions = planned_layers(block, temb_dim, config)
+        self.upsample = Upsample3D(block.out_channels) if block.resample else None
 
     def __call__(self, h: mx.array, skips: list[mx.array], temb: mx.array,
                  context: mx.array, context_mask: mx.array | None,
@@ -469,38 +469,22 @@ class UNet3D(nn.Module):
         super().__init__()
         self.config = config
         self.gradient_checkpointing = config.gradient_checkpointing
-        chs = config.level_channels()
+        plan = unet_plan(config)
         temb = config.time_embed_dim
-        last = config.num_levels - 1
 
         self.time_embed = TimestepEmbedding(config.base_channels, temb)
         self.text_embed = nn.Linear(config.context_dim, temb)
-        self.conv_in = FastConv3d(config.in_channels, chs[0], (1, 3, 3), padding=(0, 1, 1))
+        width = plan.in_channels
+        self.conv_in = FastConv3d(config.in_channels, width, (1, 3, 3), padding=(0, 1, 1))
         if config.frame_text:
-            self.frame_text = FrameText(config.context_dim, chs[0])
-
-        skip_chs = [chs[0]]
-        self.down_blocks = []
-        prev = chs[0]
-        for i, ch in enumerate(chs):
-            self.down_blocks.append(DownBlock3D(prev, ch, temb, i in config.attention_levels,
-                                                i < last, config))
-            skip_chs += [ch] * config.num_res_blocks + ([ch] if i < last else [])
-            prev = ch
-
-        self.mid_block = MidBlock3D(prev, temb, config)
-
-        self.up_blocks = []
-        for level in reversed(range(config.num_levels)):
-            ch = chs[level]
-            skips = [skip_chs.pop() for _ in range(config.num_res_blocks + 1)]
-            self.up_blocks.append(UpBlock3D(prev, skips, ch, temb,
-                                            level in config.attention_levels, level > 0, config))
-            prev = ch
-
-        self.norm_out = group_norm(prev, config)
+            self.frame_text = FrameText(config.context_dim, width)
+        self.down_blocks = [DownBlock3D(b, temb, config) for b in plan.down]
+        self.mid_block = MidBlock3D(plan.mid, temb, config)
+        self.up_blocks = [UpBlock3D(b, temb, config) for b in plan.up]
+        width = plan.out_channels
+        self.norm_out = group_norm(width, config)
         self.conv_out = zero_module(
-            FastConv3d(prev, config.out_channels, (1, 3, 3), padding=(0, 1, 1)))
+            FastConv3d(width, config.out_channels, (1, 3, 3), padding=(0, 1, 1)))
 
     def num_parameters(self) -> int:
         return sum(v.size for _, v in tree_flatten(self.parameters()))

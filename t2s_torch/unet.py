@@ -28,7 +28,7 @@ contract and is written down where it is made:
 - Upsample: nearest-neighbour 2x in H and W, frames untouched, then a (1, 3, 3) conv.
 - Skips: conv_in output, then every resnet (or resnet + transformer) output of each down level and
   every downsample output, in that order; up blocks pop from the end and concatenate
-  `[h, skip]` along channels (h first).
+  `[h, skip]` along channels (h first). The blocks and their widths are `shared.unet_plan`'s.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 from shared.allocator import release_free_memory
 from shared.config import ModelConfig
+from shared.unet_plan import BlockPlan, unet_plan
 from t2s_torch.norm_silu import group_norm_silu
 from t2s_torch.temporal_conv import temporal_conv
 
@@ -397,19 +398,22 @@ class Upsample3D(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
 
 
+def planned_layers(block: BlockPlan, temb_dim: int, config: ModelConfig
+                   ) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """A planned block's ResBlock3Ds and transformers, at the widths `shared.unet_plan` gives."""
+    resnets = nn.ModuleList(ResBlock3D(i, o, temb_dim, config) for i, o in block.resnets)
+    attentions = nn.ModuleList(SpatioTemporalTransformer(block.out_channels, config)
+                               for _ in range(block.transformers))
+    return resnets, attentions
+
+
 class DownBlock3D(nn.Module):
     """One encoder level: (ResBlock3D [+ transformer]) x num_res_blocks, then maybe downsample."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, has_attention: bool,
-                 add_downsample: bool, config: ModelConfig) -> None:
+    def __init__(self, block: BlockPlan, temb_dim: int, config: ModelConfig) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResBlock3D(in_ch if j == 0 else out_ch, out_ch, temb_dim, config)
-            for j in range(config.num_res_blocks))
-        self.attentions = nn.ModuleList(
-            SpatioTemporalTransformer(out_ch, config)
-            for _ in range(config.num_res_blocks if has_attention else 0))
-        self.downsample = Downsample3D(out_ch) if add_downsample else None
+        self.resnets, self.attentions = planned_layers(block, temb_dim, config)
+        self.downsample = Downsample3D(block.out_channels) if block.resample else None
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor | None, ckpt: bool
@@ -429,11 +433,9 @@ class DownBlock3D(nn.Module):
 class MidBlock3D(nn.Module):
     """ResBlock3D -> transformer -> ResBlock3D at the lowest resolution."""
 
-    def __init__(self, channels: int, temb_dim: int, config: ModelConfig) -> None:
+    def __init__(self, block: BlockPlan, temb_dim: int, config: ModelConfig) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResBlock3D(channels, channels, temb_dim, config) for _ in range(2))
-        self.attentions = nn.ModuleList([SpatioTemporalTransformer(channels, config)])
+        self.resnets, self.attentions = planned_layers(block, temb_dim, config)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor | None, ckpt: bool) -> torch.Tensor:
@@ -443,21 +445,13 @@ class MidBlock3D(nn.Module):
 
 
 class UpBlock3D(nn.Module):
-    """One decoder level: (concat skip -> ResBlock3D [+ transformer]) x (num_res_blocks + 1).
+    """One decoder level: (concat skip -> ResBlock3D [+ transformer]) x (num_res_blocks + 1),
+    then maybe upsample; each resnet's input width includes the skip it pops (`block.skips`)."""
 
-    `skip_channels[j]` is the width of the skip that resnet j concatenates (in pop order).
-    """
-
-    def __init__(self, in_ch: int, skip_channels: list[int], out_ch: int, temb_dim: int,
-                 has_attention: bool, add_upsample: bool, config: ModelConfig) -> None:
+    def __init__(self, block: BlockPlan, temb_dim: int, config: ModelConfig) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResBlock3D((in_ch if j == 0 else out_ch) + s, out_ch, temb_dim, config)
-            for j, s in enumerate(skip_channels))
-        self.attentions = nn.ModuleList(
-            SpatioTemporalTransformer(out_ch, config)
-            for _ in range(len(skip_channels) if has_attention else 0))
-        self.upsample = Upsample3D(out_ch) if add_upsample else None
+        self.resnets, self.attentions = planned_layers(block, temb_dim, config)
+        self.upsample = Upsample3D(block.out_channels) if block.resample else None
 
     def forward(self, h: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor,
                 context: torch.Tensor, context_mask: torch.Tensor | None,
@@ -485,37 +479,21 @@ class UNet3D(nn.Module):
         self.config = config
         self.memory_format = torch.contiguous_format
         self.gradient_checkpointing = config.gradient_checkpointing
-        chs = config.level_channels()
+        plan = unet_plan(config)
         temb = config.time_embed_dim
-        last = config.num_levels - 1
 
         self.time_embed = TimestepEmbedding(config.base_channels, temb)
         self.text_embed = nn.Linear(config.context_dim, temb)
-        self.conv_in = nn.Conv3d(config.in_channels, chs[0], (1, 3, 3), padding=(0, 1, 1))
-        self.frame_text = FrameText(config.context_dim, chs[0]) if config.frame_text else None
-
-        skip_chs = [chs[0]]
-        self.down_blocks = nn.ModuleList()
-        prev = chs[0]
-        for i, ch in enumerate(chs):
-            self.down_blocks.append(DownBlock3D(prev, ch, temb, i in config.attention_levels,
-                                                i < last, config))
-            skip_chs += [ch] * config.num_res_blocks + ([ch] if i < last else [])
-            prev = ch
-
-        self.mid_block = MidBlock3D(prev, temb, config)
-
-        self.up_blocks = nn.ModuleList()
-        for level in reversed(range(config.num_levels)):
-            ch = chs[level]
-            skips = [skip_chs.pop() for _ in range(config.num_res_blocks + 1)]
-            self.up_blocks.append(UpBlock3D(prev, skips, ch, temb,
-                                            level in config.attention_levels, level > 0, config))
-            prev = ch
-
-        self.norm_out = group_norm(prev, config)
+        width = plan.in_channels
+        self.conv_in = nn.Conv3d(config.in_channels, width, (1, 3, 3), padding=(0, 1, 1))
+        self.frame_text = FrameText(config.context_dim, width) if config.frame_text else None
+        self.down_blocks = nn.ModuleList(DownBlock3D(b, temb, config) for b in plan.down)
+        self.mid_block = MidBlock3D(plan.mid, temb, config)
+        self.up_blocks = nn.ModuleList(UpBlock3D(b, temb, config) for b in plan.up)
+        width = plan.out_channels
+        self.norm_out = group_norm(width, config)
         self.conv_out = zero_module(
-            nn.Conv3d(prev, config.out_channels, (1, 3, 3), padding=(0, 1, 1)))
+            nn.Conv3d(width, config.out_channels, (1, 3, 3), padding=(0, 1, 1)))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
