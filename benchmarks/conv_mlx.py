@@ -3,10 +3,10 @@
     python benchmarks/conv_mlx.py --json mac-conv.json            # on a Mac: small, batch 4
     python benchmarks/conv_mlx.py --frames 8 --size 64 --batch 1 --clock cpu   # a shared CPU
 
-Why: `t2s_mlx/fast_conv.py` runs the UNet's convs as 2-D convs and matmuls because MLX's Metal
-backend is reported 2-5x faster there than in `mx.conv3d` (ml-explore/mlx issue 3625, PRs 3785
-and 2195). This measures that claim per shape on the machine at hand, forward and forward +
-backward, so the choice of path rests on numbers, not on the report.
+Why: `t2s_mlx/kernels/fast_conv.py` runs the UNet's convs as 2-D convs and matmuls because
+MLX's Metal backend is reported 2-5x faster there than in `mx.conv3d` (ml-explore/mlx issue
+3625, PRs 3785 and 2195). This measures that claim per shape on the machine at hand, forward
+and forward + backward, so the choice of path rests on numbers, not on the report.
 
 Shapes: the preset's UNet is built and walked; each ResBlock contributes its convs at its
 level's resolution — factorized mode a spatial (1, 3, 3) conv and a temporal (3, 1, 1) conv per
@@ -42,7 +42,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from shared.config import ModelConfig, preset
-from t2s_mlx.fast_conv import FastConv3d
+from t2s_mlx.kernels.fast_conv import FastConv3d
 from t2s_mlx.unet import FactorizedConv3d, ResBlock3D, UNet3D
 
 KERNELS = {"spatial": ((1, 3, 3), (0, 1, 1)), "temporal": ((3, 1, 1), (1, 0, 0)),

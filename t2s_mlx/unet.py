@@ -21,10 +21,10 @@ the one the torch file writes down; only the layouts differ:
 - Exact (erf) GELU; nearest 2x upsampling in H and W; skips concatenated as `[h, skip]`.
 - The blocks, their widths and skips: `shared.unet_plan`, as in torch.
 
-Every conv is a `FastConv3d` (`t2s_mlx/fast_conv.py`, MLX-only speed code): an `nn.Conv3d` in
-keys, shapes, layout and initialisation that runs as the 2-D conv or matmul Metal is fast at
-(spatial (1, 3, 3) over frames folded into the batch, temporal (3, 1, 1) as a (3, 1) 2-D conv
-over (frames, pixels), the 1x1x1 skip as a matmul, 3x3x3 as stacked depth taps).
+Every conv is a `FastConv3d` (`t2s_mlx/kernels/fast_conv.py`, MLX-only speed code): an
+`nn.Conv3d` in keys, shapes, layout and initialisation that runs as the 2-D conv or matmul Metal
+is fast at (spatial (1, 3, 3) over frames folded into the batch, temporal (3, 1, 1) as a (3, 1)
+2-D conv over (frames, pixels), the 1x1x1 skip as a matmul, 3x3x3 as stacked depth taps).
 
 Gradient checkpointing (`config.gradient_checkpointing`) wraps the same block calls as torch in
 `mx.checkpoint` while training. MLX recomputes a checkpointed block by calling it again, which
@@ -47,8 +47,7 @@ from mlx.utils import tree_flatten, tree_map
 from shared.checkpoint import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
 from shared.config import ModelConfig
 from shared.unet_plan import BlockPlan, unet_plan
-from t2s_mlx.fast_conv import FastConv3d
-from t2s_mlx.norm_silu import group_norm_silu
+from t2s_mlx.kernels.fast_conv import FastConv3d
 
 NORM_EPS = 1e-5
 MAX_PERIOD = 10000.0
@@ -188,6 +187,21 @@ class PointwiseConv3d(FastConv3d):
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__(in_ch, out_ch, 1)
+
+
+def group_norm_silu(norm: nn.GroupNorm, x: mx.array, scale: mx.array | None = None,
+                    shift: mx.array | None = None) -> mx.array:
+    """`silu(norm(x) * (1 + scale) + shift)` (or `silu(norm(x))`), x (B, F, H, W, C), scale and
+    shift (B, C). torch's is a hand-written autograd node (`t2s_torch/kernels/norm_silu.py`);
+    here the plain composition is the whole story (MLX keeps only what the backward reads, and
+    `mx.compile` fuses the tail), kept as a function so `ResBlock3D` reads as torch's does."""
+    if (scale is None) != (shift is None):
+        raise ValueError("group_norm_silu: give both scale and shift, or neither")
+    h = norm(x)
+    if scale is not None:
+        spatial = (scale.shape[0],) + (1,) * (x.ndim - 2) + (scale.shape[-1],)
+        h = h * (1 + scale.reshape(spatial)) + shift.reshape(spatial)
+    return nn.silu(h)
 
 
 def norm_silu_conv(norm: nn.GroupNorm, x: mx.array, conv: nn.Module,

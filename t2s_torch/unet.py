@@ -44,8 +44,8 @@ from torch.utils.checkpoint import checkpoint
 from shared.allocator import release_free_memory
 from shared.config import ModelConfig
 from shared.unet_plan import BlockPlan, unet_plan
-from t2s_torch.norm_silu import group_norm_silu
-from t2s_torch.temporal_conv import temporal_conv
+from t2s_torch.kernels.norm_silu import group_norm_silu
+from t2s_torch.kernels.temporal_conv import temporal_conv
 
 NORM_EPS = 1e-5
 # Under gradient checkpointing on the CPU, free heap pages beyond this fraction of the bytes in
@@ -215,7 +215,7 @@ def norm_silu_conv(norm: nn.GroupNorm, x: torch.Tensor, conv: nn.Module,
                    shift: torch.Tensor | None = None) -> torch.Tensor:
     """`conv(silu(norm(x) * (1 + scale) + shift))`, the ResBlock's pre-activation conv, as one
     autograd node with its (spatial) conv so that the activation between them is recomputed in
-    the backward pass rather than kept (`t2s_torch.norm_silu`)."""
+    the backward pass rather than kept (`t2s_torch.kernels.norm_silu`)."""
     if isinstance(conv, FactorizedConv3d):
         return conv.mix_frames(group_norm_silu(norm, x, scale, shift, conv=conv.spatial))
     return group_norm_silu(norm, x, scale, shift, conv=conv)

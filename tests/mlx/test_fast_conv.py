@@ -1,7 +1,7 @@
-"""`t2s_mlx.fast_conv`: every conv path equals plain `mx.conv3d` (the old path, `nn.Conv3d`),
-forward and gradients, for every kernel the UNet uses and a batch larger than one (the case
-MLX's own 3-D -> 2-D decomposition leaves out); the UNet takes no `mx.conv3d` at all; a
-checkpoint written by the old path loads and samples the same video. Speed is not tested here
+"""`t2s_mlx.kernels.fast_conv`: every conv path equals plain `mx.conv3d` (the old path,
+`nn.Conv3d`), forward and gradients, for every kernel the UNet uses and a batch larger than one
+(the case MLX's own 3-D -> 2-D decomposition leaves out); the UNet takes no `mx.conv3d` at all;
+a checkpoint written by the old path loads and samples the same video. Speed is not tested here
 (`benchmarks/conv_mlx.py` measures it). Tiny shapes: MLX runs on the CPU here."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from mlx.utils import tree_flatten, tree_map  # noqa: E402
 from shared.config import SampleConfig, preset  # noqa: E402
 from shared.metrics import psnr  # noqa: E402
 from shared.video import to_uint8  # noqa: E402
-from t2s_mlx import fast_conv  # noqa: E402
 from t2s_mlx.checkpoint import load_model, save_checkpoint  # noqa: E402
 from t2s_mlx.diffusion import TextBatch  # noqa: E402
-from t2s_mlx.fast_conv import FastConv3d  # noqa: E402
+from t2s_mlx.kernels import fast_conv  # noqa: E402
+from t2s_mlx.kernels.fast_conv import FastConv3d  # noqa: E402
 from t2s_mlx.sample import generate  # noqa: E402
 from t2s_mlx.unet import UNet3D  # noqa: E402
 

@@ -86,7 +86,7 @@ def _measure(config: Config, batch: int = 1, text_length: int | None = None,
     that calls neither module, so neither would get its row; unless `fused`, the model runs the
     plain composition (the same ops; `test_fused_node_counts_the_same_flops` checks that).
     """
-    from t2s_torch import norm_silu
+    from t2s_torch.kernels import norm_silu
 
     length = config.text.max_length if text_length is None else text_length
     saved = norm_silu.FUSED_DEVICE_TYPES

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2s_torch.norm_silu import GroupNormSiLUFunction, group_norm_silu
+from t2s_torch.kernels.norm_silu import GroupNormSiLUFunction, group_norm_silu
 
 
 def plain(norm: nn.GroupNorm, x: torch.Tensor, scale=None, shift=None) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2s_torch.temporal_conv import TemporalConvFunction, frame_weight_grad, temporal_conv
+from t2s_torch.kernels.temporal_conv import TemporalConvFunction, frame_weight_grad, temporal_conv
 
 CL = torch.channels_last_3d
 

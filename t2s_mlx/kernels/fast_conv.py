@@ -25,7 +25,7 @@ converters and the torch twin see nothing) whose call picks, from the kernel alo
 The results equal `mx.conv3d`'s up to float summation order (bit-equal on MLX's CPU build for
 all but the full conv); `tests/mlx/test_fast_conv.py` holds every path to it, forward and
 gradients. The torch backend has its own speed code for the same convs (`PointwiseConv3d`,
-`FactorizedConv3d.mix_frames`, `t2s_torch/temporal_conv.py`).
+`FactorizedConv3d.mix_frames`, `t2s_torch/kernels/`).
 """
 
 from __future__ import annotations

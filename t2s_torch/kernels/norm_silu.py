@@ -20,8 +20,8 @@ also runs that conv and keeps not even its own output: the backward recomputes i
 the conv's weight gradient (`aten.convolution_backward`, the kernel autograd would call), so the
 ResBlock keeps its input and its conv inputs' sources only.
 
-The MLX twin (`t2s_mlx/norm_silu.py: group_norm_silu`) is the plain composition: MLX's graph does
-not keep intermediates that nothing reads, and `mx.compile` fuses the elementwise tail.
+MLX needs no such node: its `group_norm_silu` (`t2s_mlx/unet.py`) is the plain composition, as
+MLX's graph does not keep intermediates that nothing reads and `mx.compile` fuses the tail.
 """
 
 from __future__ import annotations

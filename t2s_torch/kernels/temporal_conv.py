@@ -9,8 +9,8 @@ GFLOP/s on the same machine, split over the batch and into one slice per thread 
 shape: 64 ch at 128^2, 128 at 64^2, 256 at 32^2; `benchmarks/run.py` times the whole step).
 Forward and input gradient stay oneDNN's.
 
-The MLX twin is the plain conv (`t2s_mlx/unet.py: FactorizedConv3d`): MLX computes the weight
-gradient itself and has no such gap to close on Apple Silicon that we have measured.
+MLX runs the plain conv (`t2s_mlx/unet.py: FactorizedConv3d`): it computes the weight gradient
+itself and has no such gap to close on Apple Silicon that we have measured.
 """
 
 from __future__ import annotations
