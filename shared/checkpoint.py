@@ -355,6 +355,52 @@ def verify_checkpoint(checkpoint: Path, expected: Mapping[str, Mapping[str, Tens
     check_checksums(checkpoint)
 
 
+def read_tensor_file(path: Path, read: Callable[[str], Any], layout: str,
+                     expected: Mapping[str, TensorSpec] | None = None) -> Any:
+    """`read(path)` (a backend's safetensors loader) after `check_tensor_file`, so a damaged
+    file is refused by name instead of by the reader's error."""
+    check_tensor_file(path, expected, layout)
+    try:
+        return read(str(path))
+    except Exception as e:  # a bit flip the header check cannot see; still one line
+        raise CheckpointError(f"{path}: cannot be read ({e}); copy it again or use another "
+                              "checkpoint") from None
+
+
+def check_resume_files(checkpoint: Path, specs: Mapping[str, TensorSpec], layout: str) -> None:
+    """Everything `--resume` reads from `checkpoint`, checked before any of it is loaded:
+    model and EMA weights against `specs`, the optimizer file's header, the JSON files."""
+    verify_checkpoint(checkpoint, {MODEL_FILE: specs, EMA_FILE: specs, OPTIMIZER_FILE: None},
+                      layout)
+
+
+def write_checkpoint(run_dir: Path, step: int, config: Config,
+                     save_tensors: Callable[[Path, Any, str], None], model: Callable[[], Any],
+                     ema: Callable[[], Any] | None = None,
+                     optimizer: Callable[[], Any] | None = None,
+                     trainer_state: dict[str, Any] | None = None,
+                     keep_last: int | None = None) -> Path:
+    """Write `run_dir/checkpoints/step_N` atomically and point `latest` at it.
+
+    The backend supplies tensors only: `model`, `ema`, `optimizer` return one file's tensors
+    when called (in turn, so one host copy is alive at a time) and `save_tensors(path, tensors,
+    kind)` writes them with `tensor_metadata`.
+    """
+    tmp = begin_checkpoint(run_dir / "checkpoints", step)
+    try:
+        config.save(tmp / CONFIG_FILE)
+        save_tensors(tmp / MODEL_FILE, model(), "model")
+        if ema is not None:
+            save_tensors(tmp / EMA_FILE, ema(), "ema")
+        if optimizer is not None:
+            save_tensors(tmp / OPTIMIZER_FILE, optimizer(), "optimizer")
+        save_json(tmp / TRAINER_STATE_FILE, {"step": step, **(trainer_state or {})})
+    except BaseException:
+        abort_checkpoint(tmp)
+        raise
+    return commit_checkpoint(tmp, step, keep_last)
+
+
 def pick_resume_checkpoint(run_dir: Path, verify: Callable[[Path], None], strict: bool = False,
                            warn: Callable[[str], None] = print, flag: str = "--resume") -> Path:
     """The newest intact checkpoint of the run in `run_dir`, checked with `verify`.
@@ -413,6 +459,19 @@ def load_checkpoint_config(checkpoint: Path) -> Config:
         return Config.load(checkpoint / CONFIG_FILE)
     except ConfigError as e:
         raise CheckpointError(f"{checkpoint}: its config cannot be used ({e})") from None
+
+
+def inference_weights(checkpoint: str | Path, use_ema: bool = True) -> tuple[Config, Path, Path]:
+    """What sampling reads from `checkpoint` (any form `resolve_checkpoint` takes): its config,
+    the weights file (EMA when asked for and present, else the model's) and the resolved step."""
+    path = resolve_checkpoint(checkpoint)
+    config = load_checkpoint_config(path)
+    weights = path / EMA_FILE if use_ema and (path / EMA_FILE).exists() else path / MODEL_FILE
+    return config, weights, path
+
+
+def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return load_json(checkpoint / TRAINER_STATE_FILE)
 
 
 def save_json(path: Path, data: dict[str, Any]) -> None:

@@ -15,24 +15,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shared.checkpoint import (
-    CONFIG_FILE,
-    EMA_FILE,
-    MODEL_FILE,
-    OPTIMIZER_FILE,
-    TRAINER_STATE_FILE,
-    CheckpointError,
     TensorSpec,
-    abort_checkpoint,
-    begin_checkpoint,
-    check_tensor_file,
-    commit_checkpoint,
-    load_checkpoint_config,
-    load_json,
-    resolve_checkpoint,
-    save_json,
+    check_resume_files,
+    inference_weights,
+    read_tensor_file,
     tensor_metadata,
-    verify_checkpoint,
+    write_checkpoint,
 )
+from shared.checkpoint import load_trainer_state as load_trainer_state  # its old home
 from shared.config import Config
 
 LAYOUT = "torch"
@@ -61,14 +51,8 @@ def tensor_specs(module: torch.nn.Module) -> dict[str, TensorSpec]:
 
 def load_tensors(path: Path, expected_layout: str = LAYOUT,
                  expected: dict[str, TensorSpec] | None = None) -> dict[str, torch.Tensor]:
-    """A tensor file's tensors, after `check_tensor_file` (intact, this layout, `expected`'s
-    keys and shapes), so a damaged file is refused by name instead of by the reader's error."""
-    check_tensor_file(path, expected, expected_layout)
-    try:
-        return load_file(str(path))
-    except Exception as e:  # a bit flip the header check cannot see; still one line
-        raise CheckpointError(f"{path}: cannot be read ({e}); copy it again or use another "
-                              "checkpoint") from None
+    """A tensor file's tensors, checked first (`shared.checkpoint.read_tensor_file`)."""
+    return read_tensor_file(path, load_file, expected_layout, expected)
 
 
 def load_into(module: torch.nn.Module, path: Path) -> None:
@@ -77,11 +61,8 @@ def load_into(module: torch.nn.Module, path: Path) -> None:
 
 
 def check_checkpoint(checkpoint: Path, model: torch.nn.Module) -> None:
-    """Everything `--resume` reads from `checkpoint`, checked before any of it is loaded:
-    model and EMA weights against `model`, the optimizer file's header, the JSON files."""
-    specs = tensor_specs(model)
-    verify_checkpoint(checkpoint, {MODEL_FILE: specs, EMA_FILE: specs, OPTIMIZER_FILE: None},
-                      LAYOUT)
+    """Everything `--resume` reads, checked against `model` before any of it is loaded."""
+    check_resume_files(checkpoint, tensor_specs(model), LAYOUT)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer,
@@ -121,24 +102,14 @@ def save_checkpoint(run_dir: Path, step: int, config: Config, model: torch.nn.Mo
                     trainer_state: dict[str, Any] | None = None,
                     keep_last: int | None = None) -> Path:
     """Write `run_dir/checkpoints/step_N` atomically and point `latest` at it."""
-    tmp = begin_checkpoint(run_dir / "checkpoints", step)
-    try:
-        config.save(tmp / CONFIG_FILE)
-        save_tensors(tmp / MODEL_FILE, state_tensors(model), "model")
-        if ema is not None:
-            save_tensors(tmp / EMA_FILE, state_tensors(ema), "ema")
-        if optimizer is not None:
-            names = {p: n for n, p in model.named_parameters()}
-            save_tensors(tmp / OPTIMIZER_FILE, optimizer_tensors(optimizer, names), "optimizer")
-        save_json(tmp / TRAINER_STATE_FILE, {"step": step, **(trainer_state or {})})
-    except BaseException:
-        abort_checkpoint(tmp)
-        raise
-    return commit_checkpoint(tmp, step, keep_last)
+    def moments() -> dict[str, torch.Tensor]:
+        return optimizer_tensors(optimizer, {p: n for n, p in model.named_parameters()})
 
-
-def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return load_json(checkpoint / TRAINER_STATE_FILE)
+    return write_checkpoint(
+        run_dir, step, config, save_tensors, lambda: state_tensors(model),
+        ema=(lambda: state_tensors(ema)) if ema is not None else None,
+        optimizer=moments if optimizer is not None else None,
+        trainer_state=trainer_state, keep_last=keep_last)
 
 
 def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
@@ -147,10 +118,8 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
     from t2s_torch.device import prefers_channels_last
     from t2s_torch.unet import UNet3D
 
-    path = resolve_checkpoint(checkpoint)
-    config = load_checkpoint_config(path)
+    config, weights, path = inference_weights(checkpoint, use_ema)
     model = UNet3D(config.model)
-    weights = path / EMA_FILE if use_ema and (path / EMA_FILE).exists() else path / MODEL_FILE
     load_into(model, weights)
     model = model.to(device).use_channels_last(prefers_channels_last(device))
     return config, model.eval(), path
