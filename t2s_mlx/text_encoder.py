@@ -2,9 +2,10 @@
 
 The MLX twin of `t2s_torch.text_encoder`, with the same methods and outputs (as `mx.array`s).
 The framework-free half (finding the model directory, tokenizing, the encoder key, the on-disk
-embedding cache, the pooling definition) lives in `shared.text`; see there for the output
-contract both backends keep. Both backends key the cache by the encoder's content and store
-float32, so an embedding computed by one is read by the other without running the model.
+embedding cache, the pooling definition) lives in `shared.text`, the encoder's bookkeeping
+(chunks, cache, empty caption, checks) in `shared.text_encoder`; see `shared.text` for the
+output contract both backends keep. Both backends key the cache by the encoder's content and
+store float32, so an embedding computed by one is read by the other without running the model.
 
 The model itself is a small MLX port of transformers' BertModel that reads the same Hugging Face
 `model.safetensors` (no torch or transformers import anywhere on this path). Architectures are
@@ -26,8 +27,9 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from shared.config import ConfigError, TextEncoderConfig
-from shared.text import EmbeddingCache, encoder_key, load_tokenizer, resolve_text_encoder
+from shared.config import TextEncoderConfig
+from shared.text import load_tokenizer
+from shared.text_encoder import BaseTextEncoder
 
 
 class UnsupportedTextEncoderError(NotImplementedError):
@@ -376,99 +378,52 @@ def load_strict(model: nn.Module, weights: dict[str, mx.array], where: Path | st
 # --------------------------------------------------------------------------- the encoder
 
 
-class TextEncoder:
+class TextEncoder(BaseTextEncoder):
     """A frozen Hugging Face text encoder (BERT for now) run by MLX.
 
-    `dtype` is what the encoder computes in (outputs are always float32). With `cache_dir`,
-    every caption's embedding is computed once ever and then read from
-    `shared.text.EmbeddingCache` -- the same files the PyTorch `TextEncoder` reads and writes.
-    Not an `nn.Module` on purpose: its weights never join a trainer's optimizer or state dict.
+    The bookkeeping (cache, chunks, empty caption, checks) is `shared.text_encoder`'s, so the
+    disk cache is the same files the PyTorch `TextEncoder` reads and writes; this class runs
+    the MLX port.
     """
 
     def __init__(self, config: TextEncoderConfig, cache_dir: str | Path | None = None,
                  dtype: mx.Dtype = mx.float32, chunk_size: int = 128):
-        self.config = config
-        self.max_length = int(config.max_length)
-        self.model_dir = resolve_text_encoder(config.name)
-        self.dtype = dtype
-        self.chunk_size = int(chunk_size)
-        self.model = load_model(self.model_dir, dtype)
+        super().__init__(config, dtype, cache_dir, chunk_size)
+
+    def _open(self) -> None:
+        # The model first: an unsupported architecture is refused from config.json alone.
+        self.model = load_model(self.model_dir, self.dtype)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self._check_positions()
-        self.key = encoder_key(self.model_dir)
-        self.cache = (EmbeddingCache(cache_dir, self.key, self.max_length)
-                      if cache_dir is not None else None)
-        self._empty: EncodedText | None = None
 
     @property
     def hidden_size(self) -> int:
         """Width D of the token states: what `ModelConfig.context_dim` must be."""
         return int(self.model.hidden_size)
 
-    def check_context_dim(self, context_dim: int) -> None:
-        """Raise ConfigError unless the UNet's cross-attention width matches this encoder."""
-        if int(context_dim) != self.hidden_size:
-            raise ConfigError(
-                f"model.context_dim={context_dim}, but the text encoder {self.config.name!r} "
-                f"gives {self.hidden_size}-wide token states; pass "
-                f"--set model.context_dim={self.hidden_size}")
+    def _max_positions(self) -> int | None:
+        return self.model.max_positions
 
-    def encode(self, captions: Sequence[str] | str) -> EncodedText:
-        """Embed a batch of captions (through the on-disk cache when there is one)."""
-        captions = [captions] if isinstance(captions, str) else list(captions)
-        if not captions:
-            raise ValueError("encode needs at least one caption")
-        if self.cache is not None:
-            batch = self.cache.get_or_compute(captions, self._compute_numpy)
-            return EncodedText(*(mx.array(a) for a in batch))
-        unique = list(dict.fromkeys(captions))
-        out = self._compute(unique)
-        if len(unique) == len(captions):
-            return out
-        where = {c: i for i, c in enumerate(unique)}
-        index = mx.array([where[c] for c in captions])
-        return EncodedText(*(mx.take(t, index, axis=0) for t in out))
+    def _encode_chunk(self, ids: np.ndarray, mask: np.ndarray) -> EncodedText:
+        mask = mx.array(mask)
+        states = self.model(mx.array(ids.astype(np.int32)), mask)
+        # Frozen: nothing flows back into the encoder even inside a training step's grad.
+        states = mx.stop_gradient(states.astype(mx.float32))
+        part = EncodedText(states, mask, masked_mean_pool(states, mask))
+        mx.eval(*part)
+        return part
 
-    def empty_embedding(self, batch_size: int = 1) -> EncodedText:
-        """The unconditional embedding (of ""), for classifier-free guidance.
-
-        Computed once per encoder (and read from / written to the disk cache like any caption);
-        returned broadcast to `batch_size` rows.
-        """
-        if self._empty is None:
-            self._empty = self.encode([""])
-        return EncodedText(*(mx.broadcast_to(t, (batch_size, *t.shape[1:]))
-                             for t in self._empty))
-
-    # ------------------------------------------------------------------ running the model
-
-    def _compute(self, captions: list[str]) -> EncodedText:
-        parts = []
-        for start in range(0, len(captions), self.chunk_size):
-            ids, mask = self.tokenizer.tokenize(captions[start:start + self.chunk_size],
-                                                self.max_length)
-            mask = mx.array(mask)
-            states = self.model(mx.array(ids.astype(np.int32)), mask)
-            # Frozen: nothing flows back into the encoder even inside a training step's grad.
-            states = mx.stop_gradient(states.astype(mx.float32))
-            part = EncodedText(states, mask, masked_mean_pool(states, mask))
-            mx.eval(*part)
-            parts.append(part)
-        if len(parts) == 1:
-            return parts[0]
+    def _concat(self, parts: list[EncodedText]) -> EncodedText:
         return EncodedText(*(mx.concatenate(ts) for ts in zip(*parts)))
 
-    def _compute_numpy(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return tuple(np.array(t) for t in self._compute(captions))
+    def _from_numpy(self, arrays: Sequence[np.ndarray]) -> EncodedText:
+        return EncodedText(*(mx.array(a) for a in arrays))
 
-    def _check_positions(self) -> None:
-        limit = self.model.max_positions
-        if isinstance(limit, int) and self.max_length > limit:
-            raise ConfigError(
-                f"text.max_length={self.max_length} exceeds the {limit} positions of the text "
-                f"encoder {self.config.name!r}; pass --set text.max_length={limit} or less")
+    def _to_numpy(self, encoded: EncodedText) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return tuple(np.array(t) for t in encoded)
 
-    def __repr__(self) -> str:
-        return (f"TextEncoder({self.config.name!r}, {type(self.model).__name__}, "
-                f"hidden_size={self.hidden_size}, max_length={self.max_length}, "
-                f"dtype={self.dtype}, key={self.key})")
+    def _rows(self, encoded: EncodedText, rows: list[int]) -> EncodedText:
+        index = mx.array(rows)
+        return EncodedText(*(mx.take(t, index, axis=0) for t in encoded))
+
+    def _broadcast(self, encoded: EncodedText, batch_size: int) -> EncodedText:
+        return EncodedText(*(mx.broadcast_to(t, (batch_size, *t.shape[1:])) for t in encoded))
