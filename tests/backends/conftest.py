@@ -1,0 +1,125 @@
+"""The `backend` fixture for suites that run once per backend (t2s_torch and t2s_mlx), in the
+style of diffusers' shared model tests: a test takes `backend`, a small adapter that supplies
+what differs between the backends (the module under test, arrays to and from numpy, dtypes,
+the video layout, random generators), and is collected as `test_x[torch]` and `test_x[mlx]`.
+
+A backend whose library is missing is skipped, as tests/torch and tests/mlx skip today
+(pytest.importorskip). `@pytest.mark.backends("mlx")` runs a test on the named backends only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+BACKENDS = ("torch", "mlx")
+
+
+class Backend:
+    """What a shared test needs to know about one backend."""
+
+    name: str
+    channels_last: bool
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name}>"
+
+    def module(self, name: str) -> ModuleType:
+        """t2s_<backend>.<name>, e.g. backend.module("diffusion")."""
+        return importlib.import_module(f"t2s_{self.name}.{name}")
+
+    def video_shape(self, b: int, c: int, f: int, h: int, w: int) -> tuple[int, ...]:
+        """The backend's layout of a video batch: (B, C, F, H, W) or channels-last."""
+        return (b, f, h, w, c) if self.channels_last else (b, c, f, h, w)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    channels_last = False
+
+    def __init__(self) -> None:
+        import torch
+
+        self.xp = torch
+        self.nn = torch.nn
+        self.float32, self.bfloat16 = torch.float32, torch.bfloat16
+        self.index_dtype = torch.int64  # what randint and integer masks give
+        self.np_index_dtype = np.int64
+
+    def array(self, a, dtype=None):
+        out = self.xp.from_numpy(np.ascontiguousarray(a))
+        return out if dtype is None else out.to(dtype)
+
+    def numpy(self, x) -> np.ndarray:
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == self.bfloat16 else x).numpy()
+
+    def astype(self, x, dtype):
+        return x.to(dtype)
+
+    def generator(self, seed: int):
+        return self.xp.Generator().manual_seed(seed)
+
+
+class MLXBackend(Backend):
+    name = "mlx"
+    channels_last = True
+
+    def __init__(self) -> None:
+        import mlx.core as mx
+        import mlx.nn as nn
+
+        self.xp = mx
+        self.nn = nn
+        self.float32, self.bfloat16 = mx.float32, mx.bfloat16
+        self.index_dtype = mx.int32  # what randint and integer masks give
+        self.np_index_dtype = np.int32
+
+    def array(self, a, dtype=None):
+        out = self.xp.array(np.asarray(a))
+        return out if dtype is None else out.astype(dtype)
+
+    def numpy(self, x) -> np.ndarray:
+        return np.array(x.astype(self.float32) if x.dtype == self.bfloat16 else x)
+
+    def astype(self, x, dtype):
+        return x.astype(dtype)
+
+    def generator(self, seed: int):
+        return self.xp.random.key(seed)
+
+
+_REQUIRES = {"torch": ("torch", TorchBackend), "mlx": ("mlx.core", MLXBackend)}
+_LOADED: dict[str, Backend] = {}
+
+
+def load_backend(name: str) -> Backend:
+    """The adapter for `name`; skips the test when its library is not installed."""
+    if name not in _LOADED:
+        library, cls = _REQUIRES[name]
+        pytest.importorskip(library)
+        _LOADED[name] = cls()
+    return _LOADED[name]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "backends(*names): run a tests/backends test only on these backends")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backends")
+    names = list(marker.args) if marker else list(BACKENDS)
+    unknown = set(names) - set(BACKENDS)
+    assert not unknown, f"unknown backends {unknown}"
+    metafunc.parametrize("backend", names, ids=names, indirect=True)
+
+
+@pytest.fixture
+def backend(request) -> Backend:
+    return load_backend(request.param)
