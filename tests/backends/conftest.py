@@ -35,6 +35,11 @@ class Backend:
         """The backend's layout of a video batch: (B, C, F, H, W) or channels-last."""
         return (b, f, h, w, c) if self.channels_last else (b, c, f, h, w)
 
+    @property
+    def frame_axis(self) -> int:
+        """The axis of F in a video batch."""
+        return 1 if self.channels_last else 2
+
 
 class TorchBackend(Backend):
     name = "torch"

@@ -1,0 +1,824 @@
+"""t2s_torch.unet and t2s_mlx.unet, one suite over both backends: shapes, zero start, frame
+mixing, batch isolation, text conditioning, gradients, checkpointing, the parameter-key
+contract the two share, and the attention and sinusoid maths. Videos are (B, C, F, H, W) on
+torch and channels-last (B, F, H, W, C) on MLX; conv weights (O, I, kF, kH, kW) on torch and
+(O, kF, kH, kW, I) on MLX. Inputs are drawn in numpy and handed to each backend. Tiny shapes
+throughout: MLX runs on the CPU here."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.config import ModelConfig, preset
+
+REPO = Path(__file__).resolve().parents[2]
+CONTEXT_DIM = 384
+FRAMES, SIZE, TOKENS = 4, 16, 6
+
+
+def tiny(**changes) -> ModelConfig:
+    return replace(preset("tiny").model, **changes)
+
+
+CONFIGS = {
+    "factorized": tiny(),
+    "full": tiny(conv_mode="full"),
+    "three_levels": tiny(channel_mult=(1, 2, 2), attention_levels=(0, 2)),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# what differs between the backends
+
+
+def _unet(backend):
+    return backend.module("unet")
+
+
+def build(backend, config: ModelConfig, seed: int = 0, randomize: bool = True):
+    """A model in eval mode; `randomize` nudges every parameter so no layer is zero or identity.
+
+    Zero-initialised layers (conv_out, conv2, proj_out) would hide every path behind them, and
+    dirac temporal convs would not mix frames, so the behavioural tests perturb all weights.
+    """
+    UNet3D = _unet(backend).UNet3D
+    if backend.name == "torch":
+        torch = backend.xp
+        torch.manual_seed(seed)
+        model = UNet3D(config).eval()
+        if randomize:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.05 * torch.randn_like(p))
+        return model
+    from mlx.utils import tree_map
+
+    mx = backend.xp
+    mx.random.seed(seed)
+    model = UNet3D(config)
+    model.eval()
+    if randomize:
+        model.update(tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape), model.parameters()))
+    return model
+
+
+def inputs(backend, config: ModelConfig, batch: int = 2, seed: int = 1, frames: int = FRAMES,
+           size: int = SIZE):
+    """x (a video batch), t (B,), context (B, L, D), mask (B, L) with 2 padding tokens,
+    pooled (B, D)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(backend.video_shape(batch, config.in_channels, frames, size, size),
+                            dtype=np.float32)
+    t = rng.integers(0, 1000, batch)
+    context = rng.standard_normal((batch, TOKENS, config.context_dim), dtype=np.float32)
+    mask = np.ones((batch, TOKENS), dtype=bool)
+    mask[:, TOKENS - 2:] = False  # the last two tokens are padding
+    pooled = rng.standard_normal((batch, config.context_dim), dtype=np.float32)
+    return tuple(backend.array(a) for a in (x, t, context, mask, pooled))
+
+
+def run(backend, model, *args) -> np.ndarray:
+    """The model's output (no gradients) as numpy."""
+    if backend.name == "torch":
+        with backend.xp.no_grad():
+            return backend.numpy(model(*args))
+    out = model(*args)
+    backend.xp.eval(out)
+    return backend.numpy(out)
+
+
+def params(backend, model) -> dict:
+    """name -> parameter, in the backend's own arrays."""
+    if backend.name == "torch":
+        return dict(model.named_parameters())
+    from mlx.utils import tree_flatten
+
+    return dict(tree_flatten(model.parameters()))
+
+
+def set_params(backend, model, updates: dict) -> None:
+    """Overwrite the named parameters with the given numpy (or backend) values."""
+    if backend.name == "torch":
+        torch = backend.xp
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in updates.items():
+                named[name].copy_(torch.as_tensor(np.asarray(value)))
+        return
+    from mlx.utils import tree_unflatten
+
+    model.update(tree_unflatten([(n, backend.xp.array(np.asarray(v)))
+                                 for n, v in updates.items()]))
+
+
+def load_weights_strict(backend, model, weights: dict) -> None:
+    if backend.name == "torch":
+        model.load_state_dict(weights, strict=True)
+    else:
+        model.load_weights(list(weights.items()), strict=True)
+
+
+def to_bfloat16(backend, model):
+    if backend.name == "torch":
+        return model.to(backend.bfloat16)
+    model.set_dtype(backend.bfloat16)
+    return model
+
+
+def train(backend, model):
+    model.train()
+    return model
+
+
+def loss_and_grads(backend, model, args) -> tuple[np.ndarray, dict]:
+    """The output and d mean(out^2) / d parameter (numpy; None where torch has no gradient)."""
+    if backend.name == "torch":
+        model.zero_grad(set_to_none=True)
+        out = model(*args)
+        out.square().mean().backward()
+        return backend.numpy(out), {n: None if p.grad is None else backend.numpy(p.grad)
+                                    for n, p in model.named_parameters()}
+    from mlx.utils import tree_flatten
+
+    mx = backend.xp
+
+    def loss_fn(*a):
+        out = model(*a)
+        return mx.mean(out * out), out
+
+    (_, out), grads = backend.nn.value_and_grad(model, loss_fn)(*args)
+    mx.eval(out, grads)
+    return backend.numpy(out), {n: backend.numpy(g) for n, g in tree_flatten(grads)}
+
+
+def conv_shape(backend, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A torch conv weight shape (O, I, kF, kH, kW) in the backend's layout."""
+    if backend.channels_last and len(shape) == 5:
+        return (shape[0], *shape[2:], shape[1])
+    return shape
+
+
+def normal(shape, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes and the zero start
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("in_ch, out_ch", [(4, 4), (3, 6)])
+def test_output_shape_and_dtype(backend, name, in_ch, out_ch):
+    config = replace(CONFIGS[name], in_channels=in_ch, out_channels=out_ch)
+    model = build(backend, config)
+    x, t, context, mask, pooled = inputs(backend, config)
+    if backend.name == "torch":
+        with backend.xp.no_grad():
+            out = model(x, t, context, mask, pooled)
+    else:
+        out = model(x, t, context, mask, pooled)
+    assert out.shape == backend.video_shape(2, out_ch, FRAMES, SIZE, SIZE)
+    assert out.dtype == backend.float32
+    assert np.isfinite(backend.numpy(out)).all()
+
+
+def test_three_levels_output_shape(backend):
+    config = CONFIGS["three_levels"]
+    out = run(backend, build(backend, config), *inputs(backend, config, batch=1))
+    assert out.shape == backend.video_shape(1, 3, FRAMES, SIZE, SIZE) and np.isfinite(out).all()
+
+
+def test_bfloat16_model_keeps_its_dtype_and_single_frames_work(backend):
+    config = tiny()
+    model = to_bfloat16(backend, build(backend, config))
+    x, t, context, mask, pooled = inputs(backend, config, frames=1)
+    if backend.name == "torch":
+        with backend.xp.no_grad():
+            out = model(x.bfloat16(), t, context, mask, pooled)
+    else:
+        out = model(x.astype(backend.bfloat16), t, context, mask, pooled)
+    assert out.shape == backend.video_shape(2, 3, 1, SIZE, SIZE) and out.dtype == backend.bfloat16
+    assert np.isfinite(backend.numpy(out)).all()
+
+
+def test_timesteps_may_be_int_float_or_scalar_and_matter(backend):
+    config = tiny()
+    model = build(backend, config)
+    x, _, context, mask, pooled = inputs(backend, config)
+    a = run(backend, model, x, backend.array(np.array([7, 7])), context, mask, pooled)
+    b = run(backend, model, x, backend.array(np.array([7.0, 7.0], np.float32)), context, mask,
+            pooled)
+    c = run(backend, model, x, 7, context, mask, pooled)
+    # MLX also takes numpy timesteps.
+    t_d = np.array([7, 900]) if backend.name == "mlx" else backend.array(np.array([7, 900]))
+    d = run(backend, model, x, t_d, context, mask, pooled)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    assert np.abs(a[1] - d[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["factorized", "full"])
+def test_untrained_model_predicts_exactly_zero(backend, name):
+    config = CONFIGS[name]
+    model = build(backend, config, randomize=False)
+    args = inputs(backend, config)
+    assert np.count_nonzero(run(backend, model, *args)) == 0
+    weight = params(backend, model)["conv_out.weight"]
+    set_params(backend, model, {"conv_out.weight": 0.02 * normal(tuple(weight.shape), 0)})
+    assert np.abs(run(backend, model, *args)).max() > 0
+
+
+def test_fresh_factorized_conv_is_a_per_frame_2d_conv(backend):
+    conv = _unet(backend).FactorizedConv3d(8, 8)
+    x = backend.array(normal(backend.video_shape(1, 8, 5, 6, 6), 0))
+    np.testing.assert_allclose(run(backend, conv, x), run(backend, conv.spatial, x), rtol=0,
+                               atol=1e-6)
+
+
+@pytest.mark.backends("mlx")
+def test_zero_and_dirac_initialisation(backend):
+    model = _unet(backend).UNet3D(tiny())
+    named = params(backend, model)
+    zero = [k for k, v in named.items() if not np.any(np.array(v))]
+    for k in ["conv_out.weight", "down_blocks.0.resnets.0.conv2.spatial.weight",
+              "mid_block.attentions.0.proj_out.weight", "mid_block.attentions.0.proj_out.bias"]:
+        assert k in zero, k
+    assert "down_blocks.0.resnets.0.conv2.temporal.weight" not in zero  # only the spatial half
+    w = np.array(named["down_blocks.0.resnets.0.conv1.temporal.weight"])  # (O, 3, 1, 1, I)
+    expected = np.zeros_like(w)
+    expected[:, 1, 0, 0, :] = np.eye(16)
+    np.testing.assert_array_equal(w, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# mixing across frames, and no mixing across the batch
+
+
+@pytest.mark.parametrize("name", ["factorized", "full"])
+def test_changing_frame_zero_changes_every_other_frame(backend, name):
+    config = CONFIGS[name]
+    model = build(backend, config)
+    x, t, context, mask, pooled = inputs(backend, config)
+    changed = backend.numpy(x).copy()
+    frame0 = [slice(None)] * changed.ndim
+    frame0[backend.frame_axis] = 0
+    changed[tuple(frame0)] = normal(changed[tuple(frame0)].shape, 5)
+    diff = np.abs(run(backend, model, x, t, context, mask, pooled)
+                  - run(backend, model, backend.array(changed), t, context, mask, pooled))
+    per_frame = diff.max(axis=tuple(a for a in range(5) if a != backend.frame_axis))
+    assert (per_frame[1:] > 1e-3).all(), per_frame
+
+
+def make_convs_per_frame(backend, model) -> None:
+    """Cut every temporal tap of every ResBlock conv, keeping the per-frame (centre) part."""
+    unet = _unet(backend)
+    if backend.name == "torch":
+        torch = backend.xp
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, unet.FactorizedConv3d):
+                    torch.nn.init.dirac_(module.temporal.weight)
+            for name, p in model.named_parameters():
+                if ".resnets." in name and ".conv" in name and name.endswith("weight") \
+                        and p.shape[2] == 3 and p.shape[3] == 3:  # a full 3x3x3 kernel
+                    p[:, :, 0].zero_()
+                    p[:, :, 2].zero_()
+        return
+    updates = {}
+    for name, p in params(backend, model).items():
+        if name.endswith(".temporal.weight"):
+            updates[name] = unet.dirac_conv_weight(p.shape[0], p.shape[-1], (3, 1, 1))
+        elif ".resnets." in name and ".conv" in name and name.endswith("weight") \
+                and p.ndim == 5 and p.shape[1:4] == (3, 3, 3):  # a full 3x3x3 kernel
+            w = np.array(p)
+            w[:, 0] = 0
+            w[:, 2] = 0
+            updates[name] = w
+    set_params(backend, model, updates)
+
+
+def _silence(backend, model, keep) -> None:
+    set_params(backend, model, {n: np.zeros(tuple(p.shape), np.float32)
+                                for n, p in params(backend, model).items() if keep(n)})
+
+
+def silence_temporal_attention(backend, model) -> None:
+    _silence(backend, model, lambda n: ".attn_temp.to_out." in n)
+
+
+def silence_text_alignment(backend, model) -> None:
+    _silence(backend, model, lambda n: n.endswith(".text_align"))
+
+
+def frame_swap_gap(backend, model, config: ModelConfig) -> float:
+    """max |model(swap(x)) - swap(model(x))| for swapping frames 1 and 2.
+
+    Without temporal layers the UNet is a per-frame 2D network whose only link between frames
+    is GroupNorm statistics, which are sums over all frames; it is then exactly equivariant to
+    reordering frames. A temporal conv breaks that, and so does temporal attention, but only
+    because of its frame-position signal: attention over a set of frames alone is equivariant.
+    The text alignment breaks it too: it tells each frame which words to read.
+    """
+    x, t, context, mask, pooled = inputs(backend, config, size=8)
+    order = [0, 2, 1, 3]
+    out = run(backend, model, x, t, context, mask, pooled)
+    swapped = backend.array(np.take(backend.numpy(x), order, axis=backend.frame_axis))
+    out_swapped = run(backend, model, swapped, t, context, mask, pooled)
+    return float(np.abs(out_swapped - np.take(out, order, axis=backend.frame_axis)).max())
+
+
+@pytest.mark.parametrize("name", ["factorized", "full", "three_levels"])
+def test_which_layers_mix_frames(backend, name, monkeypatch):
+    config = CONFIGS[name]
+    base = build(backend, config)
+
+    neither = build(backend, config)
+    make_convs_per_frame(backend, neither)
+    silence_temporal_attention(backend, neither)
+    silence_text_alignment(backend, neither)
+    assert frame_swap_gap(backend, neither, config) < 1e-5
+
+    attention_only = build(backend, config)
+    make_convs_per_frame(backend, attention_only)
+    silence_text_alignment(backend, attention_only)
+    assert frame_swap_gap(backend, attention_only, config) > 1e-3
+
+    convs_only = build(backend, config)
+    silence_temporal_attention(backend, convs_only)
+    silence_text_alignment(backend, convs_only)
+    assert frame_swap_gap(backend, convs_only, config) > 1e-3
+
+    alignment_only = build(backend, config)  # the text alignment tells each frame which words
+    make_convs_per_frame(backend, alignment_only)
+    silence_temporal_attention(backend, alignment_only)
+    assert frame_swap_gap(backend, alignment_only, config) > 1e-3
+
+    assert frame_swap_gap(backend, base, config) > 1e-3
+
+    # Temporal attention tells frames apart only through the frame-position signal.
+    monkeypatch.setattr(_unet(backend), "sinusoidal_embedding",
+                        lambda positions, dim: backend.xp.zeros((positions.shape[0], dim)))
+    assert frame_swap_gap(backend, attention_only, config) < 1e-5
+
+
+def test_text_alignment_at_zero_weight_is_the_model_without_it(backend):
+    """Per-frame cross-attention computes exactly what the (B, F*H*W) one did; the bias is the
+    only difference, and a zero weight removes it."""
+    config = tiny()
+    aligned = build(backend, config)
+    plain = _unet(backend).UNet3D(tiny(text_alignment=False))
+    plain.eval()
+    load_weights_strict(backend, plain, {k: v for k, v in params(backend, aligned).items()
+                                         if not k.endswith(".text_align")})
+    args = inputs(backend, config)
+    assert np.abs(run(backend, aligned, *args) - run(backend, plain, *args)).max() > 1e-3
+    silence_text_alignment(backend, aligned)
+    np.testing.assert_allclose(run(backend, aligned, *args), run(backend, plain, *args),
+                               atol=1e-6, rtol=0)
+
+
+def test_token_positions_put_markers_at_the_ends_and_words_in_their_slots(backend):
+    unet = _unet(backend)
+    mask = backend.array(np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1],
+                                   [1, 1, 0, 0, 0, 0]]))
+    pos = backend.numpy(unet.token_positions(mask))
+    assert pos.dtype == np.float32
+    # [CLS] w1 w2 [SEP]: words at the middles of the halves of the clip.
+    np.testing.assert_allclose(pos[0, :4], [0.0, 0.25, 0.75, 1.0])
+    np.testing.assert_allclose(pos[1, :3], [0.0, 0.5, 1.0])  # one word: middle
+    np.testing.assert_allclose(pos[2], [0.0, 0.125, 0.375, 0.625, 0.875, 1.0])
+    assert pos[3, 0] == 0.0 and 0.0 <= pos[3, 1] <= 1.0  # the empty caption: two markers
+    bias = backend.numpy(unet.text_alignment_bias(backend.array(np.ones(2, np.float32)), 8,
+                                                  mask[:1]))  # (8, 2, 1, L)
+    # Each frame leans most towards the token whose position is nearest its time.
+    nearest = bias[:, 0, 0, :4].argmax(axis=-1)
+    assert nearest.tolist() == [0, 1, 1, 1, 2, 2, 2, 3]
+
+
+def test_no_leakage_across_the_batch(backend):
+    config = tiny()
+    model = build(backend, config)
+    x, t, context, mask, pooled = inputs(backend, config)
+    x2, t2, context2, mask2, pooled2 = (backend.numpy(a).copy()
+                                        for a in (x, t, context, mask, pooled))
+    x2[1], t2[1] = normal(x2.shape[1:], 9), 999 - t2[1]
+    context2[1], pooled2[1] = normal(context2.shape[1:], 10), normal(pooled2.shape[1:], 11)
+    mask2[1] = False
+    a = run(backend, model, x, t, context, mask, pooled)
+    b = run(backend, model, *(backend.array(v) for v in (x2, t2, context2, mask2, pooled2)))
+    np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-6)
+    assert np.abs(a[1] - b[1]).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# text conditioning
+
+
+def test_text_context_and_pooled_embedding_change_the_output(backend):
+    config = tiny()
+    model = build(backend, config)
+    x, t, context, mask, pooled = inputs(backend, config)
+    base = run(backend, model, x, t, context, mask, pooled)
+    other_context = run(backend, model, x, t, backend.array(normal(tuple(context.shape), 3)),
+                        mask, pooled)
+    other_pooled = run(backend, model, x, t, context, mask,
+                       backend.array(normal(tuple(pooled.shape), 4)))
+    no_pooled = run(backend, model, x, t, context, mask, None)
+    for other in (other_context, other_pooled, no_pooled):
+        assert np.abs(base - other).max(axis=(1, 2, 3, 4)).min() > 1e-3
+
+
+def test_padding_tokens_do_not_influence_the_output(backend):
+    config = tiny()
+    model = build(backend, config)
+    x, t, context, mask, pooled = inputs(backend, config)
+    changed = backend.numpy(context).copy()
+    pad = ~backend.numpy(mask)
+    changed[pad] = 100 * normal(changed[pad].shape, 2)
+    changed = backend.array(changed)
+    a = run(backend, model, x, t, context, mask, pooled)
+    b = run(backend, model, x, t, changed, mask, pooled)
+    int_mask = backend.array(backend.numpy(mask).astype(backend.np_index_dtype))
+    c = run(backend, model, x, t, changed, int_mask, pooled)  # an integer mask means the same
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a, c, rtol=0, atol=1e-6)
+    if backend.name == "mlx":  # a numpy mask is accepted
+        d = run(backend, model, x, t, changed, backend.numpy(mask), pooled)
+        np.testing.assert_allclose(a, d, rtol=0, atol=1e-6)
+
+
+def test_an_all_zero_mask_is_finite_and_ignores_every_token(backend):
+    config = tiny()
+    model = build(backend, config)
+    x, t, context, _, pooled = inputs(backend, config)
+    empty = backend.array(np.zeros((2, TOKENS), dtype=backend.np_index_dtype))
+    a = run(backend, model, x, t, context, empty, pooled)
+    b = run(backend, model, x, t, backend.array(normal(tuple(context.shape), 6)), empty, pooled)
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradients and checkpointing
+
+
+def parameter_keys(backend, model) -> list[str]:
+    if backend.name == "torch":
+        return [n for n, _ in model.named_parameters()]
+    return _unet(backend).parameter_keys(model)
+
+
+@pytest.mark.parametrize("name", ["factorized", "full"])
+def test_gradients_reach_every_parameter(backend, name):
+    config = CONFIGS[name]
+    model = train(backend, build(backend, config))
+    _, grads = loss_and_grads(backend, model, inputs(backend, config))
+    assert set(grads) == set(parameter_keys(backend, model))
+    missing = [n for n, g in grads.items() if g is None or not np.any(g != 0)]
+    assert not missing, missing
+    assert all(np.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.backends("torch")
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name", ["factorized", "full", "three_levels"])
+def test_channels_last_computes_the_same_model(backend, name, batch):
+    """The CPU default layout: same outputs and gradients as channels-first, the same weights
+    (keys and values), and activations really laid out channels-last (batch 1 included, where
+    oneDNN picks channels-first for conv_in's 3-channel input)."""
+    torch = backend.xp
+    config = CONFIGS[name]
+    first = build(backend, config).train()
+    last = build(backend, config).train().use_channels_last()
+    for key, value in first.state_dict().items():
+        torch.testing.assert_close(last.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    assert last.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    layouts = []
+    last.down_blocks[0].resnets[0].register_forward_hook(
+        lambda _m, _args, out: layouts.append(
+            out.is_contiguous(memory_format=torch.channels_last_3d) and not out.is_contiguous()))
+    args = inputs(backend, config, batch=batch)
+    out_first, grads_first = loss_and_grads(backend, first, args)
+    out_last, grads_last = loss_and_grads(backend, last, args)
+    assert layouts == [True]
+    np.testing.assert_allclose(out_last, out_first, rtol=0, atol=2e-5)
+    for key, g in grads_first.items():
+        np.testing.assert_allclose(grads_last[key], g, rtol=1e-4, atol=1e-5, err_msg=key)
+    last.use_channels_last(False)
+    assert last.conv_in.weight.is_contiguous()
+
+
+@pytest.mark.backends("torch")
+def test_gradient_checkpointing_matches_and_is_used_torch(backend, monkeypatch):
+    torch = backend.xp
+    unet = _unet(backend)
+    config = tiny(dropout=0.1)
+    plain = build(backend, config).train()
+    ckpt = unet.UNet3D(replace(config, gradient_checkpointing=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    calls = []
+    original = unet.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("use_reentrant"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "checkpoint", counting)
+    args = inputs(backend, config)
+    torch.manual_seed(3)
+    out_plain, grads_plain = loss_and_grads(backend, plain, args)
+    assert not calls
+    torch.manual_seed(3)
+    out_ckpt, grads_ckpt = loss_and_grads(backend, ckpt, args)
+    # 2 down resnets, 1 down transformer, mid 3, 4 up resnets (each joining its skip inside),
+    # 2 up transformers, 1 upsample
+    assert calls == [False] * 13
+    np.testing.assert_allclose(out_ckpt, out_plain, rtol=0, atol=1e-6)
+    for name, g in grads_plain.items():
+        np.testing.assert_allclose(grads_ckpt[name], g, rtol=1e-5, atol=1e-7, err_msg=name)
+    calls.clear()
+    with torch.no_grad():
+        ckpt.eval()(*args)
+    assert not calls  # never while sampling
+
+
+@pytest.mark.backends("mlx")
+def test_gradient_checkpointing_matches_and_is_used_mlx(backend, monkeypatch):
+    mx = backend.xp
+    unet = _unet(backend)
+    config = tiny(dropout=0.1)
+    plain = train(backend, build(backend, config))
+    ckpt = unet.UNet3D(replace(config, gradient_checkpointing=True))
+    ckpt.update(plain.parameters())
+    ckpt.train()
+    calls = []
+    original = unet.checkpoint
+
+    def counting(fn):
+        calls.append(fn)
+        return original(fn)
+
+    monkeypatch.setattr(unet, "checkpoint", counting)
+    args = inputs(backend, config)
+    mx.random.seed(3)
+    out_plain, grads_plain = loss_and_grads(backend, plain, args)
+    assert not calls
+    mx.random.seed(3)
+    out_ckpt, grads_ckpt = loss_and_grads(backend, ckpt, args)
+    # 2 down resnets, 1 down transformer, mid 3, 4 up resnets (each joining its skip inside),
+    # 2 up transformers, 1 upsample
+    assert len(calls) == 13
+    np.testing.assert_allclose(out_ckpt, out_plain, rtol=0, atol=1e-6)
+    for name, g in grads_plain.items():
+        np.testing.assert_allclose(grads_ckpt[name], g, rtol=1e-5, atol=1e-7, err_msg=name)
+    # Dropout is live: a different seed gives a different output.
+    mx.random.seed(4)
+    out_other, _ = loss_and_grads(backend, ckpt, args)
+    assert np.abs(out_other - out_plain).max() > 1e-4
+    calls.clear()
+    ckpt.eval()
+    run(backend, ckpt, *args)
+    assert not calls  # never while sampling
+
+
+@pytest.mark.backends("torch")
+def test_checkpointed_backward_releases_free_memory_once_per_segment(backend, monkeypatch):
+    unet = _unet(backend)
+    config = replace(tiny(), gradient_checkpointing=True)
+    model = unet.UNet3D(config).train()
+    released = []
+    monkeypatch.setattr(unet, "release_free_memory", lambda keep: released.append(keep))
+    out = model(*inputs(backend, config))
+    assert not released  # the forward pass leaves the heap alone
+    out.square().mean().backward()
+    # as each checkpointed segment's backward begins, with the slack it tolerates
+    assert released == [unet.CHECKPOINT_HEAP_SLACK] * 13
+    released.clear()
+    loss_and_grads(backend, unet.UNet3D(replace(config, gradient_checkpointing=False)).train(),
+                   inputs(backend, config))
+    assert not released
+
+
+# ---------------------------------------------------------------------------------------------
+# the parameter-key contract (one hand-written list for both backends)
+
+
+def resnet_keys(prefix: str, factorized: bool = True, skip: bool = False) -> list[str]:
+    convs = (["conv1.spatial.weight", "conv1.spatial.bias", "conv1.temporal.weight",
+              "conv1.temporal.bias"] if factorized else ["conv1.weight", "conv1.bias"])
+    convs2 = [c.replace("conv1", "conv2") for c in convs]
+    keys = ["norm1.weight", "norm1.bias", *convs, "time_emb_proj.weight", "time_emb_proj.bias",
+            "norm2.weight", "norm2.bias", *convs2]
+    if skip:
+        keys += ["skip.weight", "skip.bias"]
+    return [f"{prefix}.{k}" for k in keys]
+
+
+def transformer_keys(prefix: str) -> list[str]:
+    keys = ["norm.weight", "norm.bias", "proj_in.weight", "proj_in.bias",
+            "norm1.weight", "norm1.bias",
+            "attn1.to_q.weight", "attn1.to_k.weight", "attn1.to_v.weight",
+            "attn1.to_out.weight", "attn1.to_out.bias",
+            "norm2.weight", "norm2.bias",
+            "attn2.to_q.weight", "attn2.to_k.weight", "attn2.to_v.weight",
+            "attn2.to_out.weight", "attn2.to_out.bias",
+            "norm3.weight", "norm3.bias",
+            "attn_temp.to_q.weight", "attn_temp.to_k.weight", "attn_temp.to_v.weight",
+            "attn_temp.to_out.weight", "attn_temp.to_out.bias",
+            "norm4.weight", "norm4.bias",
+            "ff.linear_1.weight", "ff.linear_1.bias", "ff.linear_2.weight", "ff.linear_2.bias",
+            "proj_out.weight", "proj_out.bias", "text_align"]
+    return [f"{prefix}.{k}" for k in keys]
+
+
+def test_tiny_key_set_is_exactly_the_contract(backend):
+    """The tiny preset (widths 16, 32; one resnet per level; attention on level 1), by hand.
+    Conv shapes are written in torch layout (O, I, kF, kH, kW); MLX's is (O, kF, kH, kW, I).
+
+    Skips: conv_in (16), down 0 resnet (16), down 0 downsample (16), down 1 resnet (32).
+    Up 0 (level 1, width 32) pops 32 then 16: resnets take 32+32 and 32+16 channels.
+    Up 1 (level 0, width 16) pops 16 then 16: resnets take 32+16 and 16+16 channels.
+    """
+    expected = [
+        "time_embed.linear_1.weight", "time_embed.linear_1.bias",
+        "time_embed.linear_2.weight", "time_embed.linear_2.bias",
+        "text_embed.weight", "text_embed.bias",
+        "conv_in.weight", "conv_in.bias",
+        *resnet_keys("down_blocks.0.resnets.0"),
+        "down_blocks.0.downsample.conv.weight", "down_blocks.0.downsample.conv.bias",
+        *resnet_keys("down_blocks.1.resnets.0", skip=True),
+        *transformer_keys("down_blocks.1.attentions.0"),
+        *resnet_keys("mid_block.resnets.0"),
+        *transformer_keys("mid_block.attentions.0"),
+        *resnet_keys("mid_block.resnets.1"),
+        *resnet_keys("up_blocks.0.resnets.0", skip=True),
+        *resnet_keys("up_blocks.0.resnets.1", skip=True),
+        *transformer_keys("up_blocks.0.attentions.0"),
+        *transformer_keys("up_blocks.0.attentions.1"),
+        "up_blocks.0.upsample.conv.weight", "up_blocks.0.upsample.conv.bias",
+        *resnet_keys("up_blocks.1.resnets.0", skip=True),
+        *resnet_keys("up_blocks.1.resnets.1", skip=True),
+        "norm_out.weight", "norm_out.bias", "conv_out.weight", "conv_out.bias",
+    ]
+    assert len(expected) == len(set(expected))
+    model = _unet(backend).UNet3D(tiny())
+    if backend.name == "torch":
+        state = model.state_dict()
+        assert set(state) == set(expected)
+        assert set(state) == {n for n, _ in model.named_parameters()}  # no buffers in checkpoints
+    else:
+        from mlx.utils import tree_flatten
+
+        keys = parameter_keys(backend, model)
+        assert len(keys) == len(set(keys))
+        assert set(keys) == set(expected)
+        assert set(dict(tree_flatten(model.trainable_parameters()))) == set(expected)
+        state = params(backend, model)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+
+    def conv(*shape):
+        return conv_shape(backend, shape)
+
+    assert shapes["conv_in.weight"] == conv(16, 3, 1, 3, 3)
+    assert shapes["down_blocks.0.resnets.0.conv1.spatial.weight"] == conv(16, 16, 1, 3, 3)
+    assert shapes["down_blocks.0.resnets.0.conv1.temporal.weight"] == conv(16, 16, 3, 1, 1)
+    assert shapes["down_blocks.0.resnets.0.time_emb_proj.weight"] == (32, 64)
+    assert shapes["up_blocks.0.resnets.0.conv1.spatial.weight"] == conv(32, 64, 1, 3, 3)
+    assert shapes["up_blocks.0.resnets.1.skip.weight"] == conv(32, 48, 1, 1, 1)
+    assert shapes["up_blocks.1.resnets.0.conv1.spatial.weight"] == conv(16, 48, 1, 3, 3)
+    assert shapes["up_blocks.1.resnets.1.conv1.spatial.weight"] == conv(16, 32, 1, 3, 3)
+    assert shapes["mid_block.attentions.0.attn2.to_k.weight"] == (32, CONTEXT_DIM)
+    assert shapes["mid_block.attentions.0.ff.linear_1.weight"] == (128, 32)
+    assert shapes["time_embed.linear_1.weight"] == (64, 16)
+    assert shapes["text_embed.weight"] == (64, CONTEXT_DIM)
+    assert shapes["conv_out.weight"] == conv(3, 16, 1, 3, 3)
+    if backend.name == "mlx":
+        assert model.num_parameters() == sum(int(np.prod(s)) for s in shapes.values())
+
+
+def test_full_conv_keys_and_named_contract_keys(backend):
+    UNet3D = _unet(backend).UNet3D
+    full = set(parameter_keys(backend, UNet3D(tiny(conv_mode="full"))))
+    assert set(resnet_keys("down_blocks.0.resnets.0", factorized=False)) <= full
+    assert not any(".spatial." in k or ".temporal." in k for k in full)
+    three = params(backend, UNet3D(CONFIGS["three_levels"]))
+    assert tuple(three["down_blocks.0.resnets.0.conv1.spatial.weight"].shape) == conv_shape(
+        backend, (16, 16, 1, 3, 3))
+    for key in ["down_blocks.0.resnets.0.conv1.spatial.weight",
+                "mid_block.attentions.0.attn_temp.to_q.weight", "time_embed.linear_1.weight",
+                "text_embed.weight", "up_blocks.0.upsample.conv.weight",
+                "up_blocks.1.upsample.conv.weight", "down_blocks.0.attentions.0.attn2.to_v.weight",
+                "up_blocks.2.attentions.1.proj_out.bias", "down_blocks.1.downsample.conv.weight"]:
+        assert key in three, key
+    # Levels without attention have an empty `attentions` list, which flattens to no keys.
+    assert not any(k.startswith("down_blocks.1.attentions") for k in three)
+    assert not any(k.startswith(("down_blocks.2.downsample", "up_blocks.2.upsample"))
+                   for k in three)
+    if backend.name == "mlx":
+        assert not any(k.endswith((".dropout", ".skip")) for k in three)
+
+
+@pytest.mark.backends("mlx")
+def test_torch_layout_weights_round_trip_and_strict_loading(backend):
+    unet = _unet(backend)
+    model = build(backend, tiny())
+    tensors = unet.torch_layout_weights(model)
+    assert tensors["conv_in.weight"].shape == (16, 3, 1, 3, 3)  # torch (O, I, kF, kH, kW)
+    other = unet.UNet3D(tiny())
+    unet.load_torch_layout_weights(other, tensors)
+    loaded = params(backend, other)
+    for k, v in params(backend, model).items():
+        np.testing.assert_array_equal(np.array(loaded[k]), np.array(v), err_msg=k)
+    with pytest.raises(ValueError, match="missing"):
+        unet.load_torch_layout_weights(
+            other, {k: v for k, v in tensors.items() if k != "conv_in.bias"})
+    with pytest.raises(ValueError, match="unexpected"):
+        unet.load_torch_layout_weights(other, {**tensors, "extra.weight": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match="shapes"):
+        unet.load_torch_layout_weights(other, {**tensors, "conv_in.bias": np.zeros(5, np.float32)})
+
+
+@pytest.mark.backends("mlx")
+def test_the_mlx_unet_does_not_import_torch(backend):
+    code = ("import sys; import t2s_mlx.unet; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention and sinusoid maths (one float64 numpy reference for both backends)
+
+# torch.testing.assert_close's float32 tolerances, which the torch tests used; MLX's own.
+CLOSE = {"torch": {"rtol": 1.3e-6, "atol": 1e-5}, "mlx": {"rtol": 1e-5, "atol": 1e-5}}
+
+
+def reference_attention(backend, attn, x, context, mask, heads):
+    x, context = backend.numpy(x).astype(np.float64), backend.numpy(context).astype(np.float64)
+    w = {k: backend.numpy(v).astype(np.float64) for k, v in params(backend, attn).items()}
+    q, k, v = x @ w["to_q.weight"].T, context @ w["to_k.weight"].T, context @ w["to_v.weight"].T
+    b, n, c = q.shape
+    d = c // heads
+
+    def split(t):
+        return t.reshape(b, -1, heads, d).transpose(0, 2, 1, 3)
+
+    q, k, v = split(q), split(k), split(v)
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
+    if mask is not None:
+        scores = np.where(np.array(mask)[:, None, None, :], scores, -np.inf)
+    with np.errstate(invalid="ignore"):  # a row with no key is NaN here; compared separately
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        out = (scores / scores.sum(axis=-1, keepdims=True)) @ v
+    out = out.transpose(0, 2, 1, 3).reshape(b, n, c)
+    return out @ w["to_out.weight"].T + w["to_out.bias"]
+
+
+def test_attention_matches_a_hand_written_softmax(backend):
+    Attention = _unet(backend).Attention
+    if backend.name == "torch":
+        backend.xp.manual_seed(0)
+    else:
+        backend.xp.random.seed(0)
+    heads = 4
+    cross = Attention(32, 24, heads)
+    self_attn = Attention(32, None, heads)
+    set_params(backend, cross, {"to_out.bias": normal((32,), 0)})
+    x, context = backend.array(normal((3, 10, 32), 1)), backend.array(normal((3, 7, 24), 2))
+    mask = np.array([[1] * 7, [1] * 4 + [0] * 3, [1, 0, 1, 0, 1, 0, 0]], dtype=bool)
+
+    def close(a, b):
+        np.testing.assert_allclose(a, b, **CLOSE[backend.name])
+
+    close(run(backend, self_attn, x), reference_attention(backend, self_attn, x, x, None, heads))
+    close(run(backend, cross, x, context),
+          reference_attention(backend, cross, x, context, None, heads))
+    close(run(backend, cross, x, context, backend.array(mask)),
+          reference_attention(backend, cross, x, context, mask, heads))
+    # A sample with no real token: the attention sum is empty, only to_out's bias remains.
+    mask[1] = False
+    out = run(backend, cross, x, context, backend.array(mask.astype(np.int32)))
+    bias = backend.numpy(params(backend, cross)["to_out.bias"])
+    np.testing.assert_array_equal(out[1], np.broadcast_to(bias, (10, 32)))
+    close(out[0], reference_attention(backend, cross, x, context, mask, heads)[0])
+
+
+def test_sinusoid_is_cos_then_sin_with_base_10000(backend):
+    positions = [0.0, 1.0, 5.0, 999.0]
+    emb = backend.numpy(_unet(backend).sinusoidal_embedding(
+        backend.array(np.array(positions, np.float32)), 7))
+    half = 3
+    expected = np.zeros((4, 7))
+    for r, p in enumerate(positions):
+        for i in range(half):
+            w = math.exp(-math.log(10000.0) * i / half)
+            expected[r, i] = math.cos(p * w)
+            expected[r, half + i] = math.sin(p * w)
+    assert emb.dtype == np.float32
+    np.testing.assert_allclose(emb, expected, **CLOSE[backend.name])
