@@ -162,6 +162,10 @@ class TrainConfig:
     # Pose metrics in the probe (needs the `pose` extra; skipped with one note without it).
     eval_pose: bool = True
     checkpoint_every: int = 1000
+    # Also checkpoint once this many minutes have passed since the last one (0 = off). A signal
+    # saves the step it stopped at, but a crash or an out-of-memory kill does not; with slow
+    # steps, `checkpoint_every` alone can be hours of work lost.
+    checkpoint_minutes: float = 0.0
     keep_last: int = 3
     seed: int = 0
 
@@ -300,6 +304,7 @@ class Config:
         _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay must be in [0, 1)")
         _check(0.0 <= t.cond_drop_prob < 1.0, "train.cond_drop_prob must be in [0, 1)")
         _check(t.eval_every >= 0, "train.eval_every must be >= 0 (0 = off)")
+        _check(t.checkpoint_minutes >= 0, "train.checkpoint_minutes must be >= 0 (0 = off)")
         _check(t.eval_clips >= 1 and 1 <= t.eval_steps <= d.num_train_timesteps,
                f"train.eval_clips must be >= 1 and train.eval_steps in "
                f"1..{d.num_train_timesteps}")

@@ -302,7 +302,7 @@ class BaseTrainer:
         bar = tqdm(total=tc.steps, initial=self.step, desc="training", unit="step",
                    disable=not self.progress)
         self.model.train()
-        last_saved = None
+        last_saved, saved_at = None, time.monotonic()
         with stop_signals(self.log) as stop, contextlib.ExitStack() as cleanup:
             cleanup.callback(bar.close)
             if tb is not None:
@@ -330,8 +330,11 @@ class BaseTrainer:
                     self.write_samples(tb)
                 if probe is not None and self.step % tc.eval_every == 0:
                     self.evaluate_reference(probe, tb)
-                if self.step % tc.checkpoint_every == 0 or self.step == last_step:
-                    last_saved = self.save() if main else None
+                # The clock only matters on rank 0, the one that writes.
+                overdue = tc.checkpoint_minutes > 0 and \
+                    time.monotonic() - saved_at >= 60 * tc.checkpoint_minutes
+                if self.step % tc.checkpoint_every == 0 or self.step == last_step or overdue:
+                    last_saved, saved_at = (self.save() if main else None), time.monotonic()
                 if self.step < last_step and self._any_rank(bool(stop)):
                     if main and (last_saved is None
                                  or last_saved.name != step_dir_name(self.step)):

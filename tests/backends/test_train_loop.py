@@ -1,0 +1,44 @@
+"""The core training loop (shared.trainer.BaseTrainer) as each backend's Trainer runs it: a
+feature written once in the loop reaches both tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.checkpoint import list_checkpoints
+from shared.config import ConfigError, apply_overrides, preset
+from shared.toy import make_toy_dataset
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("toy")
+    make_toy_dataset(folder, n=4, num_prompts=2, num_frames=4, height=36, width=64,
+                     progress=False)
+    return folder
+
+
+def steps_saved(backend, data: Path, out: Path, minutes: float) -> list[int]:
+    config = apply_overrides(preset("tiny"), [
+        f"data.data_dir={data}", f"train.out_dir={out}", "data.val_fraction=0",
+        "train.sample_every=0", "train.batch_size=2", "train.steps=4",
+        "train.checkpoint_every=1000", "train.keep_last=10",
+        f"train.checkpoint_minutes={minutes}"])
+    backend.module("train").Trainer(config, progress=False, log=lambda _: None).train()
+    return [step for step, _ in list_checkpoints(out / "checkpoints")]
+
+
+def test_checkpoint_minutes_saves_on_the_clock_between_step_cadences(backend, toy_data,
+                                                                     tmp_path):
+    """With the clock overdue after every step, every step is saved; off, only the last one
+    (checkpoint_every is far away)."""
+    assert steps_saved(backend, toy_data, tmp_path / "off", 0) == [4]
+    assert steps_saved(backend, toy_data, tmp_path / "on", 1e-9) == [1, 2, 3, 4]
+
+
+def test_checkpoint_minutes_must_not_be_negative():
+    config = apply_overrides(preset("tiny"), ["train.checkpoint_minutes=-1"])
+    with pytest.raises(ConfigError, match="checkpoint_minutes"):
+        config.validate()
