@@ -125,6 +125,7 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("backend", names, ids=names, indirect=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def backend(request) -> Backend:
+    """Module-scoped (the adapter holds no state), so module-scoped fixtures may build on it."""
     return load_backend(request.param)
