@@ -4,7 +4,9 @@ what differs between the backends (the module under test, arrays to and from num
 the video layout, random generators), and is collected as `test_x[torch]` and `test_x[mlx]`.
 
 A backend whose library is missing is skipped, as tests/torch and tests/mlx skip today
-(pytest.importorskip). `@pytest.mark.backends("mlx")` runs a test on the named backends only.
+(pytest.importorskip). `@pytest.mark.backends("mlx")` runs a test on the named backends only;
+a test that parametrizes "backend" itself (with indirect=["backend"]) pairs each backend with
+its own values.
 """
 
 from __future__ import annotations
@@ -118,6 +120,10 @@ def pytest_configure(config):
 def pytest_generate_tests(metafunc):
     if "backend" not in metafunc.fixturenames:
         return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "backend" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return  # the test pairs backends with its own values (indirect=["backend"])
     marker = metafunc.definition.get_closest_marker("backends")
     names = list(marker.args) if marker else list(BACKENDS)
     unknown = set(names) - set(BACKENDS)
