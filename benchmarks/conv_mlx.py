@@ -29,18 +29,21 @@ them (Metal's Winograd and 2-D kernels) exists only on Apple Silicon.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import click
 import mlx.core as mx
 import mlx.nn as nn
 
+from shared.cli_common import SCRIPT_SETTINGS, run_script, spread_nargs
 from shared.config import ModelConfig, preset
 from t2s_mlx.kernels.fast_conv import FastConv3d
 from t2s_mlx.unet import FactorizedConv3d, ResBlock3D, UNet3D
@@ -166,28 +169,36 @@ def measure(shape: ConvShape, batch: int, frames: int, warmup: int, repeats: int
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--modes", nargs="+", default=["factorized", "full"],
-                        choices=["factorized", "full"])
-    parser.add_argument("--batch", type=int, default=None,
-                        help="clips per conv call (default: the preset's training batch)")
-    parser.add_argument("--frames", type=int, default=None, help="default: the preset's")
-    parser.add_argument("--size", type=int, default=None,
-                        help="level-0 side in pixels (default: the preset's model size)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5, help="calls per path, at least")
-    parser.add_argument("--min-seconds", type=float, default=1.0,
-                        help="per path, more calls (up to 20x --repeats) until it has run this")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall seconds (default), or the process's CPU seconds: for a CPU "
-                             "shared with other jobs")
-    parser.add_argument("--device", choices=["cpu", "gpu"], default=None,
-                        help="default: MLX's (the GPU on Apple Silicon)")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
+@click.command(help=__doc__.split("\n\n")[0], context_settings=SCRIPT_SETTINGS)
+@click.option("--preset", default="small")
+@click.option("--modes", type=click.Choice(["factorized", "full"]), multiple=True,
+              default=["factorized", "full"], metavar="{factorized,full} [...]",
+              help="one or more (default: both)")
+@click.option("--batch", type=int, default=None,
+              help="clips per conv call (default: the preset's training batch)")
+@click.option("--frames", type=int, default=None, help="default: the preset's")
+@click.option("--size", type=int, default=None,
+              help="level-0 side in pixels (default: the preset's model size)")
+@click.option("--warmup", type=int, default=1)
+@click.option("--repeats", type=int, default=5, help="calls per path, at least")
+@click.option("--min-seconds", type=float, default=1.0,
+              help="per path, more calls (up to 20x --repeats) until it has run this")
+@click.option("--clock", type=click.Choice(sorted(CLOCKS)), default="wall",
+              help="wall seconds (default), or the process's CPU seconds: for a CPU "
+                   "shared with other jobs")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="default: MLX's (the GPU on Apple Silicon)")
+@click.option("--json", type=click.Path(path_type=Path), default=None)
+def command(**options: object) -> int:
+    return run(SimpleNamespace(**options))
 
+
+def main(argv: list[str] | None = None) -> int:
+    """`--modes a b` as argparse's nargs="+" read it: one or more values after one flag."""
+    return run_script(command, spread_nargs(sys.argv[1:] if argv is None else argv, "--modes"))
+
+
+def run(args: SimpleNamespace) -> int:
     config = preset(args.preset)
     batch = args.batch or config.train.batch_size
     frames = args.frames or config.data.num_frames

@@ -9,12 +9,15 @@ the batch iterator. Each pass is timed whole, so the ratio is what a second trai
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import click
+
+from shared.cli_common import SCRIPT_SETTINGS
 from shared.config import DataConfig
 from shared.data import BatchIterator, ClipDataset, cache_root
 from shared.toy import make_toy_dataset
@@ -29,15 +32,15 @@ def one_pass(config: DataConfig, batch_size: int) -> tuple[float, int]:
     return time.perf_counter() - start, clips
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=400)
-    parser.add_argument("--frames", type=int, default=28)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--data", type=Path, default=None,
-                        help="an existing folder of clips (default: a fresh toy set)")
-    args = parser.parse_args()
+@click.command(help=__doc__.splitlines()[0], context_settings=SCRIPT_SETTINGS)
+@click.option("--n", type=int, default=400)
+@click.option("--frames", type=int, default=28)
+@click.option("--size", type=int, default=128)
+@click.option("--batch-size", type=int, default=8)
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="an existing folder of clips (default: a fresh toy set)")
+def main(**options: object) -> None:
+    args = SimpleNamespace(**options)
     tmp = Path(tempfile.mkdtemp(prefix="t2s-bench-"))
     try:
         data = args.data or tmp / "toy"

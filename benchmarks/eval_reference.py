@@ -12,16 +12,18 @@ clips pays (keypoints cached). The target is pass 2 <= 120 s on a 2-core CPU.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import click
 import numpy as np
 
 from shared import personclips as pc
+from shared.cli_common import SCRIPT_SETTINGS
 from shared.refeval import RefEvalConfig, evaluate_against_reference
 from shared.video import write_video
 
@@ -55,14 +57,14 @@ def make_folders(root: Path, n: int, captions: int, refs: int, frames: int = 28)
         out.with_suffix(".txt").write_text(f"sign {k}\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--captions", type=int, default=20)
-    parser.add_argument("--refs", type=int, default=2)
-    parser.add_argument("--dir", default=None, help="Keep the clips and caches here.")
-    parser.add_argument("--json", default=None, help="Also write the timings here.")
-    args = parser.parse_args()
+@click.command(help=__doc__.splitlines()[0], context_settings=SCRIPT_SETTINGS)
+@click.option("--n", type=int, default=100)
+@click.option("--captions", type=int, default=20)
+@click.option("--refs", type=int, default=2)
+@click.option("--dir", default=None, help="Keep the clips and caches here.")
+@click.option("--json", default=None, help="Also write the timings here.")
+def main(**options: object) -> None:
+    args = SimpleNamespace(**options)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.dir or tmp)
         if not (root / "gen").exists():

@@ -11,23 +11,26 @@ Keypoints are cached under --cache (default: a temporary folder).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
 
 from shared.calibration import folder_rows, format_rows, synthetic_rows
+from shared.cli_common import SCRIPT_SETTINGS
 from shared.pose import PoseCache
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", default=None, help="A folder of captioned real clips.")
-    parser.add_argument("--labels", default=None, help="Its `filename,text` CSV, if any.")
-    parser.add_argument("--frames", type=int, default=28)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--max-clips", type=int, default=40)
-    parser.add_argument("--cache", default=None, help="Keypoint cache folder.")
-    args = parser.parse_args()
+@click.command(help=__doc__.splitlines()[0], context_settings=SCRIPT_SETTINGS)
+@click.option("--reference", default=None, help="A folder of captioned real clips.")
+@click.option("--labels", default=None, help="Its `filename,text` CSV, if any.")
+@click.option("--frames", type=int, default=28)
+@click.option("--size", type=int, default=128)
+@click.option("--max-clips", type=int, default=40)
+@click.option("--cache", default=None, help="Keypoint cache folder.")
+def main(**options: object) -> None:
+    args = SimpleNamespace(**options)
     with tempfile.TemporaryDirectory() as tmp, PoseCache(args.cache or tmp) as cache:
         if args.reference:
             rows = folder_rows(Path(args.reference), cache, args.frames, args.size,

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
+from shared.cli_common import SCRIPT_SETTINGS, run_script
 from shared.config import SampleConfig
 from shared.refeval import ReferenceSet, RefEvalConfig, evaluate_against_reference
 from shared.video import to_uint8, write_sample_folder
@@ -204,21 +206,25 @@ def make_person_set(folder: Path, captions: int = 6, signers: int = 3, frames: i
     return folder
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+@click.group(help=__doc__.splitlines()[0], context_settings=SCRIPT_SETTINGS)
+def command() -> None:
+    pass
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    make = sub.add_parser("make-set", help="write a small real-person reference set")
-    make.add_argument("out", type=Path)
-    make.add_argument("--captions", type=int, default=6)
-    make.add_argument("--signers", type=int, default=3)
-    make.add_argument("--frames", type=int, default=16)
-    args = p.parse_args(argv)
-    folder = make_person_set(args.out, args.captions, args.signers, args.frames)
-    print(f"{args.captions * args.signers} clips in {folder}")
+
+@command.command("make-set", help="write a small real-person reference set",
+                 context_settings=SCRIPT_SETTINGS)
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--captions", type=int, default=6)
+@click.option("--signers", type=int, default=3)
+@click.option("--frames", type=int, default=16)
+def make_set(out: Path, captions: int, signers: int, frames: int) -> int:
+    folder = make_person_set(out, captions, signers, frames)
+    print(f"{captions * signers} clips in {folder}")
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(command, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,71 +20,89 @@ the mean of the two; the table shows both).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
 
 from benchmarks.common import Job, job_config
 from benchmarks.measure import Plan, available_targets, measure
 from benchmarks.report import header_info, markdown, to_json
+from shared.cli_common import SCRIPT_SETTINGS, parse_script
 from shared.config import ConfigError
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
-    p.add_argument("--quick", action="store_true",
-                   help="tiny preset, 2 timed steps: a smoke run (< 2 minutes on 2 cores)")
-    p.add_argument("--presets", default=None, help="comma list (default: tiny,small)")
-    p.add_argument("--backends", default="torch,mlx", help="comma list of torch, mlx")
-    p.add_argument("--devices", default=None,
-                   help="comma list to keep (cpu, cuda, mps, gpu); default: all available")
-    p.add_argument("--conv-modes", default="factorized,full")
-    p.add_argument("--batch", type=int, default=None, help="clips per step (default per preset)")
-    p.add_argument("--repeats", type=int, default=None, help="timed steps (median reported)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--no-peer", action="store_true", help="skip diffusers' UNet3DConditionModel")
-    p.add_argument("--no-sampling", action="store_true")
-    p.add_argument("--no-checkpointing", action="store_true",
-                   help="skip the gradient-checkpointing row")
-    p.add_argument("--no-bf16", action="store_true", help="fp32 only on GPUs")
-    p.add_argument("--latent", action="store_true",
-                   help="add latent-mode rows (the UNet on SD-VAE latents: /8 per side, 4 ch)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads per measurement (default: torch's own choice)")
-    p.add_argument("--data", action="store_true",
-                   help="also time cached data loading against the training step")
-    p.add_argument("--quality", type=Path, default=None, metavar="CHECKPOINT",
-                   help="a trained torch checkpoint: DPM++ 20 and DDIM 50 against DDIM 500")
-    p.add_argument("--reference", type=Path, default=None, metavar="DIR",
-                   help="with --quality: only the sampler comparison on real clips, each "
-                        "sampler / steps / eta / guidance scored against DIR's clips of the "
-                        "same caption beside the shuffled-caption baseline "
-                        "(benchmarks/reference_quality.py); no throughput rows")
-    p.add_argument("--reference-captions", type=int, default=8, metavar="N",
-                   help="with --reference: sample the first N of DIR's captions")
-    p.add_argument("--reference-samples", type=int, default=2, metavar="N",
-                   help="with --reference: clips per caption")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                   help="torch activations channels-last (auto: as training runs them, on the "
-                        "CPU only); run on and off to see what the layout is worth")
-    p.add_argument("--compile", action="store_true",
-                   help="add a row for torch's UNet under torch.compile (static shapes), next "
-                        "to its eager row; the first step's compilation is reported apart")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="SECTION.FIELD=VALUE",
-                   help="change the presets for every model measured, ours and the peer (e.g. "
-                        "--set data.num_frames=8 --set data.image_size=64: a shape the peer "
-                        "fits in memory); repeatable")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
-    p.add_argument("--json", type=Path, default=None, help="also write every figure here")
-    return p.parse_args(argv)
+def _help(doc: str) -> tuple[str, str]:
+    """The docstring's first line as the help, the rest as the epilog, each paragraph printed
+    as written (click's "\\b"), as argparse's RawDescriptionHelpFormatter did."""
+    first, rest = doc.split("\n", 1)
+    return first, "\n\n".join("\b\n" + p for p in rest.strip("\n").split("\n\n"))
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
+_DESCRIPTION, _EPILOG = _help(__doc__)
+
+
+@click.command(help=_DESCRIPTION, epilog=_EPILOG, context_settings=SCRIPT_SETTINGS)
+@click.option("--quick", is_flag=True,
+              help="tiny preset, 2 timed steps: a smoke run (< 2 minutes on 2 cores)")
+@click.option("--presets", default=None, help="comma list (default: tiny,small)")
+@click.option("--backends", default="torch,mlx", help="comma list of torch, mlx")
+@click.option("--devices", default=None,
+              help="comma list to keep (cpu, cuda, mps, gpu); default: all available")
+@click.option("--conv-modes", default="factorized,full")
+@click.option("--batch", type=int, default=None, help="clips per step (default per preset)")
+@click.option("--repeats", type=int, default=None, help="timed steps (median reported)")
+@click.option("--warmup", type=int, default=1)
+@click.option("--no-peer", is_flag=True, help="skip diffusers' UNet3DConditionModel")
+@click.option("--no-sampling", is_flag=True)
+@click.option("--no-checkpointing", is_flag=True, help="skip the gradient-checkpointing row")
+@click.option("--no-bf16", is_flag=True, help="fp32 only on GPUs")
+@click.option("--latent", is_flag=True,
+              help="add latent-mode rows (the UNet on SD-VAE latents: /8 per side, 4 ch)")
+@click.option("--threads", type=int, default=0,
+              help="torch threads per measurement (default: torch's own choice)")
+@click.option("--data", is_flag=True,
+              help="also time cached data loading against the training step")
+@click.option("--quality", type=click.Path(path_type=Path), default=None, metavar="CHECKPOINT",
+              help="a trained torch checkpoint: DPM++ 20 and DDIM 50 against DDIM 500")
+@click.option("--reference", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="with --quality: only the sampler comparison on real clips, each "
+                   "sampler / steps / eta / guidance scored against DIR's clips of the "
+                   "same caption beside the shuffled-caption baseline "
+                   "(benchmarks/reference_quality.py); no throughput rows")
+@click.option("--reference-captions", type=int, default=8, metavar="N",
+              help="with --reference: sample the first N of DIR's captions")
+@click.option("--reference-samples", type=int, default=2, metavar="N",
+              help="with --reference: clips per caption")
+@click.option("--channels-last", type=click.Choice(("auto", "on", "off")), default="auto",
+              help="torch activations channels-last (auto: as training runs them, on the "
+                   "CPU only); run on and off to see what the layout is worth")
+@click.option("--compile", is_flag=True,
+              help="add a row for torch's UNet under torch.compile (static shapes), next "
+                   "to its eager row; the first step's compilation is reported apart")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="change the presets for every model measured, ours and the peer (e.g. "
+                   "--set data.num_frames=8 --set data.image_size=64: a shape the peer "
+                   "fits in memory); repeatable")
+@click.option("--timeout", type=float, default=1800, help="seconds per measurement")
+@click.option("--json", type=click.Path(path_type=Path), default=None,
+              help="also write every figure here")
+def command(**options: object) -> SimpleNamespace:
+    """The parsed options, read downstream as `args.name` (as argparse's Namespace was)."""
+    options["overrides"] = list(options["overrides"])  # type: ignore[call-overload]
+    return SimpleNamespace(**options)
+
+
+def parse(argv: list[str] | None = None) -> SimpleNamespace:
+    """The command line (default: sys.argv[1:]) as a namespace; --help and usage errors exit
+    (0 and 2)."""
+    return parse_script(command, argv)  # type: ignore[return-value]
+
+
+def make_plan(args: SimpleNamespace) -> Plan:
     presets = (args.presets or ("tiny" if args.quick else "tiny,small")).split(",")
     targets = available_targets(args.backends.split(","),
                                 args.devices.split(",") if args.devices else None)
@@ -105,7 +123,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 compile=args.compile, overrides=args.overrides)
 
 
-def reference_main(args: argparse.Namespace) -> int:
+def reference_main(args: SimpleNamespace) -> int:
     """`--quality RUN --reference DIR`: the recipe table on real clips, printed and in --json."""
     from benchmarks.reference_quality import compare_on_references, format_table
     from shared.checkpoint import CheckpointError, resolve_checkpoint

@@ -21,7 +21,6 @@ matters); the MLX child first times one frame and skips the clip if the estimate
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -29,6 +28,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
+
+from shared.cli_common import SCRIPT_SETTINGS, run_script
 
 SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
               up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
@@ -120,17 +124,24 @@ def flops_ratio(frames: int, size: int) -> dict:
     return {"pixel_train_gflops": p / 1e9, "latent_train_gflops": q / 1e9, "ratio": p / q}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=28)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--skip-mlx", action="store_true")
-    parser.add_argument("--mlx-budget", type=float, default=300.0)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default: torch's own choice)")
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--child", nargs=2, metavar=("BACKEND", "FOLDER"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+@click.command(help=__doc__.split("\n")[0], context_settings=SCRIPT_SETTINGS)
+@click.option("--frames", type=int, default=28)
+@click.option("--size", type=int, default=128)
+@click.option("--skip-mlx", is_flag=True)
+@click.option("--mlx-budget", type=float, default=300.0)
+@click.option("--threads", type=int, default=0,
+              help="torch CPU threads (default: torch's own choice)")
+@click.option("--json", default=None)
+@click.option("--child", nargs=2, default=None, metavar="BACKEND FOLDER", hidden=True)
+def command(**options: object) -> int:
+    return run(SimpleNamespace(**options))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(command, argv)
+
+
+def run(args: SimpleNamespace) -> int:
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.frames, args.size,
                                args.mlx_budget if args.child[0] == "mlx" else float("inf"),

@@ -11,12 +11,13 @@ clips are on the demo's results page (`OUT/samples/index.html`).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+import click
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from shared.cli_common import SCRIPT_SETTINGS
 from shared.data import DataError
 from shared.report_html import folder_clips, references_by_caption
 from shared.video import read_video
@@ -73,15 +74,15 @@ def _pick(clip: np.ndarray, n: int) -> np.ndarray:
     return clip[np.round(np.linspace(0, len(clip) - 1, n)).astype(int)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("demo_dir", help="a finished demo run (t2s-demo --out DIR)")
-    parser.add_argument("out_png")
-    parser.add_argument("--per-set", type=int, default=2, help="sentences per set")
-    parser.add_argument("--frames", type=int, default=4, help="frames per clip")
-    args = parser.parse_args()
-    print(f"wrote {demo_figure(args.demo_dir, args.out_png, args.per_set, args.frames)}")
-
+@click.command(help=__doc__.split("\n\n")[0] + "\n\n\b\nArguments:\n"
+               "  DEMO_DIR  a finished demo run (t2s-demo --out DIR)\n"
+               "  OUT_PNG", context_settings=SCRIPT_SETTINGS)
+@click.argument("demo_dir")
+@click.argument("out_png")
+@click.option("--per-set", type=int, default=2, help="sentences per set")
+@click.option("--frames", type=int, default=4, help="frames per clip")
+def main(demo_dir: str, out_png: str, per_set: int, frames: int) -> None:
+    print(f"wrote {demo_figure(demo_dir, out_png, per_set, frames)}")
 
 if __name__ == "__main__":
     main()
