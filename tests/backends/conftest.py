@@ -3,7 +3,7 @@ style of diffusers' shared model tests: a test takes `backend`, a small adapter 
 what differs between the backends (the module under test, arrays to and from numpy, dtypes,
 the video layout, random generators), and is collected as `test_x[torch]` and `test_x[mlx]`.
 
-A backend whose library is missing is skipped, as tests/torch and tests/mlx skip today
+A backend whose library is missing is skipped, the way tests/torch and tests/mlx skip
 (pytest.importorskip). `@pytest.mark.backends("mlx")` runs a test on the named backends only;
 a test that parametrizes "backend" itself (with indirect=["backend"]) pairs each backend with
 its own values.
