@@ -64,11 +64,12 @@ def load_config(preset_name: str | None, config_file: str | None,
 SCRIPT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def run_script(command: click.Command, argv: list[str] | None = None) -> int:
+def run_script(command: click.Command, argv: list[str] | None = None,
+               prog_name: str | None = None) -> int:
     """Run a script's click command and return its exit code instead of exiting: the
     callback's int (None: 0); --help 0; a usage error shown on stderr, 2."""
     try:
-        code = command.main(args=argv, standalone_mode=False)
+        code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.ClickException as e:
         e.show()
         return e.exit_code

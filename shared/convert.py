@@ -57,6 +57,7 @@ from shared.checkpoint import (
     tensor_metadata,
     write_checksums,
 )
+from shared.cli_common import run_script
 from shared.config import Config, ConfigError
 from shared.layouts import (
     _examples,
@@ -550,14 +551,5 @@ def main(argv: list[str] | None = None, *, source: str, target: str,
          out: Callable[[str], None] = print) -> int:
     """Run one direction's command line; returns the exit code (2 for a refusal or a usage
     error, as click reports it)."""
-    command = build_command(source, target, out)
-    try:
-        code = command.main(args=argv, prog_name=f"convert/{source}_to_{target}.py",
-                            standalone_mode=False)
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.Abort:
-        click.echo("Aborted!", err=True)
-        return 1
-    return code or 0
+    return run_script(build_command(source, target, out), argv,
+                      prog_name=f"convert/{source}_to_{target}.py")

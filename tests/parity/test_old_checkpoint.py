@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared.metrics import psnr
 from shared.toy import make_toy_dataset
 from shared.video import read_video
 
@@ -25,11 +26,6 @@ def run(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run([*args], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def test_the_old_checkpoint_loads_with_every_key_on_both_backends(tmp_path):
