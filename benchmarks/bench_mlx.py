@@ -27,10 +27,9 @@ from benchmarks.common import (
     median,
     report,
 )
-from t2s_mlx.device import select_device
+from t2s_mlx.device import mixed_value_and_grad, select_device
 from t2s_mlx.diffusion import GaussianDiffusion, TextBatch
 from t2s_mlx.sample import guided_prediction
-from t2s_mlx.train import mixed_value_and_grad
 from t2s_mlx.unet import UNet3D
 
 

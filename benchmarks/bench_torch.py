@@ -24,7 +24,7 @@ from benchmarks.common import (
     median,
     report,
 )
-from shared.batching import max_rss_bytes
+from shared.data.batching import max_rss_bytes
 from t2s_torch.device import (
     autocast_context,
     prefers_channels_last,

@@ -43,7 +43,7 @@ import click
 import mlx.core as mx
 import mlx.nn as nn
 
-from shared.cli_common import SCRIPT_SETTINGS, run_script, spread_nargs
+from shared.app.cli_common import SCRIPT_SETTINGS, run_script, spread_nargs
 from shared.config import ModelConfig, preset
 from t2s_mlx.kernels.fast_conv import FastConv3d
 from t2s_mlx.unet import FactorizedConv3d, ResBlock3D, UNet3D

@@ -17,10 +17,10 @@ from types import SimpleNamespace
 
 import click
 
-from shared.cli_common import SCRIPT_SETTINGS
+from shared.app.cli_common import SCRIPT_SETTINGS
 from shared.config import DataConfig
-from shared.data import BatchIterator, ClipDataset, cache_root
-from shared.toy import make_toy_dataset
+from shared.data.dataset import BatchIterator, ClipDataset, cache_root
+from shared.data.toy import make_toy_dataset
 
 
 def one_pass(config: DataConfig, batch_size: int) -> tuple[float, int]:

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.config import apply_overrides, preset
-from shared.data import BatchIterator, ClipDataset
-from shared.toy import make_toy_dataset
+from shared.data.dataset import BatchIterator, ClipDataset
+from shared.data.toy import make_toy_dataset
 
 
 def cached_clips_per_s(preset_name: str, n: int = 48, batch: int = 4,

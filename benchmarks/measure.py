@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULT_PREFIX, Job, job_config
-from shared.batching import physical_ram_bytes
 from shared.config import ModelConfig
-from shared.flops import num_parameters, training_flops_per_sample
+from shared.data.batching import physical_ram_bytes
+from shared.model.flops import num_parameters, training_flops_per_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,9 @@ from types import SimpleNamespace
 
 import click
 
-from shared.calibration import folder_rows, format_rows, synthetic_rows
-from shared.cli_common import SCRIPT_SETTINGS
-from shared.pose import PoseCache
+from shared.app.cli_common import SCRIPT_SETTINGS
+from shared.evaluation.calibration import folder_rows, format_rows, synthetic_rows
+from shared.evaluation.pose import PoseCache
 
 
 @click.command(help=__doc__.splitlines()[0], context_settings=SCRIPT_SETTINGS)
@@ -38,7 +38,7 @@ def main(**options: object) -> None:
             source = args.reference
         else:
             rows = synthetic_rows(cache, args.frames, args.size)
-            source = "clips of the bundled astronaut photo (shared.personclips)"
+            source = "clips of the bundled astronaut photo (shared.data.personclips)"
         print(f"reference scores at {args.frames} x {args.size}^2 on {source}")
         print(format_rows(rows))
 

@@ -2,7 +2,7 @@
 DPM-Solver++ (20 steps) and DDIM (50 steps) land to the 500-step DDIM solution, and how fast;
 and, on a model trained on a toy set with held-out sentences (`split.json`, what `t2s-demo` and
 `data toy` write), how well each sampler and guidance scale follows the text: seen and unseen
-sentences scored apart with standard errors (`shared.textfollow`).
+sentences scored apart with standard errors (`shared.evaluation.textfollow`).
 
     python benchmarks/run.py --quality runs/demo/run-toy
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import DiffusionConfig
-from shared.textfollow import make_split, paired_difference, read_split, score_set
-from shared.video import to_uint8
+from shared.data.video import to_uint8
+from shared.evaluation.textfollow import make_split, paired_difference, read_split, score_set
 
 REFERENCE = ("ddim", 500)
 CANDIDATES = (("ddim", 50), ("dpm++", 20))

@@ -1,7 +1,7 @@
 """Which sampler, step count, eta and guidance serve real signing: every recipe of `RECIPES`
 samples the reference folder's captions from one checkpoint, from the same starting noise, and
-is scored as `eval GENERATED --reference DIR` scores it (`shared.refeval`: PSNR, SSIM, pose
-DTW-MJE, hands found), each metric beside its shuffled-caption baseline.
+is scored as `eval GENERATED --reference DIR` scores it (`shared.evaluation.refeval`: PSNR, SSIM,
+pose DTW-MJE, hands found), each metric beside its shuffled-caption baseline.
 
     python benchmarks/run.py --quality RUN --reference DIR [--json FILE]
     python benchmarks/reference_quality.py make-set DIR     # a small real-person set to try it
@@ -27,10 +27,10 @@ from typing import Any
 import click
 import numpy as np
 
-from shared.cli_common import SCRIPT_SETTINGS, run_script
+from shared.app.cli_common import SCRIPT_SETTINGS, run_script
 from shared.config import SampleConfig
-from shared.refeval import ReferenceSet, RefEvalConfig, evaluate_against_reference
-from shared.video import to_uint8, write_sample_folder
+from shared.data.video import to_uint8, write_sample_folder
+from shared.evaluation.refeval import ReferenceSet, RefEvalConfig, evaluate_against_reference
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def reference_captions(reference: Path, max_captions: int, labels_file: str | No
 
 
 def pose_available() -> tuple[bool, str]:
-    from shared.pose import PoseExtraMissing, require_mediapipe
+    from shared.evaluation.pose import PoseExtraMissing, require_mediapipe
 
     try:
         require_mediapipe()
@@ -133,7 +133,8 @@ def compare_on_references(checkpoint: Path, reference: Path, log: Callable[[str]
         "protocol": {"captions": captions, "samples_per_caption": samples, "seed": seed,
                      "frames": d.num_frames, "size": d.image_size, "pose": pose,
                      "device": str(dev), "sampler_defaults": dataclasses.asdict(config.sample),
-                     "scoring": "shared.refeval (eval --reference), clips written as GIFs"},
+                     "scoring": "shared.evaluation.refeval (eval --reference), "
+                                "clips written as GIFs"},
         "rows": rows,
     }
 
@@ -181,10 +182,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 def make_person_set(folder: Path, captions: int = 6, signers: int = 3, frames: int = 16,
                     height: int = 180, width: int = 320) -> Path:
-    """Real pixels of a real person (`shared.personclips`, a bundled photograph) moved along one
-    path per caption; each "signer" has its own background and tempo. MP4 + .txt captions."""
-    from shared import personclips as pc
-    from shared.video import write_video
+    """Real pixels of a real person (`shared.data.personclips`, a bundled photograph) moved along
+    one path per caption; each "signer" has its own background and tempo. MP4 + .txt captions."""
+    from shared.data import personclips as pc
+    from shared.data.video import write_video
 
     photo = pc.person_photo()
     backgrounds = [(96, 96, 96), (150, 120, 90), (70, 110, 140), (120, 140, 100)]

@@ -12,7 +12,7 @@ memory; MLX: mx.get_peak_memory). Rows that are compared (ours vs the peer, chec
 off) are measured back to back in one invocation, on the same device.
 
 Utilisation: FLOPs per training clip are counted analytically from the config
-(`shared.flops`: forward + backward = 3 x forward, 4 x with gradient checkpointing's
+(`shared.model.flops`: forward + backward = 3 x forward, 4 x with gradient checkpointing's
 recomputation); the device's ceiling is the best of an fp32 2048^2 matmul and an fp32
 64 -> 64 3x3x3 conv3d, measured in the same run, before and after a device's rows (MFU uses
 the mean of the two; the table shows both).
@@ -31,7 +31,7 @@ import click
 from benchmarks.common import Job, job_config
 from benchmarks.measure import Plan, available_targets, measure
 from benchmarks.report import header_info, markdown, to_json
-from shared.cli_common import SCRIPT_SETTINGS, parse_script
+from shared.app.cli_common import SCRIPT_SETTINGS, parse_script
 from shared.config import ConfigError
 
 
@@ -126,8 +126,8 @@ def make_plan(args: SimpleNamespace) -> Plan:
 def reference_main(args: SimpleNamespace) -> int:
     """`--quality RUN --reference DIR`: the recipe table on real clips, printed and in --json."""
     from benchmarks.reference_quality import compare_on_references, format_table
-    from shared.checkpoint import CheckpointError, resolve_checkpoint
-    from shared.data import DataError
+    from shared.data.dataset import DataError
+    from shared.model.checkpoint import CheckpointError, resolve_checkpoint
 
     start = time.perf_counter()
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return reference_main(args)
     plan = make_plan(args)
     if args.quality:  # before the long measurements, not after them
-        from shared.checkpoint import CheckpointError, resolve_checkpoint
+        from shared.model.checkpoint import CheckpointError, resolve_checkpoint
 
         try:
             resolve_checkpoint(args.quality)

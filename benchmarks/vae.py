@@ -11,8 +11,8 @@ does (`t2s_torch.vae.LatentVAE`, `t2s_mlx.vae.LatentVAE`), encodes one clip of `
 frames at `size` px and decodes the latents back, printing wall time and peak RSS. Random weights
 cost exactly what trained ones do.
 
-It also prints the UNet side of the trade (shared.flops, `small` preset): training FLOPs per clip
-at frames x size x size pixels against frames x size/8 x size/8 x 4 latents.
+It also prints the UNet side of the trade (shared.model.flops, `small` preset): training FLOPs per
+clip at frames x size x size pixels against frames x size/8 x size/8 x 4 latents.
 
 The MLX CPU backend is far slower than torch's on Linux (its Metal backend is the one that
 matters); the MLX child first times one frame and skips the clip if the estimate exceeds
@@ -32,7 +32,7 @@ from types import SimpleNamespace
 
 import click
 
-from shared.cli_common import SCRIPT_SETTINGS, run_script
+from shared.app.cli_common import SCRIPT_SETTINGS, run_script
 
 SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
               up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
@@ -41,7 +41,7 @@ SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock
 
 
 def peak_rss_mib() -> float:
-    from shared.batching import max_rss_bytes
+    from shared.data.batching import max_rss_bytes
 
     return max_rss_bytes() / 2**20
 
@@ -113,7 +113,7 @@ def child(backend: str, folder: str, frames: int, size: int, budget: float,
 
 def flops_ratio(frames: int, size: int) -> dict:
     from shared.config import preset
-    from shared.flops import training_flops_per_sample
+    from shared.model.flops import training_flops_per_sample
 
     pixels = preset("small")
     pixels.data.num_frames, pixels.data.image_size = frames, size

@@ -3,12 +3,13 @@ Numpy + safetensors only: neither torch nor mlx is imported.
 
     python convert/mlx_to_torch.py IN OUT [--dtype fp32|fp16|bf16] [--force]
 
-`--help` says what is converted and what is not; the work is `shared.convert`.
+`--help` says what is converted and what is not; the work is `shared.model.convert`, the command
+line `shared.app.cli_convert`.
 """
 
 from __future__ import annotations
 
-from shared.convert import main
+from shared.app.cli_convert import main
 
 if __name__ == "__main__":
     raise SystemExit(main(source="mlx", target="torch"))

@@ -1,11 +1,11 @@
-"""t2s_mlx as the application's `shared.backend.Backend`: what `t2s-mlx` hands to the
+"""t2s_mlx as the application's `shared.app.backend.Backend`: what `t2s-mlx` hands to the
 shared verbs. Each member imports its module on call, so building it imports no MLX."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from shared.backend import Backend
+from shared.app.backend import Backend
 
 
 def trainer(config, **kwargs):

@@ -1,4 +1,4 @@
-"""Writing and reading checkpoints from MLX; the directory protocol is `shared.checkpoint`.
+"""Writing and reading checkpoints from MLX; the directory protocol is `shared.model.checkpoint`.
 
 The twin of `t2s_torch/checkpoint.py`. Weights go through MLX's own safetensors writer (bf16
 keeps its dtype) with `t2s_layout = mlx`; the same keys as torch, conv weights channels-last.
@@ -16,7 +16,8 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from shared.checkpoint import (
+from shared.config import Config
+from shared.model.checkpoint import (
     TensorSpec,
     check_resume_files,
     inference_weights,
@@ -24,8 +25,7 @@ from shared.checkpoint import (
     tensor_metadata,
     write_checkpoint,
 )
-from shared.checkpoint import load_trainer_state as load_trainer_state  # its old home
-from shared.config import Config
+from shared.model.checkpoint import load_trainer_state as load_trainer_state  # its old home
 
 LAYOUT = "mlx"
 
@@ -53,7 +53,7 @@ def tensor_specs(module: nn.Module) -> dict[str, TensorSpec]:
 
 def load_tensors(path: Path, expected_layout: str = LAYOUT,
                  expected: dict[str, TensorSpec] | None = None) -> dict[str, mx.array]:
-    """A tensor file's tensors, checked first (`shared.checkpoint.read_tensor_file`)."""
+    """A tensor file's tensors, checked first (`shared.model.checkpoint.read_tensor_file`)."""
     return read_tensor_file(path, mx.load, expected_layout, expected)
 
 

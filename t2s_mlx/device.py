@@ -1,4 +1,5 @@
-"""Which device MLX runs on, and what it is: the Apple GPU (Metal, or CUDA builds) or the CPU.
+"""Which device MLX runs on, mixed precision on it, what fits in its memory (`--batch-size auto`)
+and what it is: the Apple GPU (Metal, or CUDA builds) or the CPU.
 
 The twin of `t2s_torch/device.py`. MLX picks its device globally (`mx.set_default_device`), so
 selecting one sets it for the process, which is how MLX programs are written.
@@ -8,11 +9,15 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
+from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_map
 
-from shared.allocator import configure_malloc
-from shared.batching import physical_ram_bytes
+from shared.app.allocator import configure_malloc
+from shared.data.batching import fit_measured, physical_ram_bytes
 
 
 class DeviceError(ValueError):
@@ -22,7 +27,7 @@ class DeviceError(ValueError):
 def select_device(requested: str | None = None) -> mx.Device:
     """Set and return MLX's default device: None / "auto" = the GPU if there is one, else CPU.
 
-    Choosing the CPU also tunes this process's malloc for big arrays (`shared.allocator`).
+    Choosing the CPU also tunes this process's malloc for big arrays (`shared.app.allocator`).
     """
     text = (requested or "auto").strip().lower()
     if text not in ("auto", "gpu", "cpu"):
@@ -39,6 +44,35 @@ def select_device(requested: str | None = None) -> mx.Device:
     return mx.default_device()
 
 
+def mixed_value_and_grad(model: nn.Module, fn: Callable[..., mx.array],
+                         dtype: mx.Dtype) -> Callable[..., tuple[mx.array, Any]]:
+    """`nn.value_and_grad` with float32 master weights and `dtype` compute.
+
+    MLX has no autocast, so the weights are cast inside the differentiated function: the forward
+    and backward run in `dtype` (half the activation memory, the fast matmul path on Apple
+    GPUs), while the cast's derivative hands float32 gradients to the float32 optimizer state.
+    The model holds its float32 weights again when the call returns.
+    """
+
+    def cast(p: mx.array) -> mx.array:
+        return p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p
+
+    def inner(params: Any, *args: Any) -> mx.array:
+        model.update(tree_map(cast, params))
+        return fn(*args)
+
+    value_and_grad = mx.value_and_grad(inner)
+
+    def wrapped(*args: Any) -> tuple[mx.array, Any]:
+        params = model.trainable_parameters()
+        try:
+            return value_and_grad(params, *args)
+        finally:
+            model.update(params)
+
+    return wrapped
+
+
 def memory_info() -> dict[str, int]:
     """Bytes MLX may use (its memory limit: on a Mac, the share of unified memory the GPU may
     wire) and bytes it holds now; used by `--batch-size auto`."""
@@ -46,6 +80,23 @@ def memory_info() -> dict[str, int]:
     info = {"total": total, "allocated": int(mx.get_active_memory())}
     info["free"] = max(0, info["total"] - info["allocated"])
     return info
+
+
+def find_batch_size(probe: Callable[[int], None], target: int,
+                    log: Callable[[str], None] = print) -> int:
+    """The largest micro-batch (a power of two, at most `target`) whose training step fits.
+
+    MLX allocates lazily from unified memory and does not raise when it runs out (the system
+    swaps), so the peak memory of probes at batch 1 and 2 gives a per-clip cost, and the batch
+    is what fits in MLX's memory limit (the share of RAM the GPU may use).
+    """
+    mx.reset_peak_memory()
+    probe(1)
+    one = mx.get_peak_memory()
+    mx.reset_peak_memory()
+    probe(2)
+    two = mx.get_peak_memory()
+    return fit_measured(max(two - one, one // 2, 1), memory_info()["free"], target, log)
 
 
 def describe_device() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""DDPM training objective in MLX; every coefficient comes from `shared.schedules`.
+"""DDPM training objective in MLX; every coefficient comes from `shared.diffusion.schedules`.
 
 The twin of `t2s_torch/diffusion.py`: the noise schedule is computed once in numpy float64 and
 kept as float32 tables, so this file holds only the arithmetic. Activations are channels-last.
@@ -13,7 +13,7 @@ import mlx.nn as nn
 import numpy as np
 
 from shared.config import DiffusionConfig
-from shared.schedules import NoiseSchedule
+from shared.diffusion.schedules import NoiseSchedule
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from shared.distributed import Distributed
+from shared.app.distributed import Distributed
 
 
 def init_distributed() -> Distributed:

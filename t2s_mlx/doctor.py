@@ -6,7 +6,7 @@ import importlib
 import time
 from collections.abc import Iterator
 
-from shared.doctor import CheckResult, check
+from shared.app.doctor import CheckResult, check
 
 
 def run_checks(device: str | None = None) -> Iterator[CheckResult]:

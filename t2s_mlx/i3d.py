@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.data import DataError
+from shared.data.dataset import DataError
 
 
 def load_i3d(path: str | Path):

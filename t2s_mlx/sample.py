@@ -1,4 +1,4 @@
-"""Sampling in MLX: the tensor half of `shared.sampling_driver`.
+"""Sampling in MLX: the tensor half of `shared.app.sampling_driver`.
 
 The twin of `t2s_torch/sample.py`. The loop, the noise stream and the `sample` verb live in the
 core; this file adds the UNet call with classifier-free guidance as one doubled batch and the
@@ -13,10 +13,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from shared import sampling_driver
+from shared.app import sampling_driver
+from shared.app.sampling_driver import Decode
 from shared.config import Config, DiffusionConfig, SampleConfig
-from shared.sampling import cfg_combine
-from shared.sampling_driver import Decode
+from shared.diffusion.sampling import cfg_combine
 from t2s_mlx.diffusion import TextBatch
 
 
@@ -41,9 +41,9 @@ def generate(model: nn.Module, diffusion: DiffusionConfig, sample: SampleConfig,
     """Sample videos for `text` (one per row); return float32 (B, F, H, W, C) in [-1, 1].
 
     `uncond` is the empty caption's embedding with the same batch size (None: no guidance).
-    Every random number comes from `shared.sampling.numpy_noise(seed)`, so the result matches
-    the torch backend's for the same weights and seed. `decode` is latent mode's hook: it maps
-    the sampled latents (unclipped) to frames in [-1, 1] (`LatentVAE.decode_video`).
+    Every random number comes from `shared.diffusion.sampling.numpy_noise(seed)`, so the result
+    matches the torch backend's for the same weights and seed. `decode` is latent mode's hook: it
+    maps the sampled latents (unclipped) to frames in [-1, 1] (`LatentVAE.decode_video`).
     """
     x = sampling_driver.denoise(
         model, diffusion, sample, shape, seed,
@@ -58,13 +58,13 @@ def sample_checkpoint(checkpoint: str | Path, prompts: list[str], out_dir: str |
                       sample: SampleConfig | None = None, device: str | None = None,
                       use_ema: bool = True, progress: bool = True,
                       vae: str | None = None) -> list[Path]:
-    """`shared.sampling_driver.sample_checkpoint` on MLX (see there)."""
+    """`shared.app.sampling_driver.sample_checkpoint` on MLX (see there)."""
     return sampling_driver.sample_checkpoint(HOOKS, checkpoint, prompts, out_dir, sample,
                                              device, use_ema, progress, vae)
 
 
 def load_decoder(config: Config, vae: str | None) -> Decode:
-    """Latent mode's decode hook (`shared.sampling_driver.load_decoder`) with MLX's VAE."""
+    """Latent mode's decode hook (`shared.app.sampling_driver.load_decoder`) with MLX's VAE."""
     from t2s_mlx.vae import LatentVAE
 
     return sampling_driver.load_decoder(config, vae, LatentVAE.from_pretrained)

@@ -2,9 +2,9 @@
 
 The MLX twin of `t2s_torch.text_encoder`, with the same methods and outputs (as `mx.array`s).
 The framework-free half (finding the model directory, tokenizing, the encoder key, the on-disk
-embedding cache, the pooling definition) lives in `shared.text`, the encoder's bookkeeping
-(chunks, cache, empty caption, checks) in `shared.text_encoder`; see `shared.text` for the
-output contract both backends keep. Both backends key the cache by the encoder's content and
+embedding cache, the pooling definition) lives in `shared.model.text`, the encoder's bookkeeping
+(chunks, cache, empty caption, checks) in `shared.model.text_encoder`; see `shared.model.text` for
+the output contract both backends keep. Both backends key the cache by the encoder's content and
 store float32, so an embedding computed by one is read by the other without running the model.
 
 The model itself is a small MLX port of transformers' BertModel that reads the same Hugging Face
@@ -28,8 +28,8 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from shared.config import TextEncoderConfig
-from shared.text import load_tokenizer
-from shared.text_encoder import BaseTextEncoder
+from shared.model.text import load_tokenizer
+from shared.model.text_encoder import BaseTextEncoder
 
 
 class UnsupportedTextEncoderError(NotImplementedError):
@@ -54,7 +54,7 @@ class EncodedText(NamedTuple):
 def masked_mean_pool(states: mx.array, mask: mx.array) -> mx.array:
     """Mean of states (B, L, D) over positions where mask (B, L) is nonzero -> (B, D).
 
-    The MLX twin of `shared.text.masked_mean_pool`; a row without real tokens pools to zeros.
+    The MLX twin of `shared.model.text.masked_mean_pool`; a row without real tokens pools to zeros.
     """
     weights = mx.expand_dims(mask.astype(states.dtype), -1)
     return (states * weights).sum(axis=1) / mx.maximum(weights.sum(axis=1), 1e-9)
@@ -381,7 +381,7 @@ def load_strict(model: nn.Module, weights: dict[str, mx.array], where: Path | st
 class TextEncoder(BaseTextEncoder):
     """A frozen Hugging Face text encoder (BERT for now) run by MLX.
 
-    The bookkeeping (cache, chunks, empty caption, checks) is `shared.text_encoder`'s, so the
+    The bookkeeping (cache, chunks, empty caption, checks) is `shared.model.text_encoder`'s, so the
     disk cache is the same files the PyTorch `TextEncoder` reads and writes; this class runs
     the MLX port.
     """

@@ -1,4 +1,4 @@
-"""Training the 3D UNet in MLX: the tensor half of `shared.trainer.BaseTrainer`, which owns the
+"""Training the 3D UNet in MLX: the tensor half of `shared.app.trainer.BaseTrainer`, which owns the
 loop, the run directory and every piece of bookkeeping (the same as t2s_torch's).
 
 The MLX way underneath: the micro-step (noise, caption dropout, forward, backward) is one
@@ -30,12 +30,11 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
-from shared.batching import fit_measured
+from shared.app.distributed import Distributed, shard
+from shared.app.errors import diverged
+from shared.app.trainer import BaseTrainer, EMACount, TrainResult
 from shared.config import SampleConfig
-from shared.data import Batch
-from shared.distributed import Distributed, shard
-from shared.errors import diverged
-from shared.trainer import BaseTrainer, EMACount, TrainResult
+from shared.data.dataset import Batch
 from t2s_mlx.checkpoint import (
     check_checkpoint,
     load_into,
@@ -43,7 +42,12 @@ from t2s_mlx.checkpoint import (
     load_tensors,
     save_checkpoint,
 )
-from t2s_mlx.device import describe_device, memory_info, select_device
+from t2s_mlx.device import (
+    describe_device,
+    find_batch_size,
+    mixed_value_and_grad,
+    select_device,
+)
 from t2s_mlx.diffusion import GaussianDiffusion, TextBatch
 from t2s_mlx.distributed import (
     all_mean,
@@ -58,8 +62,7 @@ from t2s_mlx.text_encoder import TextEncoder
 from t2s_mlx.unet import UNet3D
 from t2s_mlx.vae import LatentVAE
 
-__all__ = ["EMA", "TrainResult", "Trainer", "find_batch_size", "mixed_value_and_grad",
-           "to_model_input"]
+__all__ = ["EMA", "TrainResult", "Trainer", "to_model_input"]
 
 
 class EMA(EMACount):
@@ -241,52 +244,6 @@ class Trainer(BaseTrainer):
         return any_rank(flag, self.world)
 
 
-def mixed_value_and_grad(model: nn.Module, fn: Callable[..., mx.array],
-                         dtype: mx.Dtype) -> Callable[..., tuple[mx.array, Any]]:
-    """`nn.value_and_grad` with float32 master weights and `dtype` compute.
-
-    MLX has no autocast, so the weights are cast inside the differentiated function: the forward
-    and backward run in `dtype` (half the activation memory, the fast matmul path on Apple
-    GPUs), while the cast's derivative hands float32 gradients to the float32 optimizer state.
-    The model holds its float32 weights again when the call returns.
-    """
-
-    def cast(p: mx.array) -> mx.array:
-        return p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p
-
-    def inner(params: Any, *args: Any) -> mx.array:
-        model.update(tree_map(cast, params))
-        return fn(*args)
-
-    value_and_grad = mx.value_and_grad(inner)
-
-    def wrapped(*args: Any) -> tuple[mx.array, Any]:
-        params = model.trainable_parameters()
-        try:
-            return value_and_grad(params, *args)
-        finally:
-            model.update(params)
-
-    return wrapped
-
-
 def _step_seed(seed: int, step: int, micro: int) -> int:
     """A distinct 32-bit seed per (run seed, optimizer step, micro-step)."""
     return (seed * 1_000_003 + step * 8_191 + micro) % (2**32)
-
-
-def find_batch_size(probe: Callable[[int], None], target: int,
-                    log: Callable[[str], None] = print) -> int:
-    """The largest micro-batch (a power of two, at most `target`) whose training step fits.
-
-    MLX allocates lazily from unified memory and does not raise when it runs out (the system
-    swaps), so the peak memory of probes at batch 1 and 2 gives a per-clip cost, and the batch
-    is what fits in MLX's memory limit (the share of RAM the GPU may use).
-    """
-    mx.reset_peak_memory()
-    probe(1)
-    one = mx.get_peak_memory()
-    mx.reset_peak_memory()
-    probe(2)
-    two = mx.get_peak_memory()
-    return fit_measured(max(two - one, one // 2, 1), memory_info()["free"], target, log)

@@ -3,8 +3,8 @@
 The twin of `t2s_torch/unet.py`, class by class and method by method: the same module tree and
 the same flattened parameter keys (`mlx.utils.tree_flatten(model.parameters())` equals the torch
 `state_dict()` keys), built from the same `ModelConfig`, so a checkpoint converts by a per-tensor
-layout change (`shared.checkpoint.TORCH_TO_MLX_AXES`) and nothing else. Every numerical choice is
-the one the torch file writes down; only the layouts differ:
+layout change (`shared.model.checkpoint.TORCH_TO_MLX_AXES`) and nothing else. Every numerical choice
+is the one the torch file writes down; only the layouts differ:
 
 - Activations are (B, F, H, W, C) here, (B, C, F, H, W) in torch; conv weights are
   (O, kF, kH, kW, I) here, (O, I, kF, kH, kW) in torch; linear weights are (out, in) in both.
@@ -19,7 +19,7 @@ the one the torch file writes down; only the layouts differ:
 - Cross-attention per frame, keys and values projected once per clip; with `text_alignment`
   the torch file's alignment bias `-TEXT_ALIGN_GAIN * text_align[h] * (tau_f - rho_j)^2`.
 - Exact (erf) GELU; nearest 2x upsampling in H and W; skips concatenated as `[h, skip]`.
-- The blocks, their widths and skips: `shared.unet_plan`, as in torch.
+- The blocks, their widths and skips: `shared.model.unet_plan`, as in torch.
 
 Every conv is a `FastConv3d` (`t2s_mlx/kernels/fast_conv.py`, MLX-only speed code): an
 `nn.Conv3d` in keys, shapes, layout and initialisation that runs as the 2-D conv or matmul Metal
@@ -44,9 +44,9 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
-from shared.checkpoint import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
 from shared.config import ModelConfig
-from shared.unet_plan import BlockPlan, unet_plan
+from shared.model.checkpoint import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
+from shared.model.unet_plan import BlockPlan, unet_plan
 from t2s_mlx.kernels.fast_conv import FastConv3d
 
 NORM_EPS = 1e-5
@@ -407,7 +407,8 @@ class Upsample3D(nn.Module):
 
 def planned_layers(block: BlockPlan, temb_dim: int, config: ModelConfig
                    ) -> tuple[list[ResBlock3D], list[SpatioTemporalTransformer]]:
-    """A planned block's ResBlock3Ds and transformers, at the widths `shared.unet_plan` gives."""
+    """A planned block's ResBlock3Ds and transformers, at the widths `shared.model.unet_plan`
+    gives."""
     resnets = [ResBlock3D(i, o, temb_dim, config) for i, o in block.resnets]
     attentions = [SpatioTemporalTransformer(block.out_channels, config)
                   for _ in range(block.transformers)]

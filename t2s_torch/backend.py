@@ -1,11 +1,11 @@
-"""t2s_torch as the application's `shared.backend.Backend`: what `t2s-torch` hands to the
+"""t2s_torch as the application's `shared.app.backend.Backend`: what `t2s-torch` hands to the
 shared verbs. Each member imports its module on call, so building it imports no torch."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from shared.backend import Backend
+from shared.app.backend import Backend
 
 
 def trainer(config, **kwargs):

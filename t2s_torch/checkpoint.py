@@ -1,4 +1,5 @@
-"""Writing and reading checkpoints from PyTorch; the directory protocol is `shared.checkpoint`.
+"""Writing and reading checkpoints from PyTorch; the directory protocol is
+`shared.model.checkpoint`.
 
 Weights go through `safetensors.torch` (never pickle), so bf16 tensors keep their dtype.
 Optimizer moments are keyed by parameter name (`<param key>.exp_avg`), not by position, so
@@ -14,7 +15,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from shared.checkpoint import (
+from shared.config import Config
+from shared.model.checkpoint import (
     TensorSpec,
     check_resume_files,
     inference_weights,
@@ -22,8 +24,7 @@ from shared.checkpoint import (
     tensor_metadata,
     write_checkpoint,
 )
-from shared.checkpoint import load_trainer_state as load_trainer_state  # its old home
-from shared.config import Config
+from shared.model.checkpoint import load_trainer_state as load_trainer_state  # its old home
 
 LAYOUT = "torch"
 
@@ -51,7 +52,7 @@ def tensor_specs(module: torch.nn.Module) -> dict[str, TensorSpec]:
 
 def load_tensors(path: Path, expected_layout: str = LAYOUT,
                  expected: dict[str, TensorSpec] | None = None) -> dict[str, torch.Tensor]:
-    """A tensor file's tensors, checked first (`shared.checkpoint.read_tensor_file`)."""
+    """A tensor file's tensors, checked first (`shared.model.checkpoint.read_tensor_file`)."""
     return read_tensor_file(path, load_file, expected_layout, expected)
 
 
@@ -94,6 +95,30 @@ def encode_bytes(state: torch.Tensor) -> str:
 
 def decode_bytes(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, str]:
+    """The random streams a resumed run continues: the trainer's generator, torch's global one
+    (dropout) and, on CUDA, the device's; JSON-safe for trainer_state.json."""
+    state = {"generator": encode_bytes(generator.get_state()),
+             "torch_rng": encode_bytes(torch.get_rng_state())}
+    if device.type == "cuda":
+        state["cuda_rng"] = encode_bytes(torch.cuda.get_rng_state(device))
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator, device: torch.device,
+                      fresh_seed: int) -> None:
+    """Put back what `rng_state` saved. A checkpoint converted from MLX carries none: the
+    streams then start from `fresh_seed`."""
+    if "generator" in state:
+        generator.set_state(decode_bytes(state["generator"]))
+        torch.set_rng_state(decode_bytes(state["torch_rng"]))
+    else:
+        generator.manual_seed(fresh_seed)
+        torch.manual_seed(fresh_seed)
+    if "cuda_rng" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(decode_bytes(state["cuda_rng"]), device)
 
 
 def save_checkpoint(run_dir: Path, step: int, config: Config, model: torch.nn.Module,

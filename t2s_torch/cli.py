@@ -1,13 +1,13 @@
 """`t2s-torch`: text2sign on PyTorch (CUDA, MPS or CPU).
 
-Thin on purpose: every verb lives in `shared.cli` (so the two tools cannot drift apart) and
+Thin on purpose: every verb lives in `shared.app.cli` (so the two tools cannot drift apart) and
 calls this package's library functions through `t2s_torch.backend.BACKEND` (`.train`,
 `.sample`, `.doctor`, ... imported when a verb runs).
 """
 
 from __future__ import annotations
 
-from shared.cli import make_group
+from shared.app.cli import make_group
 from t2s_torch.backend import BACKEND
 from t2s_torch.tav.cli import finetune_tav_command, sample_tav_command
 

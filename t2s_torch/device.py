@@ -1,4 +1,5 @@
-"""Which device to run on, mixed precision on it, and what it is: CUDA, MPS or CPU.
+"""Which device to run on, mixed precision on it, what fits in its memory (`--batch-size
+auto`) and what it is: CUDA, MPS or CPU.
 
 Every failure names the device, why it cannot be used, and the flag that gets past it, because
 the usual cause is a CPU-only torch build or a laptop asked for `--device cuda`.
@@ -11,12 +12,13 @@ import os
 import platform
 import re
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from shared.allocator import configure_malloc
-from shared.batching import physical_ram_bytes
+from shared.app.allocator import configure_malloc
+from shared.data.batching import fit_measured, max_rss_bytes, physical_ram_bytes
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,7 +34,7 @@ def select_device(requested: str | torch.device | None = None) -> torch.device:
 
     None / "auto": CUDA, else MPS, else CPU. "cpu", "cuda", "cuda:N", "mps" are taken as asked
     and raise DeviceError when this machine or this torch build cannot provide them. Choosing the
-    CPU also tunes this process's malloc for big tensors (`shared.allocator`: 1.7x faster
+    CPU also tunes this process's malloc for big tensors (`shared.app.allocator`: 1.7x faster
     training steps measured on Linux).
     """
     if isinstance(requested, torch.device):
@@ -238,6 +240,45 @@ def _cgroup_limit() -> int | None:
         if value.isdigit() and int(value) < 1 << 60:  # v1 writes a huge number for "none"
             return int(value)
     return None
+
+
+def find_batch_size(probe: Callable[[int], None], target: int, device: torch.device,
+                    log: Callable[[str], None] = print) -> int:
+    """The largest micro-batch (a power of two, at most `target`) whose training step fits.
+
+    CUDA: try doubling sizes until one runs out of memory. CPU and MPS never raise on
+    exhaustion (they swap, or the OS kills the process), so there the peak memory of probes at
+    batch 1 and 2 gives a per-clip cost (`shared.data.batching.fit_measured`).
+    """
+    if device.type == "cuda":
+        best, size = 0, 1
+        while size <= target:
+            try:
+                torch.cuda.reset_peak_memory_stats(device)
+                probe(size)
+                best, size = size, size * 2
+            except torch.cuda.OutOfMemoryError:
+                break
+            finally:
+                torch.cuda.empty_cache()
+        if best == 0:
+            raise RuntimeError("even a micro-batch of 1 does not fit in GPU memory; use a "
+                               "smaller preset or --set model.gradient_checkpointing=true")
+        log(f"--batch-size auto: micro-batch {best} fits on {device}")
+        return best
+    before = _peak_bytes(device)
+    probe(1)
+    one = _peak_bytes(device)
+    probe(2)
+    two = _peak_bytes(device)
+    return fit_measured(max(two - one, one - before, 1), memory_info(device).get("free", 0),
+                        target, log)
+
+
+def _peak_bytes(device: torch.device) -> int:
+    if device.type == "mps":
+        return int(torch.mps.driver_allocated_memory())
+    return max_rss_bytes()
 
 
 def describe_device(device: torch.device | str) -> dict[str, str]:

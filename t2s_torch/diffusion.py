@@ -1,4 +1,4 @@
-"""DDPM training objective in PyTorch; every coefficient comes from `shared.schedules`.
+"""DDPM training objective in PyTorch; every coefficient comes from `shared.diffusion.schedules`.
 
 The noise schedule is computed once in numpy float64 and copied to the device as float32
 tables, so this file holds only the arithmetic: noise a clean video, ask the UNet for its
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from shared.config import DiffusionConfig
-from shared.schedules import NoiseSchedule
+from shared.diffusion.schedules import NoiseSchedule
 
 
 @dataclass

@@ -17,7 +17,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from shared.distributed import Distributed
+from shared.app.distributed import Distributed
 
 
 def launched_world() -> Distributed:

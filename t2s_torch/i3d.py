@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.data import DataError
-from shared.fvd import file_sha256
+from shared.data.dataset import DataError
+from shared.evaluation.fvd import file_sha256
 
 I3D_FIX = ("pass the state dict of a Kinetics I3D (InceptionI3d keys such as "
            "Conv3d_1a_7x7.conv3d.weight, e.g. pytorch-i3d's rgb_imagenet.pt) as .pt or "
@@ -134,7 +134,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 class I3DFeatures:
-    """A loaded I3D that turns clips into FVD features (shared.fvd.FeatureExtractor)."""
+    """A loaded I3D that turns clips into FVD features (shared.evaluation.fvd.FeatureExtractor)."""
 
     def __init__(self, path: str | Path, device: str = "cpu"):
         path = Path(path)

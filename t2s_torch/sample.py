@@ -1,4 +1,4 @@
-"""Sampling in PyTorch: the tensor half of `shared.sampling_driver`.
+"""Sampling in PyTorch: the tensor half of `shared.app.sampling_driver`.
 
 The loop, the noise stream and the `sample` verb live in the core; this file adds what needs
 torch: the UNet call with classifier-free guidance as one doubled batch, and moving the shared
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared import sampling_driver
+from shared.app import sampling_driver
+from shared.app.sampling_driver import Decode
 from shared.config import Config, DiffusionConfig, SampleConfig
-from shared.sampling import cfg_combine
-from shared.sampling_driver import Decode
+from shared.diffusion.sampling import cfg_combine
 from t2s_torch.diffusion import TextBatch
 
 
@@ -53,9 +53,9 @@ def generate(model: torch.nn.Module, diffusion: DiffusionConfig, sample: SampleC
 
     `shape` is channels-last (B, F, H, W, C). `uncond` is the empty caption's embedding with the
     same batch size (None: no guidance). Every random number comes from
-    `shared.sampling.numpy_noise(seed)`, so the result is the same on any device and backend.
-    `decode` is latent mode's hook: it maps the sampled latents (channels-last, unclipped) to
-    frames in [-1, 1] (`LatentVAE.decode_video`).
+    `shared.diffusion.sampling.numpy_noise(seed)`, so the result is the same on any device and
+    backend. `decode` is latent mode's hook: it maps the sampled latents (channels-last, unclipped)
+    to frames in [-1, 1] (`LatentVAE.decode_video`).
     """
     device = torch.device(device)
     x = sampling_driver.denoise(
@@ -71,13 +71,13 @@ def sample_checkpoint(checkpoint: str | Path, prompts: list[str], out_dir: str |
                       sample: SampleConfig | None = None, device: str | None = None,
                       use_ema: bool = True, progress: bool = True,
                       vae: str | None = None) -> list[Path]:
-    """`shared.sampling_driver.sample_checkpoint` on torch (see there)."""
+    """`shared.app.sampling_driver.sample_checkpoint` on torch (see there)."""
     return sampling_driver.sample_checkpoint(HOOKS, checkpoint, prompts, out_dir, sample,
                                              device, use_ema, progress, vae)
 
 
 def load_decoder(config: Config, vae: str | None, device: torch.device) -> Decode:
-    """Latent mode's decode hook (`shared.sampling_driver.load_decoder`) with torch's VAE."""
+    """Latent mode's decode hook (`shared.app.sampling_driver.load_decoder`) with torch's VAE."""
     from t2s_torch.vae import LatentVAE
 
     return sampling_driver.load_decoder(

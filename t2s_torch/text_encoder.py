@@ -1,9 +1,9 @@
 """The frozen text encoder on PyTorch: captions in, token states + mask + pooled embedding out.
 
 The framework-free half (finding the model directory, tokenizing, the encoder key, the on-disk
-embedding cache, the pooling definition) lives in `shared.text`, the encoder's bookkeeping in
-`shared.text_encoder`; this file only runs the transformers model. See `shared/text.py` for the
-output contract both backends keep.
+embedding cache, the pooling definition) lives in `shared.model.text`, the encoder's bookkeeping in
+`shared.model.text_encoder`; this file only runs the transformers model. See `shared/model/text.py`
+for the output contract both backends keep.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from shared.config import TextEncoderConfig
-from shared.text import load_tokenizer
-from shared.text_encoder import BaseTextEncoder
+from shared.model.text import load_tokenizer
+from shared.model.text_encoder import BaseTextEncoder
 from t2s_torch.device import select_device
 
 # config.json model_type -> the transformers class that runs only the text / encoder part.
@@ -48,7 +48,8 @@ class EncodedText(NamedTuple):
 def masked_mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of states (B, L, D) over positions where mask (B, L) is nonzero -> (B, D).
 
-    The torch twin of `shared.text.masked_mean_pool`; a row without real tokens pools to zeros.
+    The torch twin of `shared.model.text.masked_mean_pool`; a row without real tokens pools to
+    zeros.
     """
     weights = mask.to(states.dtype).unsqueeze(-1)
     return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-9)
@@ -57,7 +58,7 @@ def masked_mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class TextEncoder(BaseTextEncoder):
     """A frozen Hugging Face text encoder (BERT-like, CLIP text, T5 encoder) in eval mode.
 
-    The bookkeeping (cache, chunks, empty caption, checks) is `shared.text_encoder`'s; this
+    The bookkeeping (cache, chunks, empty caption, checks) is `shared.model.text_encoder`'s; this
     class runs the transformers model. `device` None picks the best available one (see
     `t2s_torch.device.select_device`).
     """

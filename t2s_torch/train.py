@@ -1,4 +1,4 @@
-"""Training the 3D UNet in PyTorch: the tensor half of `shared.trainer.BaseTrainer`, which owns
+"""Training the 3D UNet in PyTorch: the tensor half of `shared.app.trainer.BaseTrainer`, which owns
 the loop, the run directory and every piece of bookkeeping.
 
 Everything random in a step (timesteps, noise, caption dropout) is drawn from the trainer's own
@@ -22,25 +22,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.batching import fit_measured, max_rss_bytes
+from shared.app.distributed import Distributed, shard
+from shared.app.errors import diverged
+from shared.app.trainer import BaseTrainer, EMACount, TrainResult
 from shared.config import Config, SampleConfig
-from shared.data import Batch
-from shared.distributed import Distributed, shard
-from shared.errors import diverged
-from shared.trainer import BaseTrainer, EMACount, TrainResult
+from shared.data.dataset import Batch
 from t2s_torch.checkpoint import (
     check_checkpoint,
-    decode_bytes,
-    encode_bytes,
     load_into,
     load_optimizer_tensors,
     load_tensors,
+    restore_rng_state,
+    rng_state,
     save_checkpoint,
 )
 from t2s_torch.device import (
     autocast_context,
     describe_device,
-    memory_info,
+    find_batch_size,
     needs_grad_scaler,
     prefers_channels_last,
     select_device,
@@ -62,7 +61,7 @@ from t2s_torch.text_encoder import TextEncoder
 from t2s_torch.unet import UNet3D
 from t2s_torch.vae import LatentVAE
 
-__all__ = ["EMA", "TrainResult", "Trainer", "find_batch_size", "to_model_input"]
+__all__ = ["EMA", "TrainResult", "Trainer", "to_model_input"]
 
 
 class EMA(EMACount):
@@ -198,14 +197,9 @@ class Trainer(BaseTrainer):
     # ----------------------------------------------------------------------------- state
 
     def _backend_state(self) -> dict[str, Any]:
-        state = {
-            "generator": encode_bytes(self.generator.get_state()),
-            "torch_rng": encode_bytes(torch.get_rng_state()),
-            "param_groups": [{k: v for k, v in g.items() if k != "params"}
-                             for g in self.optimizer.param_groups],
-        }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = encode_bytes(torch.cuda.get_rng_state(self.device))
+        state = {**rng_state(self.generator, self.device),
+                 "param_groups": [{k: v for k, v in g.items() if k != "params"}
+                                  for g in self.optimizer.param_groups]}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
@@ -227,15 +221,9 @@ class Trainer(BaseTrainer):
     def _load_backend_state(self, state: dict[str, Any]) -> None:
         for group, saved in zip(self.optimizer.param_groups, state["param_groups"], strict=True):
             group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
-        if "generator" in state:
-            self.generator.set_state(decode_bytes(state["generator"]))
-            torch.set_rng_state(decode_bytes(state["torch_rng"]))
-        else:  # converted from MLX: no torch RNG to restore, so a fresh stream per (seed, step)
-            seed = self.config.train.seed * 1_000_003 + self.step
-            self.generator.manual_seed(seed)
-            torch.manual_seed(seed)
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(decode_bytes(state["cuda_rng"]), self.device)
+        # converted from MLX: no torch RNG to restore, so a fresh stream per (seed, step)
+        restore_rng_state(state, self.generator, self.device,
+                          self.config.train.seed * 1_000_003 + self.step)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
@@ -288,42 +276,3 @@ def log_model_graph(model: torch.nn.Module, config: Config, log_dir: Path) -> No
             writer.add_graph(model, inputs)
     except Exception as e:  # the graph is a nicety; training must not depend on tracing
         warnings.warn(f"could not log the model graph to TensorBoard: {e}", stacklevel=2)
-
-
-def find_batch_size(probe: Callable[[int], None], target: int, device: torch.device,
-                    log: Callable[[str], None] = print) -> int:
-    """The largest micro-batch (a power of two, at most `target`) whose training step fits.
-
-    CUDA: try doubling sizes until one runs out of memory. CPU and MPS never raise on
-    exhaustion (they swap, or the OS kills the process), so there the peak memory of probes at
-    batch 1 and 2 gives a per-clip cost (`shared.batching.fit_measured`).
-    """
-    if device.type == "cuda":
-        best, size = 0, 1
-        while size <= target:
-            try:
-                torch.cuda.reset_peak_memory_stats(device)
-                probe(size)
-                best, size = size, size * 2
-            except torch.cuda.OutOfMemoryError:
-                break
-            finally:
-                torch.cuda.empty_cache()
-        if best == 0:
-            raise RuntimeError("even a micro-batch of 1 does not fit in GPU memory; use a "
-                               "smaller preset or --set model.gradient_checkpointing=true")
-        log(f"--batch-size auto: micro-batch {best} fits on {device}")
-        return best
-    before = _peak_bytes(device)
-    probe(1)
-    one = _peak_bytes(device)
-    probe(2)
-    two = _peak_bytes(device)
-    return fit_measured(max(two - one, one - before, 1), memory_info(device).get("free", 0),
-                        target, log)
-
-
-def _peak_bytes(device: torch.device) -> int:
-    if device.type == "mps":
-        return int(torch.mps.driver_allocated_memory())
-    return max_rss_bytes()

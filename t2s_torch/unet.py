@@ -28,7 +28,7 @@ contract and is written down where it is made:
 - Upsample: nearest-neighbour 2x in H and W, frames untouched, then a (1, 3, 3) conv.
 - Skips: conv_in output, then every resnet (or resnet + transformer) output of each down level and
   every downsample output, in that order; up blocks pop from the end and concatenate
-  `[h, skip]` along channels (h first). The blocks and their widths are `shared.unet_plan`'s.
+  `[h, skip]` along channels (h first). The blocks and their widths are `shared.model.unet_plan`'s.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from shared.allocator import release_free_memory
+from shared.app.allocator import release_free_memory
 from shared.config import ModelConfig
-from shared.unet_plan import BlockPlan, unet_plan
+from shared.model.unet_plan import BlockPlan, unet_plan
 from t2s_torch.kernels.norm_silu import group_norm_silu
 from t2s_torch.kernels.temporal_conv import temporal_conv
 
@@ -91,7 +91,7 @@ def maybe_checkpoint(fn: Callable[..., torch.Tensor], enabled: bool, *args) -> t
 
     On the CPU each segment's backward starts by returning the heap's free pages to the kernel
     when they exceed `CHECKPOINT_HEAP_SLACK` of what is in use
-    (`shared.allocator.release_free_memory`): the holes the previous segments left would
+    (`shared.app.allocator.release_free_memory`): the holes the previous segments left would
     otherwise stay resident and take back about half of what checkpointing saves.
     """
     if not enabled:
@@ -400,7 +400,8 @@ class Upsample3D(nn.Module):
 
 def planned_layers(block: BlockPlan, temb_dim: int, config: ModelConfig
                    ) -> tuple[nn.ModuleList, nn.ModuleList]:
-    """A planned block's ResBlock3Ds and transformers, at the widths `shared.unet_plan` gives."""
+    """A planned block's ResBlock3Ds and transformers, at the widths `shared.model.unet_plan`
+    gives."""
     resnets = nn.ModuleList(ResBlock3D(i, o, temb_dim, config) for i, o in block.resnets)
     attentions = nn.ModuleList(SpatioTemporalTransformer(block.out_channels, config)
                                for _ in range(block.transformers))

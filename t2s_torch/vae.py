@@ -2,7 +2,7 @@
 
 The twin of `t2s_mlx/vae.py`: the same class and methods, numpy in and out (channels-last, as the
 data cache and the sampler's arrays are), so cached latents and decoded samples do not depend on
-which backend made them. The VAE is found by `shared.latents.resolve_vae` (a local folder, or a
+which backend made them. The VAE is found by `shared.data.latents.resolve_vae` (a local folder, or a
 Hugging Face id already in the local cache) and always loaded from that local folder, so an
 offline machine gets one line saying how to point at a folder, not a hub stack trace.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.latents import VAEInfo, resolve_vae, vae_hash
+from shared.data.latents import VAEInfo, resolve_vae, vae_hash
 from t2s_torch.device import select_device
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import apply_overrides, preset
-from shared.flops import num_parameters, training_flops_per_sample
+from shared.model.flops import num_parameters, training_flops_per_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import importlib.util
 import platform
 import sys
 
-from shared.backend import Backend
-from shared.cli import make_group
+from shared.app.backend import Backend
+from shared.app.cli import make_group
 
 
 def default_backend() -> Backend:

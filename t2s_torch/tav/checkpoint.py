@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.checkpoint import (
+from shared.model.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
     TensorSpec,
@@ -99,7 +99,7 @@ MODEL_FORMS = ("a `finetune-tav` --output_dir, its checkpoints/ folder, a checkp
 def find_model(path: str | Path) -> Path:
     """A model folder from a run folder (its final model, else its latest checkpoint), a
     checkpoints/ folder, a step_N folder, the `latest` pointer file, or a model folder itself:
-    `shared.checkpoint.resolve_checkpoint`, looking for this format's weights file."""
+    `shared.model.checkpoint.resolve_checkpoint`, looking for this format's weights file."""
     return resolve_checkpoint(path, weights=WEIGHTS_FILE, what="Tune-A-Video model",
                               forms=MODEL_FORMS)
 

@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from shared.cli_common import user_errors
-from shared.errors import TrainingInterrupted
+from shared.app.cli_common import user_errors
+from shared.app.errors import TrainingInterrupted
 from t2s_torch.tav.config import MIXED_PRECISION, TAVConfig
 
 _DEFAULTS = TAVConfig()

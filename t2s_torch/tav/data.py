@@ -1,7 +1,7 @@
 """Sign clips for Tune-A-Video: the shared loader's clips at --num_frames x --height x --width.
 
-The shared loader (`shared.data`) decodes, resamples to `num_frames`, centre-crops to a square
-and caches each clip once. Here its square side is max(height, width) and a centre crop takes
+The shared loader (`shared.data.dataset`) decodes, resamples to `num_frames`, centre-crops to a
+square and caches each clip once. Here its square side is max(height, width) and a centre crop takes
 (height, width) out of it, so a non-square size keeps the aspect ratio of the pixels (no
 stretching) and the cache is shared by every run of that size.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from shared.config import DataConfig
-from shared.data import ClipDataset, preprocess_clip
-from shared.video import read_video
+from shared.data.dataset import ClipDataset, preprocess_clip
+from shared.data.video import read_video
 
 
 def data_config(data_root: str, num_frames: int, height: int, width: int, seed: int = 0,

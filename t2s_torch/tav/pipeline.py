@@ -23,7 +23,7 @@ from diffusers import AutoencoderKL, DDIMInverseScheduler, DDIMScheduler
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from shared.video import to_uint8
+from shared.data.video import to_uint8
 from t2s_torch.tav.data import to_pixels
 from t2s_torch.tav.inflate import InflatedUNet
 

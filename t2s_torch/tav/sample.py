@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from shared.video import write_sample_folder
+from shared.data.video import write_sample_folder
 from t2s_torch.device import select_device
 from t2s_torch.tav.checkpoint import (
     CONFIG_FILE,

@@ -35,7 +35,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from shared.checkpoint import (
+from shared.app.errors import TrainingDiverged, interrupted
+from shared.app.signals import stop_signals
+from shared.app.tensorboard import TensorBoardLogger
+from shared.config import ConfigError
+from shared.data.dataset import Batch, BatchIterator
+from shared.data.video import write_grid
+from shared.model.checkpoint import (
     CONFIG_FILE,
     OPTIMIZER_FILE,
     TRAINER_STATE_FILE,
@@ -51,12 +57,6 @@ from shared.checkpoint import (
     verify_checkpoint,
     write_text_atomic,
 )
-from shared.config import ConfigError
-from shared.data import Batch, BatchIterator
-from shared.errors import TrainingDiverged, interrupted
-from shared.signals import stop_signals
-from shared.tensorboard import TensorBoardLogger
-from shared.video import write_grid
 from t2s_torch.checkpoint import (
     LAYOUT,
     decode_bytes,

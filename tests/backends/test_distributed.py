@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.distributed import Distributed
-from shared.toy import make_toy_dataset
+from shared.app.distributed import Distributed
+from shared.data.toy import make_toy_dataset
 
 BIN = Path(sys.executable).parent
 # Small enough that clipping acts on every step: the clip must use the all-reduced norm.

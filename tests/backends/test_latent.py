@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from shared.checkpoint import MLX_TO_TORCH_AXES, load_checkpoint_config, resolve_checkpoint
 from shared.config import Config, ConfigError, apply_overrides, preset
-from shared.data import BatchIterator
-from shared.latents import (
+from shared.data.dataset import BatchIterator
+from shared.data.latents import (
     VAE_WEIGHTS,
     VAEInfo,
     VAEMismatchError,
@@ -31,8 +30,9 @@ from shared.latents import (
     latent_cache_root,
     vae_hash,
 )
-from shared.toy import make_toy_dataset
-from shared.video import read_video
+from shared.data.toy import make_toy_dataset
+from shared.data.video import read_video
+from shared.model.checkpoint import MLX_TO_TORCH_AXES, load_checkpoint_config, resolve_checkpoint
 
 SMALL = ("data.num_frames=2", "data.image_size=8")
 # Per backend: (frames, pixel size) of the clips the model trains on; latents are half the size.
@@ -298,8 +298,8 @@ def test_latent_mode_needs_unclipped_sampling(backend, vae_dir, toy_data, tmp_pa
 
 
 def test_data_parallel_ranks_share_the_encoding(backend, toy_data, vae_dir, tmp_path):
-    from shared.data import ClipDataset
-    from shared.latents import prepare_latents
+    from shared.data.dataset import ClipDataset
+    from shared.data.latents import prepare_latents
 
     data = tmp_path / "data"
     shutil.copytree(toy_data, data, ignore=shutil.ignore_patterns(".t2s_cache"))

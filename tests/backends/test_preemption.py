@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.checkpoint import CheckpointError, list_checkpoints, load_json, step_dir_name
 from shared.config import Config, apply_overrides, preset
-from shared.toy import make_toy_dataset
+from shared.data.toy import make_toy_dataset
+from shared.model.checkpoint import CheckpointError, list_checkpoints, load_json, step_dir_name
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
 # Per backend: the overrides that keep runs small, the batch size, the stop signal.
@@ -153,7 +153,7 @@ def test_a_truncated_newest_step_is_skipped_on_resume_and_named_elsewhere(backen
     attempts = [lambda: load_model(run_dir, use_ema=False),
                 lambda: load_model(run_dir / "checkpoints" / "latest", use_ema=False)]
     if backend.name == "torch":
-        from shared.convert import torch_to_mlx
+        from shared.model.convert import torch_to_mlx
 
         attempts.append(lambda: torch_to_mlx(run_dir / "checkpoints" / "latest",
                                              tmp_path / "mlx"))
@@ -162,7 +162,7 @@ def test_a_truncated_newest_step_is_skipped_on_resume_and_named_elsewhere(backen
             attempt()
         assert str(info.value).startswith(f"{damaged}: damaged or not a safetensors file")
     if backend.name == "torch":
-        from shared.safetensors_io import ConvertError
+        from shared.model.safetensors_io import ConvertError
 
         assert isinstance(info.value, ConvertError)
 
@@ -189,7 +189,7 @@ def test_a_truncated_newest_step_is_skipped_on_resume_and_named_elsewhere(backen
 
 @pytest.mark.backends("torch")
 def test_every_checkpoint_path_form_loads_and_converts(backend, toy_data, tmp_path):
-    from shared.convert import torch_to_mlx
+    from shared.model.convert import torch_to_mlx
 
     load_model = backend.module("checkpoint").load_model
     run_dir = tmp_path / "run"

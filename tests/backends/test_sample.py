@@ -1,7 +1,7 @@
 """t2s_torch.sample and t2s_mlx.sample, one suite over both backends: the sampling loop against
 the numpy reference loop.
 
-The reference is `shared.sampling.sample_loop` run in numpy, channels-last, on the same
+The reference is `shared.diffusion.sampling.sample_loop` run in numpy, channels-last, on the same
 `numpy_noise(seed)` stream, with a numpy twin of a small deterministic "model" (a torch or an
 mlx.nn Module); guidance is combined by hand there. The real tiny UNet then checks determinism,
 guidance at scale 1, the output range and shape, and that the model's train / eval mode survives
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from shared.config import DiffusionConfig, SampleConfig, preset
-from shared.sampling import cfg_combine, make_sampler_table, numpy_noise, sample_loop
-from shared.video import to_uint8, write_sample_folder
+from shared.data.video import to_uint8, write_sample_folder
+from shared.diffusion.sampling import cfg_combine, make_sampler_table, numpy_noise, sample_loop
 
 SHAPE = (2, 3, 4, 6, 3)  # (B, F, H, W, C), channels-last; H != W so a swapped axis shows
 TOKENS, DIM = 5, 8

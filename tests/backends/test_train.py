@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from shared.checkpoint import CheckpointError, list_checkpoints, load_json
+from shared.app.errors import TrainingDiverged
 from shared.config import Config, apply_overrides, preset
-from shared.errors import TrainingDiverged
-from shared.toy import make_toy_dataset
+from shared.data.toy import make_toy_dataset
+from shared.model.checkpoint import CheckpointError, list_checkpoints, load_json
 
 SMALL = ("data.num_frames=2", "data.image_size=8")
 
@@ -237,7 +237,7 @@ def test_auto_batch_size_reaches_the_effective_batch(backend, toy_data, tmp_path
     result = quiet(backend, config).train()
     assert result.micro_batch in (1, 2, 4)
     assert result.micro_batch * result.grad_accum >= 4
-    find_batch_size = backend.module("train").find_batch_size
+    find_batch_size = backend.module("device").find_batch_size
     sizes = []
     device = (backend.xp.device("cpu"),) if backend.name == "torch" else ()
     assert find_batch_size(lambda b: sizes.append(b), 64, *device, lambda _: None) \
@@ -270,7 +270,7 @@ def test_bf16_computes_in_bf16_and_returns_float32_gradients(backend):
 
     mx, nn = backend.xp, backend.nn
     diffusion_module = backend.module("diffusion")
-    mixed_value_and_grad = backend.module("train").mixed_value_and_grad
+    mixed_value_and_grad = backend.module("device").mixed_value_and_grad
     config = preset("tiny")
     mx.random.seed(0)
     model = backend.module("unet").UNet3D(config.model)

@@ -1,4 +1,4 @@
-"""The core training loop (shared.trainer.BaseTrainer) as each backend's Trainer runs it: a
+"""The core training loop (shared.app.trainer.BaseTrainer) as each backend's Trainer runs it: a
 feature written once in the loop reaches both tools."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.checkpoint import list_checkpoints
 from shared.config import ConfigError, apply_overrides, preset
-from shared.toy import make_toy_dataset
+from shared.data.toy import make_toy_dataset
+from shared.model.checkpoint import list_checkpoints
 
 
 @pytest.fixture(scope="module")

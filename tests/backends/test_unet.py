@@ -1,173 +1,37 @@
 """t2s_torch.unet and t2s_mlx.unet, one suite over both backends: shapes, zero start, frame
-mixing, batch isolation, text conditioning, gradients, checkpointing, the parameter-key
-contract the two share, and the attention and sinusoid maths. Videos are (B, C, F, H, W) on
-torch and channels-last (B, F, H, W, C) on MLX; conv weights (O, I, kF, kH, kW) on torch and
-(O, kF, kH, kW, I) on MLX. Inputs are drawn in numpy and handed to each backend. Tiny shapes
-throughout: MLX runs on the CPU here."""
+mixing, batch isolation, text conditioning, gradients and checkpointing (the key contract and
+the attention maths: test_unet_contract.py; the cases and helpers: tests/support/unet_cases.py).
+Videos are (B, C, F, H, W) on torch and channels-last (B, F, H, W, C) on MLX; conv weights
+(O, I, kF, kH, kW) on torch and (O, kF, kH, kW, I) on MLX. Inputs are drawn in numpy and handed
+to each backend. Tiny shapes throughout: MLX runs on the CPU here."""
 
 from __future__ import annotations
 
-import math
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
+from unet_cases import (  # tests/support/unet_cases.py
+    CONFIGS,
+    FRAMES,
+    SIZE,
+    TOKENS,
+    build,
+    inputs,
+    load_weights_strict,
+    loss_and_grads,
+    normal,
+    parameter_keys,
+    params,
+    run,
+    set_params,
+    tiny,
+    to_bfloat16,
+    train,
+    unet_module,
+)
 
-from shared.config import ModelConfig, preset
-
-REPO = Path(__file__).resolve().parents[2]
-CONTEXT_DIM = 384
-FRAMES, SIZE, TOKENS = 4, 16, 6
-
-
-def tiny(**changes) -> ModelConfig:
-    return replace(preset("tiny").model, **changes)
-
-
-CONFIGS = {
-    "factorized": tiny(),
-    "full": tiny(conv_mode="full"),
-    "three_levels": tiny(channel_mult=(1, 2, 2), attention_levels=(0, 2)),
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# what differs between the backends
-
-
-def _unet(backend):
-    return backend.module("unet")
-
-
-def build(backend, config: ModelConfig, seed: int = 0, randomize: bool = True):
-    """A model in eval mode; `randomize` nudges every parameter so no layer is zero or identity.
-
-    Zero-initialised layers (conv_out, conv2, proj_out) would hide every path behind them, and
-    dirac temporal convs would not mix frames, so the behavioural tests perturb all weights.
-    """
-    UNet3D = _unet(backend).UNet3D
-    if backend.name == "torch":
-        torch = backend.xp
-        torch.manual_seed(seed)
-        model = UNet3D(config).eval()
-        if randomize:
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(0.05 * torch.randn_like(p))
-        return model
-    from mlx.utils import tree_map
-
-    mx = backend.xp
-    mx.random.seed(seed)
-    model = UNet3D(config)
-    model.eval()
-    if randomize:
-        model.update(tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape), model.parameters()))
-    return model
-
-
-def inputs(backend, config: ModelConfig, batch: int = 2, seed: int = 1, frames: int = FRAMES,
-           size: int = SIZE):
-    """x (a video batch), t (B,), context (B, L, D), mask (B, L) with 2 padding tokens,
-    pooled (B, D)."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(backend.video_shape(batch, config.in_channels, frames, size, size),
-                            dtype=np.float32)
-    t = rng.integers(0, 1000, batch)
-    context = rng.standard_normal((batch, TOKENS, config.context_dim), dtype=np.float32)
-    mask = np.ones((batch, TOKENS), dtype=bool)
-    mask[:, TOKENS - 2:] = False  # the last two tokens are padding
-    pooled = rng.standard_normal((batch, config.context_dim), dtype=np.float32)
-    return tuple(backend.array(a) for a in (x, t, context, mask, pooled))
-
-
-def run(backend, model, *args) -> np.ndarray:
-    """The model's output (no gradients) as numpy."""
-    if backend.name == "torch":
-        with backend.xp.no_grad():
-            return backend.numpy(model(*args))
-    out = model(*args)
-    backend.xp.eval(out)
-    return backend.numpy(out)
-
-
-def params(backend, model) -> dict:
-    """name -> parameter, in the backend's own arrays."""
-    if backend.name == "torch":
-        return dict(model.named_parameters())
-    from mlx.utils import tree_flatten
-
-    return dict(tree_flatten(model.parameters()))
-
-
-def set_params(backend, model, updates: dict) -> None:
-    """Overwrite the named parameters with the given numpy (or backend) values."""
-    if backend.name == "torch":
-        torch = backend.xp
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in updates.items():
-                named[name].copy_(torch.as_tensor(np.asarray(value)))
-        return
-    from mlx.utils import tree_unflatten
-
-    model.update(tree_unflatten([(n, backend.xp.array(np.asarray(v)))
-                                 for n, v in updates.items()]))
-
-
-def load_weights_strict(backend, model, weights: dict) -> None:
-    if backend.name == "torch":
-        model.load_state_dict(weights, strict=True)
-    else:
-        model.load_weights(list(weights.items()), strict=True)
-
-
-def to_bfloat16(backend, model):
-    if backend.name == "torch":
-        return model.to(backend.bfloat16)
-    model.set_dtype(backend.bfloat16)
-    return model
-
-
-def train(backend, model):
-    model.train()
-    return model
-
-
-def loss_and_grads(backend, model, args) -> tuple[np.ndarray, dict]:
-    """The output and d mean(out^2) / d parameter (numpy; None where torch has no gradient)."""
-    if backend.name == "torch":
-        model.zero_grad(set_to_none=True)
-        out = model(*args)
-        out.square().mean().backward()
-        return backend.numpy(out), {n: None if p.grad is None else backend.numpy(p.grad)
-                                    for n, p in model.named_parameters()}
-    from mlx.utils import tree_flatten
-
-    mx = backend.xp
-
-    def loss_fn(*a):
-        out = model(*a)
-        return mx.mean(out * out), out
-
-    (_, out), grads = backend.nn.value_and_grad(model, loss_fn)(*args)
-    mx.eval(out, grads)
-    return backend.numpy(out), {n: backend.numpy(g) for n, g in tree_flatten(grads)}
-
-
-def conv_shape(backend, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """A torch conv weight shape (O, I, kF, kH, kW) in the backend's layout."""
-    if backend.channels_last and len(shape) == 5:
-        return (shape[0], *shape[2:], shape[1])
-    return shape
-
-
-def normal(shape, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
+from shared.config import ModelConfig
 
 # ---------------------------------------------------------------------------------------------
 # shapes and the zero start
@@ -236,7 +100,7 @@ def test_untrained_model_predicts_exactly_zero(backend, name):
 
 
 def test_fresh_factorized_conv_is_a_per_frame_2d_conv(backend):
-    conv = _unet(backend).FactorizedConv3d(8, 8)
+    conv = unet_module(backend).FactorizedConv3d(8, 8)
     x = backend.array(normal(backend.video_shape(1, 8, 5, 6, 6), 0))
     np.testing.assert_allclose(run(backend, conv, x), run(backend, conv.spatial, x), rtol=0,
                                atol=1e-6)
@@ -244,7 +108,7 @@ def test_fresh_factorized_conv_is_a_per_frame_2d_conv(backend):
 
 @pytest.mark.backends("mlx")
 def test_zero_and_dirac_initialisation(backend):
-    model = _unet(backend).UNet3D(tiny())
+    model = unet_module(backend).UNet3D(tiny())
     named = params(backend, model)
     zero = [k for k, v in named.items() if not np.any(np.array(v))]
     for k in ["conv_out.weight", "down_blocks.0.resnets.0.conv2.spatial.weight",
@@ -278,7 +142,7 @@ def test_changing_frame_zero_changes_every_other_frame(backend, name):
 
 def make_convs_per_frame(backend, model) -> None:
     """Cut every temporal tap of every ResBlock conv, keeping the per-frame (centre) part."""
-    unet = _unet(backend)
+    unet = unet_module(backend)
     if backend.name == "torch":
         torch = backend.xp
         with torch.no_grad():
@@ -363,7 +227,7 @@ def test_which_layers_mix_frames(backend, name, monkeypatch):
     assert frame_swap_gap(backend, base, config) > 1e-3
 
     # Temporal attention tells frames apart only through the frame-position signal.
-    monkeypatch.setattr(_unet(backend), "sinusoidal_embedding",
+    monkeypatch.setattr(unet_module(backend), "sinusoidal_embedding",
                         lambda positions, dim: backend.xp.zeros((positions.shape[0], dim)))
     assert frame_swap_gap(backend, attention_only, config) < 1e-5
 
@@ -373,7 +237,7 @@ def test_text_alignment_at_zero_weight_is_the_model_without_it(backend):
     only difference, and a zero weight removes it."""
     config = tiny()
     aligned = build(backend, config)
-    plain = _unet(backend).UNet3D(tiny(text_alignment=False))
+    plain = unet_module(backend).UNet3D(tiny(text_alignment=False))
     plain.eval()
     load_weights_strict(backend, plain, {k: v for k, v in params(backend, aligned).items()
                                          if not k.endswith(".text_align")})
@@ -385,7 +249,7 @@ def test_text_alignment_at_zero_weight_is_the_model_without_it(backend):
 
 
 def test_token_positions_put_markers_at_the_ends_and_words_in_their_slots(backend):
-    unet = _unet(backend)
+    unet = unet_module(backend)
     mask = backend.array(np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1],
                                    [1, 1, 0, 0, 0, 0]]))
     pos = backend.numpy(unet.token_positions(mask))
@@ -469,11 +333,6 @@ def test_an_all_zero_mask_is_finite_and_ignores_every_token(backend):
 # gradients and checkpointing
 
 
-def parameter_keys(backend, model) -> list[str]:
-    if backend.name == "torch":
-        return [n for n, _ in model.named_parameters()]
-    return _unet(backend).parameter_keys(model)
-
 
 @pytest.mark.parametrize("name", ["factorized", "full"])
 def test_gradients_reach_every_parameter(backend, name):
@@ -518,7 +377,7 @@ def test_channels_last_computes_the_same_model(backend, name, batch):
 @pytest.mark.backends("torch")
 def test_gradient_checkpointing_matches_and_is_used_torch(backend, monkeypatch):
     torch = backend.xp
-    unet = _unet(backend)
+    unet = unet_module(backend)
     config = tiny(dropout=0.1)
     plain = build(backend, config).train()
     ckpt = unet.UNet3D(replace(config, gradient_checkpointing=True)).train()
@@ -552,7 +411,7 @@ def test_gradient_checkpointing_matches_and_is_used_torch(backend, monkeypatch):
 @pytest.mark.backends("mlx")
 def test_gradient_checkpointing_matches_and_is_used_mlx(backend, monkeypatch):
     mx = backend.xp
-    unet = _unet(backend)
+    unet = unet_module(backend)
     config = tiny(dropout=0.1)
     plain = train(backend, build(backend, config))
     ckpt = unet.UNet3D(replace(config, gradient_checkpointing=True))
@@ -590,7 +449,7 @@ def test_gradient_checkpointing_matches_and_is_used_mlx(backend, monkeypatch):
 
 @pytest.mark.backends("torch")
 def test_checkpointed_backward_releases_free_memory_once_per_segment(backend, monkeypatch):
-    unet = _unet(backend)
+    unet = unet_module(backend)
     config = replace(tiny(), gradient_checkpointing=True)
     model = unet.UNet3D(config).train()
     released = []
@@ -604,221 +463,3 @@ def test_checkpointed_backward_releases_free_memory_once_per_segment(backend, mo
     loss_and_grads(backend, unet.UNet3D(replace(config, gradient_checkpointing=False)).train(),
                    inputs(backend, config))
     assert not released
-
-
-# ---------------------------------------------------------------------------------------------
-# the parameter-key contract (one hand-written list for both backends)
-
-
-def resnet_keys(prefix: str, factorized: bool = True, skip: bool = False) -> list[str]:
-    convs = (["conv1.spatial.weight", "conv1.spatial.bias", "conv1.temporal.weight",
-              "conv1.temporal.bias"] if factorized else ["conv1.weight", "conv1.bias"])
-    convs2 = [c.replace("conv1", "conv2") for c in convs]
-    keys = ["norm1.weight", "norm1.bias", *convs, "time_emb_proj.weight", "time_emb_proj.bias",
-            "norm2.weight", "norm2.bias", *convs2]
-    if skip:
-        keys += ["skip.weight", "skip.bias"]
-    return [f"{prefix}.{k}" for k in keys]
-
-
-def transformer_keys(prefix: str) -> list[str]:
-    keys = ["norm.weight", "norm.bias", "proj_in.weight", "proj_in.bias",
-            "norm1.weight", "norm1.bias",
-            "attn1.to_q.weight", "attn1.to_k.weight", "attn1.to_v.weight",
-            "attn1.to_out.weight", "attn1.to_out.bias",
-            "norm2.weight", "norm2.bias",
-            "attn2.to_q.weight", "attn2.to_k.weight", "attn2.to_v.weight",
-            "attn2.to_out.weight", "attn2.to_out.bias",
-            "norm3.weight", "norm3.bias",
-            "attn_temp.to_q.weight", "attn_temp.to_k.weight", "attn_temp.to_v.weight",
-            "attn_temp.to_out.weight", "attn_temp.to_out.bias",
-            "norm4.weight", "norm4.bias",
-            "ff.linear_1.weight", "ff.linear_1.bias", "ff.linear_2.weight", "ff.linear_2.bias",
-            "proj_out.weight", "proj_out.bias", "text_align"]
-    return [f"{prefix}.{k}" for k in keys]
-
-
-def test_tiny_key_set_is_exactly_the_contract(backend):
-    """The tiny preset (widths 16, 32; one resnet per level; attention on level 1), by hand.
-    Conv shapes are written in torch layout (O, I, kF, kH, kW); MLX's is (O, kF, kH, kW, I).
-
-    Skips: conv_in (16), down 0 resnet (16), down 0 downsample (16), down 1 resnet (32).
-    Up 0 (level 1, width 32) pops 32 then 16: resnets take 32+32 and 32+16 channels.
-    Up 1 (level 0, width 16) pops 16 then 16: resnets take 32+16 and 16+16 channels.
-    """
-    expected = [
-        "time_embed.linear_1.weight", "time_embed.linear_1.bias",
-        "time_embed.linear_2.weight", "time_embed.linear_2.bias",
-        "text_embed.weight", "text_embed.bias",
-        "conv_in.weight", "conv_in.bias",
-        *resnet_keys("down_blocks.0.resnets.0"),
-        "down_blocks.0.downsample.conv.weight", "down_blocks.0.downsample.conv.bias",
-        *resnet_keys("down_blocks.1.resnets.0", skip=True),
-        *transformer_keys("down_blocks.1.attentions.0"),
-        *resnet_keys("mid_block.resnets.0"),
-        *transformer_keys("mid_block.attentions.0"),
-        *resnet_keys("mid_block.resnets.1"),
-        *resnet_keys("up_blocks.0.resnets.0", skip=True),
-        *resnet_keys("up_blocks.0.resnets.1", skip=True),
-        *transformer_keys("up_blocks.0.attentions.0"),
-        *transformer_keys("up_blocks.0.attentions.1"),
-        "up_blocks.0.upsample.conv.weight", "up_blocks.0.upsample.conv.bias",
-        *resnet_keys("up_blocks.1.resnets.0", skip=True),
-        *resnet_keys("up_blocks.1.resnets.1", skip=True),
-        "norm_out.weight", "norm_out.bias", "conv_out.weight", "conv_out.bias",
-    ]
-    assert len(expected) == len(set(expected))
-    model = _unet(backend).UNet3D(tiny())
-    if backend.name == "torch":
-        state = model.state_dict()
-        assert set(state) == set(expected)
-        assert set(state) == {n for n, _ in model.named_parameters()}  # no buffers in checkpoints
-    else:
-        from mlx.utils import tree_flatten
-
-        keys = parameter_keys(backend, model)
-        assert len(keys) == len(set(keys))
-        assert set(keys) == set(expected)
-        assert set(dict(tree_flatten(model.trainable_parameters()))) == set(expected)
-        state = params(backend, model)
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-
-    def conv(*shape):
-        return conv_shape(backend, shape)
-
-    assert shapes["conv_in.weight"] == conv(16, 3, 1, 3, 3)
-    assert shapes["down_blocks.0.resnets.0.conv1.spatial.weight"] == conv(16, 16, 1, 3, 3)
-    assert shapes["down_blocks.0.resnets.0.conv1.temporal.weight"] == conv(16, 16, 3, 1, 1)
-    assert shapes["down_blocks.0.resnets.0.time_emb_proj.weight"] == (32, 64)
-    assert shapes["up_blocks.0.resnets.0.conv1.spatial.weight"] == conv(32, 64, 1, 3, 3)
-    assert shapes["up_blocks.0.resnets.1.skip.weight"] == conv(32, 48, 1, 1, 1)
-    assert shapes["up_blocks.1.resnets.0.conv1.spatial.weight"] == conv(16, 48, 1, 3, 3)
-    assert shapes["up_blocks.1.resnets.1.conv1.spatial.weight"] == conv(16, 32, 1, 3, 3)
-    assert shapes["mid_block.attentions.0.attn2.to_k.weight"] == (32, CONTEXT_DIM)
-    assert shapes["mid_block.attentions.0.ff.linear_1.weight"] == (128, 32)
-    assert shapes["time_embed.linear_1.weight"] == (64, 16)
-    assert shapes["text_embed.weight"] == (64, CONTEXT_DIM)
-    assert shapes["conv_out.weight"] == conv(3, 16, 1, 3, 3)
-    if backend.name == "mlx":
-        assert model.num_parameters() == sum(int(np.prod(s)) for s in shapes.values())
-
-
-def test_full_conv_keys_and_named_contract_keys(backend):
-    UNet3D = _unet(backend).UNet3D
-    full = set(parameter_keys(backend, UNet3D(tiny(conv_mode="full"))))
-    assert set(resnet_keys("down_blocks.0.resnets.0", factorized=False)) <= full
-    assert not any(".spatial." in k or ".temporal." in k for k in full)
-    three = params(backend, UNet3D(CONFIGS["three_levels"]))
-    assert tuple(three["down_blocks.0.resnets.0.conv1.spatial.weight"].shape) == conv_shape(
-        backend, (16, 16, 1, 3, 3))
-    for key in ["down_blocks.0.resnets.0.conv1.spatial.weight",
-                "mid_block.attentions.0.attn_temp.to_q.weight", "time_embed.linear_1.weight",
-                "text_embed.weight", "up_blocks.0.upsample.conv.weight",
-                "up_blocks.1.upsample.conv.weight", "down_blocks.0.attentions.0.attn2.to_v.weight",
-                "up_blocks.2.attentions.1.proj_out.bias", "down_blocks.1.downsample.conv.weight"]:
-        assert key in three, key
-    # Levels without attention have an empty `attentions` list, which flattens to no keys.
-    assert not any(k.startswith("down_blocks.1.attentions") for k in three)
-    assert not any(k.startswith(("down_blocks.2.downsample", "up_blocks.2.upsample"))
-                   for k in three)
-    if backend.name == "mlx":
-        assert not any(k.endswith((".dropout", ".skip")) for k in three)
-
-
-@pytest.mark.backends("mlx")
-def test_torch_layout_weights_round_trip_and_strict_loading(backend):
-    unet = _unet(backend)
-    model = build(backend, tiny())
-    tensors = unet.torch_layout_weights(model)
-    assert tensors["conv_in.weight"].shape == (16, 3, 1, 3, 3)  # torch (O, I, kF, kH, kW)
-    other = unet.UNet3D(tiny())
-    unet.load_torch_layout_weights(other, tensors)
-    loaded = params(backend, other)
-    for k, v in params(backend, model).items():
-        np.testing.assert_array_equal(np.array(loaded[k]), np.array(v), err_msg=k)
-    with pytest.raises(ValueError, match="missing"):
-        unet.load_torch_layout_weights(
-            other, {k: v for k, v in tensors.items() if k != "conv_in.bias"})
-    with pytest.raises(ValueError, match="unexpected"):
-        unet.load_torch_layout_weights(other, {**tensors, "extra.weight": np.zeros(3, np.float32)})
-    with pytest.raises(ValueError, match="shapes"):
-        unet.load_torch_layout_weights(other, {**tensors, "conv_in.bias": np.zeros(5, np.float32)})
-
-
-@pytest.mark.backends("mlx")
-def test_the_mlx_unet_does_not_import_torch(backend):
-    code = ("import sys; import t2s_mlx.unet; "
-            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# attention and sinusoid maths (one float64 numpy reference for both backends)
-
-# torch.testing.assert_close's float32 tolerances, which the torch tests used; MLX's own.
-CLOSE = {"torch": {"rtol": 1.3e-6, "atol": 1e-5}, "mlx": {"rtol": 1e-5, "atol": 1e-5}}
-
-
-def reference_attention(backend, attn, x, context, mask, heads):
-    x, context = backend.numpy(x).astype(np.float64), backend.numpy(context).astype(np.float64)
-    w = {k: backend.numpy(v).astype(np.float64) for k, v in params(backend, attn).items()}
-    q, k, v = x @ w["to_q.weight"].T, context @ w["to_k.weight"].T, context @ w["to_v.weight"].T
-    b, n, c = q.shape
-    d = c // heads
-
-    def split(t):
-        return t.reshape(b, -1, heads, d).transpose(0, 2, 1, 3)
-
-    q, k, v = split(q), split(k), split(v)
-    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
-    if mask is not None:
-        scores = np.where(np.array(mask)[:, None, None, :], scores, -np.inf)
-    with np.errstate(invalid="ignore"):  # a row with no key is NaN here; compared separately
-        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-        out = (scores / scores.sum(axis=-1, keepdims=True)) @ v
-    out = out.transpose(0, 2, 1, 3).reshape(b, n, c)
-    return out @ w["to_out.weight"].T + w["to_out.bias"]
-
-
-def test_attention_matches_a_hand_written_softmax(backend):
-    Attention = _unet(backend).Attention
-    if backend.name == "torch":
-        backend.xp.manual_seed(0)
-    else:
-        backend.xp.random.seed(0)
-    heads = 4
-    cross = Attention(32, 24, heads)
-    self_attn = Attention(32, None, heads)
-    set_params(backend, cross, {"to_out.bias": normal((32,), 0)})
-    x, context = backend.array(normal((3, 10, 32), 1)), backend.array(normal((3, 7, 24), 2))
-    mask = np.array([[1] * 7, [1] * 4 + [0] * 3, [1, 0, 1, 0, 1, 0, 0]], dtype=bool)
-
-    def close(a, b):
-        np.testing.assert_allclose(a, b, **CLOSE[backend.name])
-
-    close(run(backend, self_attn, x), reference_attention(backend, self_attn, x, x, None, heads))
-    close(run(backend, cross, x, context),
-          reference_attention(backend, cross, x, context, None, heads))
-    close(run(backend, cross, x, context, backend.array(mask)),
-          reference_attention(backend, cross, x, context, mask, heads))
-    # A sample with no real token: the attention sum is empty, only to_out's bias remains.
-    mask[1] = False
-    out = run(backend, cross, x, context, backend.array(mask.astype(np.int32)))
-    bias = backend.numpy(params(backend, cross)["to_out.bias"])
-    np.testing.assert_array_equal(out[1], np.broadcast_to(bias, (10, 32)))
-    close(out[0], reference_attention(backend, cross, x, context, mask, heads)[0])
-
-
-def test_sinusoid_is_cos_then_sin_with_base_10000(backend):
-    positions = [0.0, 1.0, 5.0, 999.0]
-    emb = backend.numpy(_unet(backend).sinusoidal_embedding(
-        backend.array(np.array(positions, np.float32)), 7))
-    half = 3
-    expected = np.zeros((4, 7))
-    for r, p in enumerate(positions):
-        for i in range(half):
-            w = math.exp(-math.log(10000.0) * i / half)
-            expected[r, i] = math.cos(p * w)
-            expected[r, half + i] = math.sin(p * w)
-    assert emb.dtype == np.float32
-    np.testing.assert_allclose(emb, expected, **CLOSE[backend.name])

@@ -104,8 +104,8 @@ def test_the_tools_import_no_framework_until_a_verb_runs():
 def test_each_tool_hands_its_backend_object_to_the_shared_verbs():
     from click.testing import CliRunner
 
-    from shared.backend import Backend
-    from shared.cli import make_group
+    from shared.app.backend import Backend
+    from shared.app.cli import make_group
     from t2s_mlx.cli import main as mlx_main
     from t2s_torch.cli import main as torch_main
 

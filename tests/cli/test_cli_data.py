@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from shared.video import write_video
+from shared.data.video import write_video
 from t2s_mlx.cli import main as mlx_main
 from t2s_torch.cli import main as torch_main
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.toy import make_toy_dataset
-from shared.video import read_video
+from shared.data.toy import make_toy_dataset
+from shared.data.video import read_video
 
 TOOL = str(Path(sys.executable).parent / "t2s-torch")
 

@@ -17,8 +17,8 @@ nn = pytest.importorskip("mlx.nn")
 from mlx.utils import tree_flatten, tree_map  # noqa: E402
 
 from shared.config import SampleConfig, preset  # noqa: E402
-from shared.metrics import psnr  # noqa: E402
-from shared.video import to_uint8  # noqa: E402
+from shared.data.video import to_uint8  # noqa: E402
+from shared.evaluation.metrics import psnr  # noqa: E402
 from t2s_mlx.checkpoint import load_model, save_checkpoint  # noqa: E402
 from t2s_mlx.diffusion import TextBatch  # noqa: E402
 from t2s_mlx.kernels import fast_conv  # noqa: E402

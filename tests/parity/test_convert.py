@@ -1,20 +1,17 @@
-"""The checkpoint converters (shared/convert.py, convert/*.py) between the torch and MLX bodies.
+"""The checkpoint converters (shared/model/convert.py, convert/*.py) between the torch and MLX
+bodies.
 
 Checkpoints are written by the real backends (`save_checkpoint` with a randomised tiny UNet, an
 EMA copy and an AdamW that took one real step), converted through the library or the real
 scripts, and read back by the other backend: round trips are bit-exact, converted weights give
 the other UNet the same outputs, casts equal torch's and numpy's, refusals are one line naming
-the fix, and the input is never touched.
+the fix, and the input is never touched (refusals and the scripts: test_convert_cli.py; the
+cases and checkpoints: tests/support/convert_cases.py and conftest.py).
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
-import subprocess
-import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +19,20 @@ import pytest
 
 torch = pytest.importorskip("torch")
 mx = pytest.importorskip("mlx.core")
-nn = pytest.importorskip("mlx.nn")
 optim = pytest.importorskip("mlx.optimizers")
 
+from convert_cases import (  # noqa: E402  (tests/support/convert_cases.py)
+    FORWARD_ATOL,
+    STEP,
+    copy_checkpoint,
+    mlx_forward,
+    numpy_inputs,
+    raw_bits,
+    run_script,
+    snapshot,
+    tiny_config,
+    torch_forward,
+)
 from mlx.utils import tree_flatten, tree_map  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.numpy import save_file as save_numpy  # noqa: E402
@@ -32,7 +40,7 @@ from safetensors.torch import load_file as load_torch  # noqa: E402
 
 import t2s_mlx.checkpoint as mlx_ckpt  # noqa: E402
 import t2s_torch.checkpoint as torch_ckpt  # noqa: E402
-from shared.checkpoint import (  # noqa: E402
+from shared.model.checkpoint import (  # noqa: E402
     CHECKSUMS_FILE,
     EMA_FILE,
     MODEL_FILE,
@@ -40,17 +48,14 @@ from shared.checkpoint import (  # noqa: E402
     TORCH_TO_MLX_AXES,
     TRAINER_STATE_FILE,
     check_checksums,
-    tensor_metadata,
 )
-from shared.config import Config, preset  # noqa: E402
-from shared.convert import (  # noqa: E402
-    convert,
+from shared.model.convert import (  # noqa: E402
     convert_optimizer,
     mlx_to_torch,
     torch_to_mlx,
 )
-from shared.layouts import parameter_shapes  # noqa: E402
-from shared.safetensors_io import (  # noqa: E402
+from shared.model.layouts import parameter_shapes  # noqa: E402
+from shared.model.safetensors_io import (  # noqa: E402
     ConvertError,
     RawTensor,
     bf16_bits_to_float32,
@@ -61,148 +66,7 @@ from shared.safetensors_io import (  # noqa: E402
 from t2s_mlx.unet import UNet3D as MLXUNet3D  # noqa: E402
 from t2s_torch.unet import UNet3D as TorchUNet3D  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = {"torch_to_mlx": ROOT / "convert" / "torch_to_mlx.py",
-           "mlx_to_torch": ROOT / "convert" / "mlx_to_torch.py"}
-FRAMES, SIZE, TOKENS = 4, 16, 6
-FORWARD_ATOL = 1e-4
-STEP = 7
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """torch's OpenMP workers and MLX's CPU threads fight over the cores in one process."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_config(**model_changes) -> Config:
-    config = preset("tiny")
-    config.model = replace(config.model, **model_changes)
-    return config
-
-
-def numpy_inputs(config: Config, batch: int = 2, seed: int = 1):
-    rng = np.random.default_rng(seed)
-    m = config.model
-    x = rng.standard_normal((batch, m.in_channels, FRAMES, SIZE, SIZE), dtype=np.float32)
-    t = np.array([3, 700][:batch])
-    context = rng.standard_normal((batch, TOKENS, m.context_dim), dtype=np.float32)
-    mask = np.ones((batch, TOKENS), dtype=bool)
-    mask[1:, 4:] = False
-    pooled = rng.standard_normal((batch, m.context_dim), dtype=np.float32)
-    return x, t, context, mask, pooled
-
-
-def torch_forward(model, args) -> np.ndarray:
-    x, t, context, mask, pooled = (torch.from_numpy(a) for a in args)
-    with torch.no_grad():
-        return model(x.to(next(model.parameters()).dtype), t, context, mask, pooled).float().numpy()
-
-
-def mlx_forward(model, args) -> np.ndarray:
-    x, t, context, mask, pooled = args
-    out = model(mx.array(x.transpose(0, 2, 3, 4, 1)), mx.array(t), mx.array(context),
-                mx.array(mask), mx.array(pooled))
-    mx.eval(out)
-    return np.array(out.astype(mx.float32)).transpose(0, 4, 1, 2, 3)  # to (B, C, F, H, W)
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints written by the real backends
-
-
-def make_torch_checkpoint(run_dir: Path, config: Config, dtype=torch.float32) -> Path:
-    torch.manual_seed(0)
-    model = TorchUNet3D(config.model)
-    with torch.no_grad():  # randomise everything, zero-initialised and dirac layers included
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    ema = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in ema.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    model, ema = model.to(dtype), ema.to(dtype)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    for _ in range(2):  # two real steps: moments and step counters far from their start
-        x, t, context, mask, pooled = (torch.from_numpy(a) for a in numpy_inputs(config))
-        out = model(x.to(dtype), t, context, mask, pooled)
-        out.float().pow(2).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    state = {"micro_batch": 2, "grad_accum": 1, "ema_updates": STEP,
-             "generator": torch_ckpt.encode_bytes(torch.Generator().manual_seed(1).get_state()),
-             "torch_rng": torch_ckpt.encode_bytes(torch.get_rng_state()),
-             "param_groups": [{k: v for k, v in g.items() if k != "params"}
-                              for g in optimizer.param_groups]}
-    return torch_ckpt.save_checkpoint(run_dir, STEP, config, model.eval(), ema.eval(), optimizer,
-                                      state)
-
-
-def make_mlx_checkpoint(run_dir: Path, config: Config) -> Path:
-    mx.random.seed(0)
-    model = MLXUNet3D(config.model)
-    model.update(tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape), model.parameters()))
-    ema = MLXUNet3D(config.model)
-    ema.update(tree_map(lambda p: p + 0.01 * mx.random.normal(p.shape), model.parameters()))
-    optimizer = optim.AdamW(learning_rate=1e-3, weight_decay=0.01)
-    optimizer.init(model.trainable_parameters())
-    x, t, context, mask, pooled = numpy_inputs(config)
-
-    def loss_fn(m):
-        out = m(mx.array(x.transpose(0, 2, 3, 4, 1)), mx.array(t), mx.array(context),
-                mx.array(mask), mx.array(pooled))
-        return (out * out).mean()
-
-    for _ in range(2):
-        _, grads = nn.value_and_grad(model, loss_fn)(model)
-        optimizer.update(model, grads)
-        mx.eval(model.parameters(), optimizer.state)
-    model.eval()
-    ema.eval()
-    state = {"micro_batch": 2, "grad_accum": 1, "ema_updates": STEP}
-    return mlx_ckpt.save_checkpoint(run_dir, STEP, config, model, ema, optimizer, state)
-
-
-@pytest.fixture(scope="module")
-def config() -> Config:
-    return tiny_config()
-
-
-@pytest.fixture(scope="module")
-def torch_checkpoint(tmp_path_factory, config) -> Path:
-    return make_torch_checkpoint(tmp_path_factory.mktemp("torch_run"), config)
-
-
-@pytest.fixture(scope="module")
-def torch_bf16_checkpoint(tmp_path_factory, config) -> Path:
-    return make_torch_checkpoint(tmp_path_factory.mktemp("torch_bf16_run"), config,
-                                 torch.bfloat16)
-
-
-@pytest.fixture(scope="module")
-def mlx_checkpoint(tmp_path_factory, config) -> Path:
-    return make_mlx_checkpoint(tmp_path_factory.mktemp("mlx_run"), config)
-
-
-def snapshot(path: Path) -> dict[str, tuple[str, int]]:
-    """Every file under `path`: its sha256 and mtime (ns)."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in files}
-
-
-def raw_bits(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.dtype, tuple, bytes]]:
-    """Each tensor's dtype, shape and exact bytes (NaN-proof, -0-proof comparison)."""
-    return {k: (v.dtype, tuple(v.shape), v.contiguous().reshape(-1).view(torch.uint8)
-                .numpy().tobytes()) for k, v in tensors.items()}
-
-
-def run_script(name: str, *args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPTS[name]), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,163 +356,3 @@ def test_a_run_folder_converts_its_latest_checkpoint(torch_checkpoint, tmp_path)
     report = torch_to_mlx(run_dir, tmp_path / "out")
     assert report.source == torch_checkpoint
     assert (tmp_path / "out" / MODEL_FILE).exists()
-
-
-# ---------------------------------------------------------------------------------------------
-# refusals, through the real scripts
-
-
-def copy_checkpoint(source: Path, dest: Path) -> Path:
-    dest.mkdir()
-    for p in source.iterdir():
-        (dest / p.name).write_bytes(p.read_bytes())
-    return dest
-
-
-def edit_weights(path: Path, edit) -> None:
-    tensors = load_torch(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-    edit(tensors)
-    from safetensors.torch import save_file
-    save_file(tensors, str(path), metadata=metadata)
-
-
-def damaged(kind: str, source: Path, dest: Path) -> Path:
-    ckpt = copy_checkpoint(source, dest)
-    if kind == "missing key":
-        edit_weights(ckpt / MODEL_FILE, lambda t: t.pop("conv_in.bias"))
-    elif kind == "unexpected key":
-        edit_weights(ckpt / EMA_FILE, lambda t: t.update(extra=torch.zeros(3)))
-    elif kind == "optimizer key":
-        edit_weights(ckpt / OPTIMIZER_FILE, lambda t: t.pop("conv_out.weight.exp_avg_sq"))
-    elif kind == "shape":
-        config = Config.load(ckpt / "config.json")
-        config.model = replace(config.model, base_channels=32)  # the weights are width 16
-        config.save(ckpt / "config.json")
-    elif kind == "mislabelled layout":  # MLX-layout conv weights in a file that says torch
-        edit_weights(ckpt / MODEL_FILE, lambda t: t.update(
-            {k: v.permute(*TORCH_TO_MLX_AXES[5]).contiguous() for k, v in t.items()
-             if v.ndim == 5}))
-    elif kind == "not text2sign":
-        tensors = load_torch(str(ckpt / MODEL_FILE))
-        from safetensors.torch import save_file
-        save_file(tensors, str(ckpt / MODEL_FILE))  # no metadata
-    return ckpt
-
-
-REFUSALS = {
-    "missing key": ("1 missing (conv_in.bias)", "config.json it was written with"),
-    "unexpected key": ("1 unexpected (extra)", "config.json it was written with"),
-    "optimizer key": ("conv_out.weight.exp_avg_sq", "re-save it"),
-    "shape": ("has shape", "config.json it was written with"),
-    "mislabelled layout": ("in mlx layout although", "re-save it"),
-    "not text2sign": ("no t2s_layout", "save_checkpoint"),
-}
-
-
-@pytest.mark.parametrize("kind", list(REFUSALS))
-def test_a_bad_input_is_refused_in_one_line(kind, torch_checkpoint, tmp_path):
-    ckpt = damaged(kind, torch_checkpoint, tmp_path / "in")
-    before = snapshot(ckpt)
-    result = run_script("torch_to_mlx", ckpt, tmp_path / "out")
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for part in REFUSALS[kind]:
-        assert part in lines[0]
-    assert not (tmp_path / "out").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no temporaries left behind
-    assert snapshot(ckpt) == before
-
-
-@pytest.mark.parametrize("script, fixture", [("torch_to_mlx", "mlx_checkpoint"),
-                                             ("mlx_to_torch", "torch_checkpoint")])
-def test_the_wrong_layout_for_the_direction_is_refused(script, fixture, request, tmp_path):
-    source = request.getfixturevalue(fixture)
-    result = run_script(script, source, tmp_path / "out")
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
-    other = "convert/mlx_to_torch.py" if script == "torch_to_mlx" else "convert/torch_to_mlx.py"
-    assert "already in" in result.stderr and other in result.stderr
-    assert not (tmp_path / "out").exists()
-
-
-def test_an_existing_out_needs_force(torch_checkpoint, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    result = run_script("torch_to_mlx", torch_checkpoint, out)
-    assert result.returncode == 2 and "--force" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert (out / "keep.txt").read_text() == "mine"
-    result = run_script("torch_to_mlx", torch_checkpoint, out, "--force")
-    assert result.returncode == 0, result.stderr
-    assert not (out / "keep.txt").exists() and (out / MODEL_FILE).exists()
-    assert "RNG" in result.stdout  # the statement of what does not carry over
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-
-
-def test_out_inside_the_input_is_refused(torch_checkpoint):
-    before = snapshot(torch_checkpoint)
-    for out in (torch_checkpoint / "converted", torch_checkpoint.parent):
-        result = run_script("torch_to_mlx", torch_checkpoint, out, "--force")
-        assert result.returncode == 2 and "overlaps" in result.stderr
-    assert snapshot(torch_checkpoint) == before
-
-
-def test_the_input_directory_is_untouched(torch_checkpoint, mlx_checkpoint, tmp_path):
-    for source, script in ((torch_checkpoint, "torch_to_mlx"), (mlx_checkpoint, "mlx_to_torch")):
-        before = snapshot(source.parent.parent)  # the whole run folder
-        for dtype in (None, "bf16"):
-            out = tmp_path / f"{script}_{dtype}"
-            extra = ["--dtype", dtype] if dtype else []
-            result = run_script(script, source, out, *extra)
-            assert result.returncode == 0, result.stderr
-        assert snapshot(source.parent.parent) == before
-
-
-def test_help_says_what_is_converted():
-    for script in SCRIPTS:
-        result = run_script(script, "--help")
-        assert result.returncode == 0
-        for word in ("optimizer", "EMA", "config.json", "RNG", "--dtype", "--force"):
-            assert word in result.stdout, word
-
-
-def test_the_scripts_import_neither_torch_nor_mlx(torch_checkpoint, mlx_checkpoint, tmp_path):
-    """Blocked imports (any attempt fails) and a check of sys.modules at the end."""
-    probe = (
-        "import runpy, sys\n"
-        "for name in ('torch', 'mlx', 'mlx.core'):\n"
-        "    sys.modules[name] = None\n"
-        "sys.argv = sys.argv[1:]\n"
-        "try:\n"
-        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    code = e.code\n"
-        "loaded = [m for m, v in sys.modules.items() if v is not None and\n"
-        "          m.split('.')[0] in ('torch', 'mlx')]\n"
-        "assert not loaded, loaded\n"
-        "sys.exit(code)\n")
-    for script, source in (("torch_to_mlx", torch_checkpoint), ("mlx_to_torch", mlx_checkpoint)):
-        result = subprocess.run(
-            [sys.executable, "-c", probe, str(SCRIPTS[script]), str(source),
-             str(tmp_path / script), "--dtype", "bf16"],
-            capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert result.returncode == 0, result.stderr
-        assert (tmp_path / script / MODEL_FILE).exists()
-
-
-def test_library_refusals_are_convert_errors(torch_checkpoint, tmp_path):
-    with pytest.raises(ConvertError, match="no such file"):
-        convert(tmp_path / "nope", tmp_path / "out", "torch", "mlx")
-    bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"\x01\x00")
-    with pytest.raises(ConvertError, match="damaged or not a safetensors file"):
-        torch_to_mlx(bad, tmp_path / "out.safetensors")
-    meta = tensor_metadata("torch", "model")
-    save_numpy({"w": np.zeros(3, np.float32)}, str(tmp_path / "w.safetensors"), metadata=meta)
-    torch_to_mlx(tmp_path / "w.safetensors", tmp_path / "w_mlx.safetensors")  # layout only
-    with pytest.raises(ValueError):
-        torch_to_mlx(torch_checkpoint, tmp_path / "x", dtype="fp8")

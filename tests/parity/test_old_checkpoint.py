@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.metrics import psnr
-from shared.toy import make_toy_dataset
-from shared.video import read_video
+from shared.data.toy import make_toy_dataset
+from shared.data.video import read_video
+from shared.evaluation.metrics import psnr
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -34,7 +34,7 @@ def test_the_old_checkpoint_loads_with_every_key_on_both_backends(tmp_path):
     from mlx.utils import tree_flatten
     from safetensors.numpy import load_file
 
-    from shared.convert import torch_to_mlx
+    from shared.model.convert import torch_to_mlx
     from t2s_mlx.checkpoint import load_model as mlx_load
     from t2s_torch.checkpoint import load_model as torch_load
 

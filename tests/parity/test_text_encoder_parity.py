@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from shared.config import TextEncoderConfig  # noqa: E402
-from shared.text import DEFAULT_TEXT_ENCODER, resolve_text_encoder  # noqa: E402
+from shared.model.text import DEFAULT_TEXT_ENCODER, resolve_text_encoder  # noqa: E402
 from t2s_mlx import text_encoder as mlx_te  # noqa: E402
 from t2s_torch import text_encoder as torch_te  # noqa: E402
 

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 mx = pytest.importorskip("mlx.core")
 diffusers = pytest.importorskip("diffusers")
 
-from shared.latents import VAE_WEIGHTS, VAEInfo, VAENotFoundError, resolve_vae, vae_hash  # noqa: E402
+from shared.data.latents import VAE_WEIGHTS, VAEInfo, VAENotFoundError, resolve_vae, vae_hash  # noqa: E402
 from t2s_mlx.vae import LatentVAE as MLXLatentVAE  # noqa: E402
 from t2s_torch.vae import LatentVAE as TorchLatentVAE  # noqa: E402
 
@@ -154,9 +154,9 @@ def test_a_latent_checkpoint_converts_and_samples_the_same_frames(tmp_path, vae_
     backends with their own VAE (diffusers / the port): the same GIFs. The VAE is referenced by
     the checkpoint's config, never copied into it."""
     from shared.config import apply_overrides, preset
-    from shared.convert import torch_to_mlx
-    from shared.toy import make_toy_dataset
-    from shared.video import read_video
+    from shared.data.toy import make_toy_dataset
+    from shared.data.video import read_video
+    from shared.model.convert import torch_to_mlx
     from t2s_mlx.sample import sample_checkpoint as mlx_sample
     from t2s_torch.sample import sample_checkpoint as torch_sample
     from t2s_torch.train import Trainer

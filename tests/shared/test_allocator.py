@@ -1,4 +1,4 @@
-"""`shared.allocator`: freed big blocks are reused, not faulted in again; and given back on
+"""`shared.app.allocator`: freed big blocks are reused, not faulted in again; and given back on
 request even from inside the heap."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 # A tensor's life as torch's CPU allocator lives it: malloc, write every byte, free.
 PROBE = """
 import ctypes, resource
-from shared.allocator import configure_malloc
+from shared.app.allocator import configure_malloc
 tuned = configure_malloc()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -49,7 +49,7 @@ def test_tuned_malloc_reuses_freed_big_blocks():
 # A big block freed below a live one: a hole the heap cannot trim from its top.
 HOLE_PROBE = """
 import ctypes
-from shared.allocator import configure_malloc, release_free_memory
+from shared.app.allocator import configure_malloc, release_free_memory
 configure_malloc()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

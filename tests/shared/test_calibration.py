@@ -1,5 +1,5 @@
-"""shared.calibration: the metrics' own reference scores, on real decoded clips made from a
-bundled photo (shared.personclips) — MediaPipe runs for real, nothing is mocked.
+"""shared.evaluation.calibration: the metrics' own reference scores, on real decoded clips made from
+a bundled photo (shared.data.personclips) — MediaPipe runs for real, nothing is mocked.
 
 The rows must order the way a user will read them: a clip against itself is perfect, a delayed
 copy is close under DTW-MJE, a mirrored copy or another motion is far; on a folder, another clip
@@ -14,15 +14,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.calibration import Row, delayed_copy, folder_rows, format_rows, synthetic_rows
+from shared.evaluation.calibration import (
+    Row,
+    delayed_copy,
+    folder_rows,
+    format_rows,
+    synthetic_rows,
+)
 
 pytest.importorskip("mediapipe", reason='pose metrics need ".[pose]"')
 pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
 
-from shared import personclips as pc  # noqa: E402
-from shared.data import DataError  # noqa: E402
-from shared.pose import PoseCache  # noqa: E402
-from shared.video import write_video  # noqa: E402
+from shared.data import personclips as pc  # noqa: E402
+from shared.data.dataset import DataError  # noqa: E402
+from shared.data.video import write_video  # noqa: E402
+from shared.evaluation.pose import PoseCache  # noqa: E402
 
 FRAMES, SIZE = 14, 128
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from shared.checkpoint import (
+from shared.config import preset
+from shared.model.checkpoint import (
     CHECKSUMS_FILE,
     MLX_TO_TORCH_AXES,
     TORCH_TO_MLX_AXES,
@@ -31,7 +32,6 @@ from shared.checkpoint import (
     tensor_metadata,
     verify_checkpoint,
 )
-from shared.config import preset
 
 
 def fake_checkpoint(checkpoints: Path, step: int, keep_last: int | None = None) -> Path:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from shared.config import DataConfig
-from shared.data import (
+from shared.data.dataset import (
     BatchIterator,
     ClipDataset,
     DataError,
@@ -21,7 +21,7 @@ from shared.data import (
     split_indices,
     to_model_range,
 )
-from shared.video import write_video
+from shared.data.video import write_video
 
 
 def _clip(seed: int, frames: int = 6, h: int = 18, w: int = 32) -> np.ndarray:

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.datastats import caption_words, collect_stats
-from shared.prepare import PrepareConfig, prepare_corpus
-from shared.toy import VOCABULARY, make_toy_dataset
-from shared.video import write_video
+from shared.data.prepare import PrepareConfig, prepare_corpus
+from shared.data.stats import caption_words, collect_stats
+from shared.data.toy import VOCABULARY, make_toy_dataset
+from shared.data.video import write_video
 
 
 def bar_clip(frames: int, h: int, w: int, seed: int) -> np.ndarray:

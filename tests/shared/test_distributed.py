@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from shared.app.distributed import Distributed, regroup, shard, stream_start
 from shared.config import DataConfig
-from shared.data import BatchIterator, ClipDataset
-from shared.distributed import Distributed, regroup, shard, stream_start
-from shared.toy import make_toy_dataset
+from shared.data.dataset import BatchIterator, ClipDataset
+from shared.data.toy import make_toy_dataset
 
 
 def test_shard_pairs_each_clip_with_its_row_of_the_global_draw(tmp_path):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.data import DataError
-from shared.figure import demo_figure
-from shared.video import write_sample_folder, write_video
+from shared.app.figure import demo_figure
+from shared.data.dataset import DataError
+from shared.data.video import write_sample_folder, write_video
 
 
 def test_figure_puts_each_sentence_beside_its_reference(tmp_path: Path):

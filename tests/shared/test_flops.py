@@ -1,5 +1,5 @@
-"""shared.flops against independent references: torch's FlopCounterMode on the real UNet3D, the
-real model's parameter counts, and a hand count of a very small config.
+"""shared.model.flops against independent references: torch's FlopCounterMode on the real UNet3D,
+the real model's parameter counts, and a hand count of a very small config.
 
 FlopCounterMode has no formula for the CPU SDPA kernel
 (`_scaled_dot_product_flash_attention_for_cpu`), so CPU runs here add one with torch's own SDPA
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import Config, ConfigError, apply_overrides, preset
-from shared.flops import (
+from shared.model.flops import (
     BlockFlops,
     block_flops,
     forward_flops,
@@ -301,7 +301,7 @@ def test_bad_arguments_are_refused() -> None:
 
 
 def test_import_pulls_in_no_framework() -> None:
-    code = ("import sys, shared.flops; "
+    code = ("import sys, shared.model.flops; "
             "bad = [m for m in ('torch', 'mlx') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

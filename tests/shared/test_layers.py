@@ -61,7 +61,7 @@ def loader():
 """
     found = backend_references(old)
     assert [f.split(": ", 1)[0] for f in found] == ["3", "4", "7", "10", "13"], found
-    harmless = ('from .cli import make_group\nimport shared.text\n'
+    harmless = ('from .cli import make_group\nimport shared.model.text\n'
                 'log = getLogger("text2sign.data")\n')
     assert backend_references(harmless) == []
 
@@ -73,3 +73,54 @@ def test_the_core_imports_no_backend():
              for ref in backend_references(path.read_text(encoding="utf-8"))]
     assert found == [], "shared/ must not import a backend (DESIGN.md, Layers):\n" + \
         "\n".join(found)
+
+
+# shared/'s own layers, bottom first: what each subpackage may import besides itself.
+LAYERS = {
+    "config": set(),
+    "diffusion": {"config"},
+    "data": {"config"},
+    "model": {"config", "diffusion"},
+    "evaluation": {"config", "diffusion", "data", "model"},
+    "app": {"config", "diffusion", "data", "model", "evaluation"},
+}
+
+
+def shared_imports(source: str) -> list[tuple[int, str]]:
+    """Each `shared.<layer>` that `source` imports, with its line (absolute imports only)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+            if node.module == "shared":
+                names = [f"shared.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found += [(node.lineno, n.split(".")[1]) for n in names
+                  if n.startswith("shared.")]
+    return sorted(found)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    source = ("from shared.config import Config\nimport shared.data.video\n"
+              "def f():\n    from shared.app.cli_common import run_script\n"
+              "from shared import evaluation\n")
+    assert shared_imports(source) == [(1, "config"), (2, "data"), (4, "app"), (5, "evaluation")]
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    files = sorted(SHARED.rglob("*.py"))
+    layers = {p.relative_to(SHARED).parts[0].removesuffix(".py") for p in files} - {"__init__"}
+    assert layers == set(LAYERS), "a new folder in shared/ needs its place in LAYERS"
+    upward = []
+    for path in files:
+        parts = path.relative_to(SHARED).parts
+        if parts == ("__init__.py",):
+            continue
+        layer = parts[0].removesuffix(".py")
+        upward += [f"{path.relative_to(SHARED.parent)}:{line}: {layer} imports shared.{other}"
+                   for line, other in shared_imports(path.read_text(encoding="utf-8"))
+                   if other != layer and other not in LAYERS[layer]]
+    assert upward == [], "shared/'s layers import downward only:\n" + "\n".join(upward)

@@ -1,5 +1,6 @@
-"""shared.metrics and shared.fvd against independent implementations: scikit-image's PSNR and
-SSIM, a plain recursive DTW, scipy's matrix square root for the Fréchet distance."""
+"""shared.evaluation.metrics and shared.evaluation.fvd against independent implementations:
+scikit-image's PSNR and SSIM, a plain recursive DTW, scipy's matrix square root for the Fréchet
+distance."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import functools
 import numpy as np
 import pytest
 
-from shared.fvd import frechet_distance, fvd, gaussian_stats, i3d_input
-from shared.metrics import (
+from shared.evaluation.fvd import frechet_distance, fvd, gaussian_stats, i3d_input
+from shared.evaluation.metrics import (
     _gaussian_taps,
     blur_matrix,
     dtw,
@@ -20,7 +21,13 @@ from shared.metrics import (
     ssim,
     ssim_frames,
 )
-from shared.pose import LEFT_SHOULDER, NUM_JOINTS, RIGHT_SHOULDER, PoseTrack, body_normalised
+from shared.evaluation.pose import (
+    LEFT_SHOULDER,
+    NUM_JOINTS,
+    RIGHT_SHOULDER,
+    PoseTrack,
+    body_normalised,
+)
 
 skm = pytest.importorskip("skimage.metrics", reason='scikit-image comes with ".[pose]"')
 

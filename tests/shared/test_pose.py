@@ -1,5 +1,5 @@
 """Pose keypoints (MediaPipe Holistic, the `pose` extra) on real decoded video that the tests
-make from a bundled photo of a person (shared.personclips): no mock of the keypoint model.
+make from a bundled photo of a person (shared.data.personclips): no mock of the keypoint model.
 
 A clip against itself scores DTW-MJE 0; the same motion delayed, at another tempo, or filmed
 elsewhere in a larger frame stays near 0; a mirrored clip or another motion does not.
@@ -15,9 +15,10 @@ import pytest
 pytest.importorskip("mediapipe", reason='pose metrics need ".[pose]"')
 pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
 
-from shared import personclips as pc  # noqa: E402
-from shared.metrics import dtw_mje  # noqa: E402
-from shared.pose import (  # noqa: E402
+from shared.data import personclips as pc  # noqa: E402
+from shared.data.video import read_video, write_video  # noqa: E402
+from shared.evaluation.metrics import dtw_mje  # noqa: E402
+from shared.evaluation.pose import (  # noqa: E402
     NUM_JOINTS,
     PoseCache,
     PoseExtraMissing,
@@ -27,8 +28,7 @@ from shared.pose import (  # noqa: E402
     require_mediapipe,
     shoulder_width,
 )
-from shared.refeval import PoseSummary, pose_distance  # noqa: E402
-from shared.video import read_video, write_video  # noqa: E402
+from shared.evaluation.refeval import PoseSummary, pose_distance  # noqa: E402
 
 N = 16
 # Another framing of the same clip: a 160^2 frame, the person 0.8 of its height (128 px, as in

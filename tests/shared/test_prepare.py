@@ -20,12 +20,12 @@ import av
 import numpy as np
 import pytest
 
-import shared.prepare as prepare
+import shared.data.prepare as prepare
 from shared.config import DataConfig
-from shared.data import BatchIterator, ClipDataset, DataError
-from shared.prepare import PrepareConfig, parse_columns, prepare_corpus
-from shared.prepare_cut import fit_frames
-from shared.prepare_plan import (
+from shared.data.dataset import BatchIterator, ClipDataset, DataError
+from shared.data.prepare import PrepareConfig, parse_columns, prepare_corpus
+from shared.data.prepare_cut import fit_frames
+from shared.data.prepare_plan import (
     BAD_TIME,
     DUPLICATE_NAME,
     EMPTY_CAPTION,
@@ -36,7 +36,7 @@ from shared.prepare_plan import (
     caption_from_name,
     parse_time,
 )
-from shared.video import read_video, write_video
+from shared.data.video import read_video, write_video
 
 H, W, FPS = 64, 96, 10
 FILLS = {0: (240, 240, 40), 1: (240, 240, 220), 2: (240, 240, 130)}
@@ -215,7 +215,7 @@ def test_second_run_redoes_nothing(prepared, corpus, tmp_path):
 
 CRASH_ON_THIRD_CLIP = """
 import os, sys
-import shared.prepare as prepare
+import shared.data.prepare as prepare
 real_cut, calls = prepare.cut_segment, []
 def cut(*args, **kwargs):
     calls.append(1)

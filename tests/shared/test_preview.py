@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.data import DataError
-from shared.preview import PreviewConfig, make_preview, spread
-from shared.video import read_video, write_video
+from shared.data.dataset import DataError
+from shared.data.preview import PreviewConfig, make_preview, spread
+from shared.data.video import read_video, write_video
 
 CLIPS, FRAMES = 5, 5
 

@@ -1,4 +1,4 @@
-"""shared.refeval: generated clips scored against real reference files (MP4 at 320 x 180,
+"""shared.evaluation.refeval: generated clips scored against real reference files (MP4 at 320 x 180,
 another frame count and rate), paired by caption, beside the shuffled-caption baseline."""
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import pytest
 pytest.importorskip("mediapipe", reason='pose metrics need ".[pose]"')
 pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
 
-from shared import personclips as pc  # noqa: E402
-from shared.data import DataError, preprocess_clip  # noqa: E402
-from shared.metrics import psnr  # noqa: E402
-from shared.refeval import (  # noqa: E402
+from shared.data import personclips as pc  # noqa: E402
+from shared.data.dataset import DataError, preprocess_clip  # noqa: E402
+from shared.data.video import read_video, write_video  # noqa: E402
+from shared.evaluation.metrics import psnr  # noqa: E402
+from shared.evaluation.refeval import (  # noqa: E402
     RefEvalConfig,
     caption_key,
     clip_duration,
     evaluate_against_reference,
 )
-from shared.video import read_video, write_video  # noqa: E402
 
 GEN_FRAMES = 12
 

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.config import SampleConfig
-from shared.report_html import (
+from shared.app.report_html import (
     PAGE,
     SETTINGS_FILE,
     display_scale,
@@ -24,9 +23,10 @@ from shared.report_html import (
     write_results_page,
     write_sets_page,
 )
-from shared.textfollow import score_set
-from shared.toy import render_clip
-from shared.video import read_video, write_sample_folder, write_video
+from shared.config import SampleConfig
+from shared.data.toy import render_clip
+from shared.data.video import read_video, write_sample_folder, write_video
+from shared.evaluation.textfollow import score_set
 
 # Vivid colours that appear nowhere else on the page, so the screenshot can find each clip.
 COLOURS = [(230, 20, 20), (20, 200, 40), (30, 40, 220)]
@@ -175,7 +175,7 @@ def test_eval_after_the_demo_keeps_its_reference_clips_and_title(tmp_path: Path)
 def test_eval_reference_shows_each_clip_metrics_and_its_reference(folder):
     """`eval --reference`'s page: per clip its PSNR, SSIM, ... beside the shuffled baseline,
     the reference clip of its caption beside it, and the summary table with its columns."""
-    from shared.refeval import METRICS, ClipResult, RefEvalConfig, RefEvalResult
+    from shared.evaluation.refeval import METRICS, ClipResult, RefEvalConfig, RefEvalResult
 
     out, refs = folder
     gifs = sorted(out.glob("0*.gif"))

@@ -16,7 +16,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from shared.config import DiffusionConfig, SampleConfig
-from shared.sampling import (
+from shared.diffusion.sampling import (
     cfg_combine,
     ddim_table,
     ddim_timesteps,
@@ -28,7 +28,7 @@ from shared.sampling import (
     sample_loop,
     step,
 )
-from shared.schedules import NoiseSchedule
+from shared.diffusion.schedules import NoiseSchedule
 
 SHAPE = (2, 3, 2, 4, 4)  # (B, C, F, H, W): a tiny video batch
 SPACINGS = ("leading", "trailing", "linspace")

@@ -8,7 +8,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from shared.config import DiffusionConfig
-from shared.schedules import NoiseSchedule, make_betas, rescale_zero_terminal_snr
+from shared.diffusion.schedules import NoiseSchedule, make_betas, rescale_zero_terminal_snr
 
 DIFFUSERS_NAME = {"linear": "linear", "scaled_linear": "scaled_linear",
                   "cosine": "squaredcos_cap_v2"}

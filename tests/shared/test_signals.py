@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from shared.errors import TrainingInterrupted, interrupted
-from shared.signals import STOP_SIGNALS, stop_signals
+from shared.app.errors import TrainingInterrupted, interrupted
+from shared.app.signals import STOP_SIGNALS, stop_signals
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])

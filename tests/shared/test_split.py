@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from shared.config import DataConfig
-from shared.data import Clip, ClipDataset, DataError, clip_groups, split_indices
-from shared.prepare import PrepareConfig, prepare_corpus
-from shared.video import write_video
+from shared.data.dataset import Clip, ClipDataset, DataError, clip_groups, split_indices
+from shared.data.prepare import PrepareConfig, prepare_corpus
+from shared.data.video import write_video
 
 FPS = 10
 VIDEOS = {f"talk_{v}": f"signer_{v // 2}" for v in range(6)}  # 2 videos per signer

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 )
 from tensorboard.util import tensor_util  # noqa: E402
 
-from shared.tensorboard import TensorBoardLogger  # noqa: E402
+from shared.app.tensorboard import TensorBoardLogger  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -141,7 +141,7 @@ def test_disabled_logger_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_import_is_cheap_and_torch_free() -> None:
-    code = ("import sys; import shared.tensorboard as t; "
+    code = ("import sys; import shared.app.tensorboard as t; "
             "assert 'tensorboard' not in sys.modules, 'tensorboard imported eagerly'; "
             "import tempfile; t.TensorBoardLogger(tempfile.mkdtemp()).close(); "
             "assert 'torch' not in sys.modules, 'torch imported'")

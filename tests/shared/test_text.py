@@ -1,4 +1,4 @@
-"""shared.text: encoder lookup, tokenizing (against transformers), encoder keys, the embedding
+"""shared.model.text: encoder lookup, tokenizing (against transformers), encoder keys, the embedding
 cache and the pooling reference (against sentence-transformers)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared import text
-from shared.text import (
+from shared.model import text
+from shared.model.text import (
     EmbeddingCache,
     TextEncoderNotFoundError,
     encoder_key,
@@ -144,7 +144,7 @@ def test_mlx_path_imports_no_torch(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys
         import numpy as np
-        from shared import text
+        from shared.model import text
         d = text.resolve_text_encoder("sentence-transformers/all-MiniLM-L6-v2")
         ids, mask = text.load_tokenizer(d).tokenize(["hello there", ""], 16)
         key = text.encoder_key(d)
@@ -407,7 +407,7 @@ def test_cache_files_are_safetensors_without_leftovers(tmp_path: Path) -> None:
 _WRITER = """
 import sys
 import numpy as np
-from shared.text import EmbeddingCache
+from shared.model.text import EmbeddingCache
 cache = EmbeddingCache(sys.argv[1], "key0", 16)
 value = float(sys.argv[2])
 for _ in range(200):

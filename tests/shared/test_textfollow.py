@@ -12,8 +12,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from shared import textfollow as tf
-from shared.toy import VOCABULARY, render_clip
+from shared.data.toy import VOCABULARY, render_clip
+from shared.evaluation import textfollow as tf
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_paired_difference_matches_a_paired_t_test():
     pairing resolves a difference that two independent proportions' errors would hide."""
     from scipy.stats import ttest_rel
 
-    from shared.textfollow import paired_difference, stderr
+    from shared.evaluation.textfollow import paired_difference, stderr
 
     rng = np.random.default_rng(3)
     first = rng.random(100) < 0.6

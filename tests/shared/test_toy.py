@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared import toy, toyjudge
-from shared.video import read_video, write_video
+from shared.data import toy
+from shared.data.video import read_video, write_video
+from shared.evaluation import toyjudge
 
 NUM_PROMPTS = 20
 CLIPS_PER_PROMPT = 6

@@ -1,6 +1,6 @@
-"""`shared.unet_plan`: the block plan of the default model written out by hand, and the skip stack
-consumed exactly (the real models, the shape table and the FLOP counter are checked against each
-other in tests/parity/test_convert.py and tests/shared/test_flops.py)."""
+"""`shared.model.unet_plan`: the block plan of the default model written out by hand, and the skip
+stack consumed exactly (the real models, the shape table and the FLOP counter are checked against
+each other in tests/parity/test_convert.py and tests/shared/test_flops.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from shared.config import ModelConfig
-from shared.unet_plan import unet_plan
+from shared.model.unet_plan import unet_plan
 
 
 def test_default_plan_by_hand():

@@ -1,4 +1,4 @@
-"""shared.valprobe: the training-time real-sign probe, on real-person clips (MediaPipe finds the
+"""shared.app.valprobe: the training-time real-sign probe, on real-person clips (MediaPipe finds the
 body in them), with samplers that return a known answer: the same motion late (a model that
 signs the caption) and another caption's motion (one that does not)."""
 
@@ -18,12 +18,12 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
     EventAccumulator,
 )
 
-from shared import personclips as pc  # noqa: E402
+from shared.app.tensorboard import TensorBoardLogger  # noqa: E402
+from shared.app.valprobe import ValidationProbe, choose_items  # noqa: E402
 from shared.config import SampleConfig, apply_overrides, preset  # noqa: E402
-from shared.data import ClipDataset  # noqa: E402
-from shared.pose import PoseCache  # noqa: E402
-from shared.tensorboard import TensorBoardLogger  # noqa: E402
-from shared.valprobe import ValidationProbe, choose_items  # noqa: E402
+from shared.data import personclips as pc  # noqa: E402
+from shared.data.dataset import ClipDataset  # noqa: E402
+from shared.evaluation.pose import PoseCache  # noqa: E402
 
 FRAMES, SIZE = 8, 128
 MOTIONS = {"sway": pc.sway, "bow": pc.bow}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.video import (
+from shared.data.video import (
     VideoError,
     grid_scale,
     make_grid,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.toy import make_toy_dataset
+from shared.data.toy import make_toy_dataset
 
 NUM_FRAMES, SIZE = 4, 16  # 16 px frames -> 8 x 8 latents (the tiny VAE halves once)
 TOKENS = 16

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from shared.video import read_video
+from shared.data.video import read_video
 from t2s_torch.cli import main
 from t2s_torch.tav.checkpoint import WEIGHTS_FILE
 from t2s_torch.tav.sample import load_finetuned

@@ -17,9 +17,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from shared.checkpoint import CheckpointError
-from shared.errors import TrainingInterrupted
-from shared.video import read_video
+from shared.app.errors import TrainingInterrupted
+from shared.data.video import read_video
+from shared.model.checkpoint import CheckpointError
 from t2s_torch.tav.checkpoint import WEIGHTS_FILE, write_model
 from t2s_torch.tav.inflate import InflatedUNet
 from t2s_torch.tav.models import load_base_model
