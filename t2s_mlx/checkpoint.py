@@ -90,6 +90,14 @@ def save_checkpoint(run_dir: Path, step: int, config: Config, model: nn.Module,
         trainer_state=trainer_state, keep_last=keep_last)
 
 
+def load_checkpoint(checkpoint: Path, model: nn.Module, ema: nn.Module,
+                    optimizer: optim.Optimizer) -> None:
+    """Load what `save_checkpoint` wrote into a training run's model, EMA and optimizer."""
+    load_into(model, checkpoint / "model.safetensors")
+    load_into(ema, checkpoint / "ema.safetensors")
+    load_optimizer_tensors(optimizer, load_tensors(checkpoint / "optimizer.safetensors"))
+
+
 def load_model(checkpoint: str | Path, use_ema: bool = True) -> tuple[Config, nn.Module, Path]:
     """Build the UNet a checkpoint's config describes and load its (EMA) weights for inference."""
     from t2s_mlx.unet import UNet3D

@@ -16,6 +16,14 @@ from shared.config import DiffusionConfig
 from shared.diffusion.schedules import NoiseSchedule
 
 
+def to_model_input(video: np.ndarray) -> mx.array:
+    """uint8 (B, F, H, W, C) numpy -> float32 (B, F, H, W, C) in [-1, 1] (channels-last); cached
+    latents (float16, latent mode) are already what the model trains on and are only widened."""
+    if video.dtype != np.uint8:
+        return mx.array(video).astype(mx.float32)
+    return mx.array(video).astype(mx.float32) * (1 / 127.5) - 1.0
+
+
 @dataclass
 class TextBatch:
     """What the UNet is conditioned on: token states, their mask, and the pooled embedding."""
@@ -23,6 +31,16 @@ class TextBatch:
     states: mx.array  # (B, L, D)
     mask: mx.array  # (B, L), 1 for real tokens
     pooled: mx.array  # (B, D)
+
+    def take(self, rows: list[int]) -> TextBatch:
+        """These rows, in this order (a caption table's rows for a batch of captions)."""
+        index = mx.array(rows)
+        return TextBatch(self.states[index], self.mask[index], self.pooled[index])
+
+    def expand(self, batch: int) -> TextBatch:
+        """This one-row batch as `batch` rows, without copying."""
+        return TextBatch(*(mx.broadcast_to(a, (batch, *a.shape[1:]))
+                           for a in (self.states, self.mask, self.pooled)))
 
     def select(self, keep: mx.array, other: TextBatch) -> TextBatch:
         """Per sample: this batch's text where `keep` is True, `other`'s elsewhere."""

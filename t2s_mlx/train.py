@@ -17,7 +17,6 @@ micro-batch B train exactly as one process at N x B; rank 0 alone writes.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from functools import partial
@@ -32,64 +31,27 @@ from mlx.utils import tree_map
 
 from shared.app.distributed import Distributed, shard
 from shared.app.errors import diverged
-from shared.app.trainer import BaseTrainer, EMACount, TrainResult
+from shared.app.trainer import BaseTrainer, TrainResult
 from shared.config import SampleConfig
 from shared.data.dataset import Batch
-from t2s_mlx.checkpoint import (
-    check_checkpoint,
-    load_into,
-    load_optimizer_tensors,
-    load_tensors,
-    save_checkpoint,
-)
-from t2s_mlx.device import (
-    describe_device,
-    find_batch_size,
-    mixed_value_and_grad,
-    select_device,
-)
-from t2s_mlx.diffusion import GaussianDiffusion, TextBatch
-from t2s_mlx.distributed import (
-    all_mean,
-    all_min,
-    any_rank,
-    average_gradients,
-    barrier,
-    init_distributed,
-)
+from t2s_mlx import checkpoint as ckpt
+from t2s_mlx import device as dev
+from t2s_mlx import distributed as dist
+from t2s_mlx.diffusion import GaussianDiffusion, TextBatch, to_model_input
+from t2s_mlx.ema import EMA
 from t2s_mlx.sample import generate
 from t2s_mlx.text_encoder import TextEncoder
 from t2s_mlx.unet import UNet3D
 from t2s_mlx.vae import LatentVAE
 
-__all__ = ["EMA", "TrainResult", "Trainer", "to_model_input"]
-
-
-class EMA(EMACount):
-    """The EMA weights (see `EMACount`)."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        super().__init__(decay)
-        self.model = copy.deepcopy(model)
-        self.model.eval()
-
-    def update(self, model: nn.Module) -> None:
-        decay = self.next_decay()
-        self.model.update(tree_map(lambda e, p: e + (1.0 - decay) * (p - e),
-                                   self.model.parameters(), model.parameters()))
-
-
-def to_model_input(video: np.ndarray) -> mx.array:
-    """uint8 (B, F, H, W, C) numpy -> float32 (B, F, H, W, C) in [-1, 1] (channels-last); cached
-    latents (float16, latent mode) are already what the model trains on and are only widened."""
-    if video.dtype != np.uint8:
-        return mx.array(video).astype(mx.float32)
-    return mx.array(video).astype(mx.float32) * (1 / 127.5) - 1.0
+__all__ = ["TrainResult", "Trainer"]
 
 
 class Trainer(BaseTrainer):
     """Train `config` on its data with MLX; `train()` runs to `config.train.steps` (or
     resumes there). The loop and bookkeeping are `BaseTrainer`'s; these are its tensor hooks."""
+
+    text_batch = TextBatch
 
     def _open(self, device: str | None) -> tuple[Distributed, str]:
         if self.config.train.mixed_precision == "fp16":
@@ -97,13 +59,10 @@ class Trainer(BaseTrainer):
             # range as float32) does not; Apple Silicon runs bf16, so that is the one offered.
             raise ValueError("train.mixed_precision=fp16 is not supported by t2s-mlx: use "
                              "--set train.mixed_precision=bf16 (or no)")
-        return init_distributed(), select_device(device)
+        return dist.init_distributed(), dev.select_device(device)
 
     def _text_encoder(self, cache_dir: Path) -> TextEncoder:
         return TextEncoder(self.config.text, cache_dir=cache_dir)
-
-    def _text_batch(self, encoded: tuple[Any, ...]) -> TextBatch:
-        return TextBatch(*encoded)
 
     def _build(self) -> None:
         tc = self.config.train
@@ -121,17 +80,6 @@ class Trainer(BaseTrainer):
     def _load_vae(self) -> LatentVAE:
         return LatentVAE.from_pretrained(self.config.data.vae)
 
-    def text_for(self, captions: list[str]) -> TextBatch:
-        rows = mx.array([self.caption_row[c] for c in captions])
-        return TextBatch(self.text_table.states[rows], self.text_table.mask[rows],
-                         self.text_table.pooled[rows])
-
-    def _uncond(self, batch: int) -> TextBatch:
-        u = self.uncond
-        return TextBatch(mx.broadcast_to(u.states, (batch, *u.states.shape[1:])),
-                         mx.broadcast_to(u.mask, (batch, *u.mask.shape[1:])),
-                         mx.broadcast_to(u.pooled, (batch, *u.pooled.shape[1:])))
-
     # ----------------------------------------------------------------------------- steps
 
     def _build_steps(self) -> None:
@@ -140,7 +88,7 @@ class Trainer(BaseTrainer):
         model, diffusion = self.model, self.diffusion
         loss_fn = partial(diffusion.loss, model)
         if tc.mixed_precision == "bf16":
-            value_and_grad = mixed_value_and_grad(model, loss_fn, mx.bfloat16)
+            value_and_grad = dev.mixed_value_and_grad(model, loss_fn, mx.bfloat16)
         else:
             value_and_grad = nn.value_and_grad(model, loss_fn)
         micro_state = [model.state, mx.random.state]
@@ -169,7 +117,7 @@ class Trainer(BaseTrainer):
         self._micro, self._update = micro, update
 
     def _fit_batch(self, per_rank: int) -> int:
-        return find_batch_size(self._probe_step, per_rank, self.log)
+        return dev.find_batch_size(self._probe_step, per_rank, self.log)
 
     def _probe_step(self, batch: int) -> None:
         """One forward + backward at micro-batch `batch` on random data (weights untouched)."""
@@ -190,7 +138,7 @@ class Trainer(BaseTrainer):
         return loss
 
     def _mean_loss(self, losses: list[mx.array]) -> float:
-        return float(all_mean(mx.stack(losses).mean(), self.world))
+        return float(dist.all_mean(mx.stack(losses).mean(), self.world))
 
     def _apply_lr(self, lr: float) -> None:
         self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
@@ -199,7 +147,7 @@ class Trainer(BaseTrainer):
         grads, self._grads = self._grads, None
         if self.grad_accum > 1:
             grads = tree_map(lambda g: g / self.grad_accum, grads)
-        norm = self._update(average_gradients(grads, self.world))
+        norm = self._update(dist.average_gradients(grads, self.world))
         mx.eval(self.model.parameters(), self.optimizer.state, norm)
         if not math.isfinite(float(norm)):
             raise diverged(self.out_dir, self.step + 1, float(norm), "gradient norm")
@@ -210,16 +158,15 @@ class Trainer(BaseTrainer):
     # ----------------------------------------------------------------------------- state
 
     def _save(self, state: dict[str, Any]) -> Path:
-        return save_checkpoint(self.out_dir, self.step, self.config, self.model, self.ema.model,
-                               self.optimizer, state, self.config.train.keep_last)
+        return ckpt.save_checkpoint(self.out_dir, self.step, self.config, self.model,
+                                    self.ema.model, self.optimizer, state,
+                                    self.config.train.keep_last)
 
     def _check_checkpoint(self, checkpoint: Path) -> None:
-        check_checkpoint(checkpoint, self.model)
+        ckpt.check_checkpoint(checkpoint, self.model)
 
     def _load_tensors(self, checkpoint: Path) -> None:
-        load_into(self.model, checkpoint / "model.safetensors")
-        load_into(self.ema.model, checkpoint / "ema.safetensors")
-        load_optimizer_tensors(self.optimizer, load_tensors(checkpoint / "optimizer.safetensors"))
+        ckpt.load_checkpoint(checkpoint, self.model, self.ema.model, self.optimizer)
 
     def _load_backend_state(self, state: dict[str, Any]) -> None:
         self._build_steps()  # the compiled steps captured the optimizer state it replaced
@@ -232,16 +179,16 @@ class Trainer(BaseTrainer):
                         self._uncond(shape[0]), shape, seed=sample.seed, decode=decode)
 
     def _describe_device(self) -> dict[str, Any]:
-        return describe_device()
+        return dev.describe_device()
 
     def _barrier(self) -> None:
-        barrier(self.world)
+        dist.barrier(self.world)
 
     def _all_min(self, value: int) -> int:
-        return all_min(value, self.world)
+        return dist.all_min(value, self.world)
 
     def _any_rank(self, flag: bool) -> bool:
-        return any_rank(flag, self.world)
+        return dist.any_rank(flag, self.world)
 
 
 def _step_seed(seed: int, step: int, micro: int) -> int:

@@ -137,6 +137,15 @@ def save_checkpoint(run_dir: Path, step: int, config: Config, model: torch.nn.Mo
         trainer_state=trainer_state, keep_last=keep_last)
 
 
+def load_checkpoint(checkpoint: Path, model: torch.nn.Module, ema: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer) -> None:
+    """Load what `save_checkpoint` wrote into a training run's model, EMA and optimizer."""
+    load_into(model, checkpoint / "model.safetensors")
+    load_into(ema, checkpoint / "ema.safetensors")
+    load_optimizer_tensors(optimizer, load_tensors(checkpoint / "optimizer.safetensors"),
+                           {p: n for n, p in model.named_parameters()})
+
+
 def load_model(checkpoint: str | Path, device: torch.device | str = "cpu",
                use_ema: bool = True) -> tuple[Config, torch.nn.Module, Path]:
     """Build the UNet a checkpoint's config describes and load its (EMA) weights for inference."""

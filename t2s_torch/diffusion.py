@@ -16,6 +16,15 @@ from shared.config import DiffusionConfig
 from shared.diffusion.schedules import NoiseSchedule
 
 
+def to_model_input(video: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, F, H, W, C) numpy -> float32 (B, C, F, H, W) in [-1, 1] on the device; cached
+    latents (float16, latent mode) are already what the model trains on and are only widened."""
+    x = torch.from_numpy(np.ascontiguousarray(video)).to(device, non_blocking=True)
+    if x.dtype != torch.uint8:
+        return x.permute(0, 4, 1, 2, 3).float()
+    return x.permute(0, 4, 1, 2, 3).float().mul_(1 / 127.5).sub_(1.0)
+
+
 @dataclass
 class TextBatch:
     """What the UNet is conditioned on: token states, their mask, and the pooled embedding."""
@@ -26,6 +35,16 @@ class TextBatch:
 
     def to(self, device: torch.device) -> TextBatch:
         return TextBatch(self.states.to(device), self.mask.to(device), self.pooled.to(device))
+
+    def take(self, rows: list[int]) -> TextBatch:
+        """These rows, in this order (a caption table's rows for a batch of captions)."""
+        index = torch.tensor(rows, device=self.states.device)
+        return TextBatch(self.states[index], self.mask[index], self.pooled[index])
+
+    def expand(self, batch: int) -> TextBatch:
+        """This one-row batch as `batch` rows, without copying."""
+        return TextBatch(self.states.expand(batch, -1, -1), self.mask.expand(batch, -1),
+                         self.pooled.expand(batch, -1))
 
     def select(self, keep: torch.Tensor, other: TextBatch) -> TextBatch:
         """Per sample: this batch's text where `keep` is True, `other`'s elsewhere."""

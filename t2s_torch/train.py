@@ -13,7 +13,6 @@ alone writes.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -24,96 +23,48 @@ import torch
 
 from shared.app.distributed import Distributed, shard
 from shared.app.errors import diverged
-from shared.app.trainer import BaseTrainer, EMACount, TrainResult
-from shared.config import Config, SampleConfig
+from shared.app.trainer import BaseTrainer, TrainResult
+from shared.config import SampleConfig
 from shared.data.dataset import Batch
-from t2s_torch.checkpoint import (
-    check_checkpoint,
-    load_into,
-    load_optimizer_tensors,
-    load_tensors,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
-)
-from t2s_torch.device import (
-    autocast_context,
-    describe_device,
-    find_batch_size,
-    needs_grad_scaler,
-    prefers_channels_last,
-    select_device,
-    synchronize,
-)
-from t2s_torch.diffusion import GaussianDiffusion, TextBatch
-from t2s_torch.distributed import (
-    all_mean,
-    all_min,
-    any_rank,
-    barrier,
-    init_distributed,
-    no_sync,
-    rank_device,
-    wrap,
-)
+from t2s_torch import checkpoint as ckpt
+from t2s_torch import device as dev
+from t2s_torch import distributed as dist
+from t2s_torch.diffusion import GaussianDiffusion, TextBatch, to_model_input
+from t2s_torch.ema import EMA
 from t2s_torch.sample import generate
 from t2s_torch.text_encoder import TextEncoder
-from t2s_torch.unet import UNet3D
+from t2s_torch.unet import UNet3D, log_model_graph
 from t2s_torch.vae import LatentVAE
 
-__all__ = ["EMA", "TrainResult", "Trainer", "to_model_input"]
-
-
-class EMA(EMACount):
-    """The EMA weights (see `EMACount`)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        super().__init__(decay)
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        decay = self.next_decay()
-        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            ema_p.lerp_(p.detach(), 1.0 - decay)
-
-
-def to_model_input(video: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (B, F, H, W, C) numpy -> float32 (B, C, F, H, W) in [-1, 1] on the device; cached
-    latents (float16, latent mode) are already what the model trains on and are only widened."""
-    x = torch.from_numpy(np.ascontiguousarray(video)).to(device, non_blocking=True)
-    if x.dtype != torch.uint8:
-        return x.permute(0, 4, 1, 2, 3).float()
-    return x.permute(0, 4, 1, 2, 3).float().mul_(1 / 127.5).sub_(1.0)
+__all__ = ["TrainResult", "Trainer"]
 
 
 class Trainer(BaseTrainer):
     """Train `config` on its data with PyTorch; `train()` runs to `config.train.steps` (or
     resumes there). The loop and bookkeeping are `BaseTrainer`'s; these are its tensor hooks."""
 
+    text_batch = TextBatch
+
     def _open(self, device: str | None) -> tuple[Distributed, torch.device]:
-        requested = select_device(device)
-        world = init_distributed(requested)
-        device = rank_device(requested, world)
+        requested = dev.select_device(device)
+        world = dist.init_distributed(requested)
+        device = dist.rank_device(requested, world)
         tc = self.config.train
-        self.autocast = autocast_context(device, tc.mixed_precision)
-        self.scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(
+        self.autocast = dev.autocast_context(device, tc.mixed_precision)
+        self.scaler = torch.amp.GradScaler(device.type) if dev.needs_grad_scaler(
             device, tc.mixed_precision) else None
         return world, device
 
     def _text_encoder(self, cache_dir: Path) -> TextEncoder:
         return TextEncoder(self.config.text, device=self.device, cache_dir=cache_dir)
 
-    def _text_batch(self, encoded: tuple[Any, ...]) -> TextBatch:
-        return TextBatch(*encoded)
-
     def _build(self) -> None:
         tc = self.config.train
         torch.manual_seed(tc.seed)
         self.model = UNet3D(self.config.model).to(self.device)
-        self.model.use_channels_last(prefers_channels_last(self.device))
+        self.model.use_channels_last(dev.prefers_channels_last(self.device))
         self.ema = EMA(self.model, tc.ema_decay)
-        self.step_model = wrap(self.model, self.world, self.device)
+        self.step_model = dist.wrap(self.model, self.world, self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
             weight_decay=tc.weight_decay)
@@ -123,20 +74,10 @@ class Trainer(BaseTrainer):
     def _load_vae(self) -> LatentVAE:
         return LatentVAE.from_pretrained(self.config.data.vae, device=self.device)
 
-    def text_for(self, captions: list[str]) -> TextBatch:
-        rows = torch.tensor([self.caption_row[c] for c in captions], device=self.device)
-        return TextBatch(self.text_table.states[rows], self.text_table.mask[rows],
-                         self.text_table.pooled[rows])
-
-    def _uncond(self, batch: int) -> TextBatch:
-        u = self.uncond
-        return TextBatch(u.states.expand(batch, -1, -1), u.mask.expand(batch, -1),
-                         u.pooled.expand(batch, -1))
-
     # ----------------------------------------------------------------------------- steps
 
     def _fit_batch(self, per_rank: int) -> int:
-        return find_batch_size(self._probe_step, per_rank, self.device, self.log)
+        return dev.find_batch_size(self._probe_step, per_rank, self.device, self.log)
 
     def _probe_step(self, batch: int) -> None:
         """One forward + backward at micro-batch `batch` on random data (weights untouched)."""
@@ -161,7 +102,7 @@ class Trainer(BaseTrainer):
         t = shard(self.diffusion.sample_timesteps(b * n, g, self.device), self.world)
         noise = shard(torch.randn((b * n, *x0.shape[1:]), generator=g, device=self.device),
                       self.world)
-        with no_sync(self.step_model, skip=index != self.grad_accum - 1):
+        with dist.no_sync(self.step_model, skip=index != self.grad_accum - 1):
             with self.autocast:
                 loss = self.diffusion.loss(self.step_model, x0, text, t, noise)
             scaled = loss / self.grad_accum
@@ -169,7 +110,7 @@ class Trainer(BaseTrainer):
         return loss.detach()
 
     def _mean_loss(self, losses: list[torch.Tensor]) -> float:
-        return float(all_mean(torch.stack(losses).mean(), self.world))
+        return float(dist.all_mean(torch.stack(losses).mean(), self.world))
 
     def _apply_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -197,7 +138,7 @@ class Trainer(BaseTrainer):
     # ----------------------------------------------------------------------------- state
 
     def _backend_state(self) -> dict[str, Any]:
-        state = {**rng_state(self.generator, self.device),
+        state = {**ckpt.rng_state(self.generator, self.device),
                  "param_groups": [{k: v for k, v in g.items() if k != "params"}
                                   for g in self.optimizer.param_groups]}
         if self.scaler is not None:
@@ -205,24 +146,21 @@ class Trainer(BaseTrainer):
         return state
 
     def _save(self, state: dict[str, Any]) -> Path:
-        return save_checkpoint(self.out_dir, self.step, self.config, self.model, self.ema.model,
-                               self.optimizer, state, self.config.train.keep_last)
+        return ckpt.save_checkpoint(self.out_dir, self.step, self.config, self.model,
+                                    self.ema.model, self.optimizer, state,
+                                    self.config.train.keep_last)
 
     def _check_checkpoint(self, checkpoint: Path) -> None:
-        check_checkpoint(checkpoint, self.model)
+        ckpt.check_checkpoint(checkpoint, self.model)
 
     def _load_tensors(self, checkpoint: Path) -> None:
-        load_into(self.model, checkpoint / "model.safetensors")
-        load_into(self.ema.model, checkpoint / "ema.safetensors")
-        names = {p: n for n, p in self.model.named_parameters()}
-        load_optimizer_tensors(self.optimizer, load_tensors(checkpoint / "optimizer.safetensors"),
-                               names)
+        ckpt.load_checkpoint(checkpoint, self.model, self.ema.model, self.optimizer)
 
     def _load_backend_state(self, state: dict[str, Any]) -> None:
         for group, saved in zip(self.optimizer.param_groups, state["param_groups"], strict=True):
             group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
         # converted from MLX: no torch RNG to restore, so a fresh stream per (seed, step)
-        restore_rng_state(state, self.generator, self.device,
+        ckpt.restore_rng_state(state, self.generator, self.device,
                           self.config.train.seed * 1_000_003 + self.step)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
@@ -237,42 +175,19 @@ class Trainer(BaseTrainer):
                         decode=decode)
 
     def _describe_device(self) -> dict[str, Any]:
-        return describe_device(self.device)
+        return dev.describe_device(self.device)
 
     def _log_graph(self, log_dir: Path) -> None:
-        log_model_graph(self.model, self.config, log_dir)
+        log_model_graph(self.model, log_dir)
 
     def _barrier(self) -> None:
-        barrier(self.world)
+        dist.barrier(self.world)
 
     def _all_min(self, value: int) -> int:
-        return all_min(value, self.world, self.device)
+        return dist.all_min(value, self.world, self.device)
 
     def _any_rank(self, flag: bool) -> bool:
-        return any_rank(flag, self.world, self.device)
+        return dist.any_rank(flag, self.world, self.device)
 
     def _synchronize(self) -> None:
-        synchronize(self.device)
-
-
-def log_model_graph(model: torch.nn.Module, config: Config, log_dir: Path) -> None:
-    """The UNet's graph for TensorBoard's Graphs tab, traced at the smallest valid input (the
-    graph does not depend on the size, and tracing at full size would cost a forward pass)."""
-    import warnings
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    m = config.model
-    side = 2 ** (m.num_levels - 1)
-    device = next(model.parameters()).device
-    inputs = (torch.zeros(1, m.in_channels, 2, side, side, device=device),
-              torch.zeros(1, dtype=torch.long, device=device),
-              torch.zeros(1, 2, m.context_dim, device=device),
-              torch.ones(1, 2, dtype=torch.long, device=device),
-              torch.zeros(1, m.context_dim, device=device))
-    try:
-        with warnings.catch_warnings(), SummaryWriter(str(log_dir)) as writer:
-            warnings.simplefilter("ignore")
-            writer.add_graph(model, inputs)
-    except Exception as e:  # the graph is a nicety; training must not depend on tracing
-        warnings.warn(f"could not log the model graph to TensorBoard: {e}", stacklevel=2)
+        dev.synchronize(self.device)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -540,3 +541,26 @@ class UNet3D(nn.Module):
         for block in self.up_blocks:
             h = block(h, skips, temb, context, context_mask, ckpt)
         return norm_silu_conv(self.norm_out, h, self.conv_out)
+
+
+def log_model_graph(model: UNet3D, log_dir: Path) -> None:
+    """The UNet's graph for TensorBoard's Graphs tab, traced at the smallest valid input (the
+    graph does not depend on the size, and tracing at full size would cost a forward pass)."""
+    import warnings
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    m = model.config
+    side = 2 ** (m.num_levels - 1)
+    device = next(model.parameters()).device
+    inputs = (torch.zeros(1, m.in_channels, 2, side, side, device=device),
+              torch.zeros(1, dtype=torch.long, device=device),
+              torch.zeros(1, 2, m.context_dim, device=device),
+              torch.ones(1, 2, dtype=torch.long, device=device),
+              torch.zeros(1, m.context_dim, device=device))
+    try:
+        with warnings.catch_warnings(), SummaryWriter(str(log_dir)) as writer:
+            warnings.simplefilter("ignore")
+            writer.add_graph(model, inputs)
+    except Exception as e:  # the graph is a nicety; training must not depend on tracing
+        warnings.warn(f"could not log the model graph to TensorBoard: {e}", stacklevel=2)

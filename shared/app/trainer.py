@@ -85,6 +85,7 @@ class BaseTrainer:
     model: Any
     ema: Any
     optimizer: Any
+    text_batch: Any  # the backend's TextBatch: (states, mask, pooled) with take / expand / select
 
     def __init__(self, config: Config, device: str | None = None, progress: bool = True,
                  log: Callable[[str], None] = print):
@@ -107,11 +108,19 @@ class BaseTrainer:
         self.captions = sorted(set(self.dataset.captions))
         self.caption_row = {c: i for i, c in enumerate(self.captions)}
         # Every caption's embedding, computed (or read from the disk cache) once per run.
-        self.text_table = self._text_batch(self.encoder.encode(self.captions))
-        self.uncond = self._text_batch(self.encoder.empty_embedding())
+        self.text_table = self.text_batch(*self.encoder.encode(self.captions))
+        self.uncond = self.text_batch(*self.encoder.empty_embedding())
         self._build()
         self.step = 0
         self.micro_batch, self.grad_accum = 0, 1
+
+    def text_for(self, captions: list[str]) -> Any:
+        """The training captions' text, from the table encoded once per run."""
+        return self.text_table.take([self.caption_row[c] for c in captions])
+
+    def _uncond(self, batch: int) -> Any:
+        """The empty caption's text, `batch` rows (classifier-free guidance's other half)."""
+        return self.uncond.expand(batch)
 
     # ----------------------------------------------------------------- what a backend supplies
 
@@ -123,19 +132,11 @@ class BaseTrainer:
     def _text_encoder(self, cache_dir: Path) -> Any:
         raise NotImplementedError
 
-    def _text_batch(self, encoded: tuple[Any, ...]) -> Any:
-        """The backend's TextBatch of an encoder's (states, mask, pooled)."""
-        raise NotImplementedError
-
     def _build(self) -> None:
         """Seed, then build the model, EMA, optimizer and diffusion on the device."""
         raise NotImplementedError
 
     def _load_vae(self) -> Any:
-        raise NotImplementedError
-
-    def _uncond(self, batch: int) -> Any:
-        """The empty caption's TextBatch, `batch` rows."""
         raise NotImplementedError
 
     def _fit_batch(self, per_rank: int) -> int:
@@ -360,7 +361,7 @@ class BaseTrainer:
         """uint8 (N, F, S, S, 3) EMA samples, one per prompt, with `sample`'s sampler, steps,
         guidance and seed (decoded to pixels in latent mode)."""
         d = self.config.data
-        text = self._text_batch(self.encoder.encode(prompts))
+        text = self.text_batch(*self.encoder.encode(prompts))
         shape = (len(prompts), d.num_frames, d.model_size, d.model_size,
                  self.config.model.out_channels)
         decode = self.vae.decode_video if d.vae else None

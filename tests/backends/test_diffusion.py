@@ -419,6 +419,25 @@ def test_text_batch_select_and_cat(backend):
     assert np.array_equal(backend.numpy(both.states[:3]), backend.numpy(a.states))
 
 
+def test_text_batch_take_and_expand(backend):
+    """`take` is the trainer's caption lookup (rows in the asked order, repeats allowed) and
+    `expand` its unconditional batch: compared with numpy indexing and tiling."""
+    table = _text(backend, 3, seed=1)
+    rows = [2, 0, 2, 1]
+    taken = table.take(rows)
+    for name in ("states", "mask", "pooled"):
+        whole = backend.numpy(getattr(table, name))
+        assert np.array_equal(backend.numpy(getattr(taken, name)), whole[rows])
+    one = table.take([1])
+    wide = one.expand(5)
+    for name in ("states", "mask", "pooled"):
+        single = backend.numpy(getattr(one, name))
+        got = backend.numpy(getattr(wide, name))
+        assert got.shape == (5, *single.shape[1:])
+        assert np.array_equal(got, np.repeat(single, 5, axis=0))
+    assert wide.mask.dtype == table.mask.dtype
+
+
 @pytest.mark.backends("torch")
 def test_text_batch_to_a_device(backend):
     a = _text(backend, 3, seed=1)
