@@ -21,6 +21,8 @@ mx = pytest.importorskip("mlx.core")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from text_encoder_cases import _reference  # noqa: E402  (tests/support)
+
 from shared.config import TextEncoderConfig  # noqa: E402
 from shared.model.text import DEFAULT_TEXT_ENCODER, resolve_text_encoder  # noqa: E402
 from t2s_mlx import text_encoder as mlx_te  # noqa: E402
@@ -39,23 +41,6 @@ PAD_ATOL = 1e-3    # states at padding positions (see the module docstring)
 # --------------------------------------------------------------------------- helpers
 
 
-def _reference(model_dir: Path, captions: list[str], max_length: int, model=None):
-    """transformers end to end: AutoTokenizer, BertModel, sentence-transformers mean pooling."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    batch = tokenizer(captions, padding="max_length", truncation=True, max_length=max_length,
-                      return_tensors="pt")
-    if model is None:
-        model = transformers.BertModel.from_pretrained(model_dir)
-    model = model.float().eval()
-    with torch.no_grad():
-        states = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).last_hidden_state
-    mask = batch["attention_mask"]
-    weights = mask.unsqueeze(-1).float()
-    pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-    return states.numpy(), mask.numpy(), pooled.numpy()
-
-
 def _diffs(out, ref) -> dict[str, float]:
     states, mask, pooled = ref
     np.testing.assert_array_equal(np.array(out.mask), mask)  # same tokenization
@@ -64,6 +49,11 @@ def _diffs(out, ref) -> dict[str, float]:
     return {"real": float(d[real].max()),
             "pad": float(d[~real].max()) if (~real).any() else 0.0,
             "pooled": float(np.abs(np.array(out.pooled) - pooled).max())}
+
+
+def _reference_numpy(*args, **kwargs) -> list[np.ndarray]:
+    """transformers end to end (`text_encoder_cases._reference`), as numpy for the MLX side."""
+    return [a.numpy() for a in _reference(*args, **kwargs)]
 
 
 def _assert_parity(out, ref, label: str) -> dict[str, float]:
@@ -131,7 +121,7 @@ def test_minilm_matches_transformers(minilm_dir: Path, minilm_torch, max_length:
     encoder = mlx_te.TextEncoder(TextEncoderConfig(max_length=max_length))
     out = encoder.encode(CAPTIONS)
     assert out.states.shape == (len(CAPTIONS), max_length, 384)
-    ref = _reference(minilm_dir, CAPTIONS, max_length, model=minilm_torch)
+    ref = _reference_numpy(minilm_dir, CAPTIONS, max_length, model=minilm_torch)
     assert ref[1][CAPTIONS.index(LONG)].sum() == max_length  # truncated
     assert ref[1][0].sum() == 2  # "" is [CLS] [SEP]
     _assert_parity(out, ref, f"MiniLM L={max_length}")
@@ -152,7 +142,7 @@ def test_tiny_random_bert_matches_transformers(tmp_path: Path, variant: str) -> 
     encoder = mlx_te.TextEncoder(TextEncoderConfig(name=str(model_dir), max_length=16))
     assert encoder.hidden_size == 48
     out = encoder.encode(CAPTIONS)
-    _assert_parity(out, _reference(model_dir, CAPTIONS, 16, model=reference_model),
+    _assert_parity(out, _reference_numpy(model_dir, CAPTIONS, 16, model=reference_model),
                    f"tiny BERT ({variant})")
 
 
