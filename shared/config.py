@@ -320,7 +320,7 @@ class Config:
         return self
 
 
-PRESETS = ("tiny", "toy", "toy-long", "small", "base")
+PRESETS = ("tiny", "toy", "toy-long", "real", "small", "base")
 
 
 def preset(name: str) -> Config:
@@ -353,6 +353,18 @@ def preset(name: str) -> Config:
                               lr=2e-3, warmup_steps=100, ema_decay=0.995, log_every=25,
                               sample_every=0, checkpoint_every=500, keep_last=2),
             sample=SampleConfig(sampler="dpm++", steps=10, guidance=3.0),
+        )
+    if name == "real":
+        return Config(
+            model=ModelConfig(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                              attention_levels=(1, 2), num_heads=4, norm_groups=8,
+                              frame_text=True),
+            diffusion=DiffusionConfig(min_snr_gamma=5.0),
+            data=DataConfig(num_frames=8, image_size=32, val_fraction=0.0),
+            train=TrainConfig(steps=3000, batch_size=8, lr=1e-3, warmup_steps=100,
+                              ema_decay=0.995, log_every=25, sample_every=0,
+                              checkpoint_every=500, keep_last=2, checkpoint_minutes=10.0),
+            sample=SampleConfig(sampler="dpm++", steps=20, guidance=3.0),
         )
     if name == "tiny":
         return Config(

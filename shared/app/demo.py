@@ -18,11 +18,12 @@ import numpy as np
 
 from shared.app.backend import Backend
 from shared.app.report_html import sample_settings, write_results_page, write_sets_page
-from shared.config import apply_overrides, preset
-from shared.data.dataset import preprocess_clip
+from shared.config import Config, DataConfig, apply_overrides, preset
+from shared.data.dataset import DataReport, find_clips, preprocess_clip
 from shared.data.toy import make_toy_dataset, render_clip
-from shared.data.video import slug, write_video
+from shared.data.video import read_video, slug, write_video
 from shared.evaluation.folder import evaluate_set
+from shared.evaluation.metrics import fidelity_ratio
 from shared.evaluation.textfollow import (
     SPLIT_FILE,
     SentenceSplit,
@@ -81,6 +82,38 @@ def write_references(folder: Path, captions: list[str], num_frames: int, image_s
     return refs
 
 
+def demo_config(preset_name: str, data_dir: Path, run_dir: Path,
+                overrides: tuple[str, ...]) -> Config:
+    config = apply_overrides(preset(preset_name), [f"data.data_dir={data_dir.resolve()}",
+                                                   f"train.out_dir={run_dir}", *overrides])
+    return config.validate()
+
+
+def train_or_reuse(config: Config, backend: Backend, run_dir: Path, device: str | None,
+                   progress: bool) -> Iterator[str]:
+    """Train `config` into `run_dir`, resuming an interrupted run and reusing a finished one."""
+    done = list_checkpoints(run_dir / "checkpoints")
+    if done and done[-1][0] >= config.train.steps:
+        yield f"training: found a finished run in {run_dir}"
+        return
+    start = time.perf_counter()
+    trainer = backend.trainer(config, device=device, progress=progress, log=lambda _: None)
+    result = trainer.train(resume=bool(done))
+    yield (f"training: {result.step} steps of {config.train.batch_size} clips "
+           f"({config.data.num_frames} frames of {config.data.image_size} px) in "
+           f"{time.perf_counter() - start:.0f} s on {trainer.device}; final loss "
+           f"{sum(result.losses[-50:]) / max(1, len(result.losses[-50:])):.3f}")
+
+
+def folder_fidelity(folder: Path, references: dict[str, Path]) -> float:
+    """`fidelity_ratio` of a folder of generated clips against the reference clips of their
+    captions (what the results page shows beside them)."""
+    clips = find_clips(DataConfig(data_dir=str(folder)), DataReport())
+    generated = [read_video(c.path)[0] for c in clips]
+    refs = [read_video(references[c.caption])[0] for c in clips if c.caption in references]
+    return fidelity_ratio(generated, refs)
+
+
 def run_demo(out: Path, backend: Backend, preset_name: str = "toy", n: int = 400,
              device: str | None = None, workers: int = 1, progress: bool = True,
              overrides: tuple[str, ...] = (), seed: int = 0,
@@ -97,20 +130,8 @@ def run_demo(out: Path, backend: Backend, preset_name: str = "toy", n: int = 400
            f"{split.max_words} words, {len(split.longer)} of {split.max_words + 1}")
 
     # Absolute, so that `--quality` and `eval` find the data (and its split) from anywhere.
-    config = apply_overrides(preset(preset_name), [f"data.data_dir={data_dir.resolve()}",
-                                                   f"train.out_dir={run_dir}", *overrides])
-    config.validate()
-    done = list_checkpoints(run_dir / "checkpoints")
-    if done and done[-1][0] >= config.train.steps:
-        yield f"training: found a finished run in {run_dir}"
-    else:
-        start = time.perf_counter()
-        trainer = backend.trainer(config, device=device, progress=progress, log=lambda _: None)
-        result = trainer.train(resume=bool(done))
-        yield (f"training: {result.step} steps of {config.train.batch_size} clips "
-               f"({config.data.num_frames} frames of {config.data.image_size} px) in "
-               f"{time.perf_counter() - start:.0f} s on {trainer.device}; final loss "
-               f"{sum(result.losses[-50:]) / max(1, len(result.losses[-50:])):.3f}")
+    config = demo_config(preset_name, data_dir, run_dir, overrides)
+    yield from train_or_reuse(config, backend, run_dir, device, progress)
 
     sample = dataclasses.replace(config.sample, num_samples=samples_per_sentence)
     report = {"preset": preset_name, "backend": backend.name, "split_seed": split.seed,
@@ -126,11 +147,14 @@ def run_demo(out: Path, backend: Backend, preset_name: str = "toy", n: int = 400
                                   progress=progress)
         (folder / "prompts.txt").write_text("".join(p + "\n" for p in prompts))
         result = evaluate_set(folder, label)
-        report["sets"][label] = result.to_dict()
+        fidelity = folder_fidelity(folder, refs)
+        report["sets"][label] = {**result.to_dict(), "fidelity": fidelity}
         write_results_page(folder, settings=sample_settings(sample, run_dir), score=result,
                            references=refs, summary=[result.format()])
         scored.append((folder, result))
         yield f"{result.format()} ({time.perf_counter() - start:.0f} s)"
+        yield (f"  frame fidelity: {fidelity:.2f}x the references' fine detail (1 = as clean "
+               "as real frames, above = leftover noise, below = blur)")
         yield f"  videos: {folder}/*.gif, all together in {folder}/grid.gif"
     page = write_sets_page(out / "samples", scored, references=refs,
                            title=f"text2sign demo: {preset_name}, seed {split.seed}")
