@@ -6,6 +6,8 @@ With --reference DIR (real signing clips with captions), each clip is scored aga
 its delayed copy, its mirror image, another clip of the same caption (another signer or take)
 and a clip of a different caption, all at the generated size through the training transform.
 Without it, the same rows on clips made from a bundled photo of a person (needs ".[pose]").
+Each score is a mean ± its standard error over the row's pairs; DTW n counts the pairs with a
+body found in both clips, which DTW-MJE averages. --max-clips caps the clips read from DIR.
 Keypoints are cached under --cache (default: a temporary folder).
 """
 
@@ -27,7 +29,7 @@ from shared.evaluation.pose import PoseCache
 @click.option("--labels", default=None, help="Its `filename,text` CSV, if any.")
 @click.option("--frames", type=int, default=28)
 @click.option("--size", type=int, default=128)
-@click.option("--max-clips", type=int, default=40)
+@click.option("--max-clips", type=int, default=40, help="At most this many clips of DIR.")
 @click.option("--cache", default=None, help="Keypoint cache folder.")
 def main(**options: object) -> None:
     args = SimpleNamespace(**options)

@@ -9,6 +9,7 @@ different sign ~0.4; these rows give that scale, on real reference clips when a 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,18 @@ log = logging.getLogger("text2sign.calibration")
 
 @dataclass(frozen=True)
 class Row:
+    """Mean scores over a row's pairs, with their standard errors (NaN under 2 pairs), so two
+    rows can be told apart or not; DTW-MJE only over the pairs with a body in both clips."""
+
     name: str
     pairs: int
     psnr: float
     ssim: float
     dtw_mje: float | None
+    psnr_se: float = math.nan
+    ssim_se: float = math.nan
+    dtw_se: float = math.nan
+    dtw_pairs: int | None = None  # pairs DTW-MJE was measured on (None: not counted)
 
 
 def score(a: np.ndarray, b: np.ndarray, cache: PoseCache) -> tuple[float, float, float | None]:
@@ -45,26 +53,42 @@ def delayed_copy(clip: np.ndarray, frames: int) -> np.ndarray:
     return np.concatenate([np.repeat(clip[:1], frames, axis=0), clip[:len(clip) - frames]])
 
 
-def _row(name: str, scores: list[tuple[float, float, float | None]]) -> Row:
+def standard_error(values: list[float]) -> float:
+    """Standard error of the mean; NaN under 2 values or with an infinite one (identical clips'
+    PSNR), where no spread is defined."""
+    v = np.asarray(values, np.float64)
+    if len(v) < 2 or not np.isfinite(v).all():
+        return math.nan
+    return float(v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def row_of(name: str, scores: list[tuple[float, float, float | None]]) -> Row:
+    """A row from its pairs' (PSNR, SSIM, DTW-MJE) scores; DTW-MJE None means no body."""
+    psnrs, ssims = [s[0] for s in scores], [s[1] for s in scores]
     dtws = [s[2] for s in scores if s[2] is not None]
-    return Row(name, len(scores), float(np.mean([s[0] for s in scores])),
-               float(np.mean([s[1] for s in scores])), float(np.mean(dtws)) if dtws else None)
+    return Row(name, len(scores), float(np.mean(psnrs)), float(np.mean(ssims)),
+               float(np.mean(dtws)) if dtws else None, standard_error(psnrs),
+               standard_error(ssims), standard_error(dtws), len(dtws))
 
 
 def transformed_rows(clips: list[np.ndarray], cache: PoseCache) -> Iterator[Row]:
     """Each clip against itself, its delayed copy and its mirror image."""
     delay = max(1, len(clips[0]) // 7)
-    yield _row("itself", [score(c, c, cache) for c in clips])
-    yield _row(f"delayed {delay} frames", [score(delayed_copy(c, delay), c, cache)
-                                            for c in clips])
-    yield _row("mirrored", [score(np.ascontiguousarray(c[:, :, ::-1]), c, cache)
-                            for c in clips])
+    yield row_of("itself", [score(c, c, cache) for c in clips])
+    yield row_of(f"delayed {delay} frames", [score(delayed_copy(c, delay), c, cache)
+                                              for c in clips])
+    yield row_of("mirrored", [score(np.ascontiguousarray(c[:, :, ::-1]), c, cache)
+                              for c in clips])
 
 
 def folder_rows(folder: Path, cache: PoseCache, frames: int = 28, size: int = 128,
                 max_clips: int = 40, labels_file: str | None = None) -> list[Row]:
     """Reference scores on real clips: transformed copies, another clip of the same caption
-    (another signer or take), and a clip of a different caption."""
+    (another signer or take), and a clip of a different caption.
+
+    Two clips of one caption are scored once, not once each way: the metrics are symmetric, so
+    the reverse pair would repeat the score and shrink the row's standard error for nothing.
+    """
     listed = find_clips(DataConfig(data_dir=str(folder), labels_file=labels_file), DataReport())
     found, clips = [], []
     for clip in listed:
@@ -82,16 +106,15 @@ def folder_rows(folder: Path, cache: PoseCache, frames: int = 28, size: int = 12
     rows = list(transformed_rows(clips, cache))
     same, other = [], []
     for i, key in enumerate(keys):
-        mates = [j for j in range(len(found)) if j != i and keys[j] == key]
+        mates = [j for j in range(i + 1, len(found)) if keys[j] == key]
         strangers = [j for j in range(len(found)) if keys[j] != key]
-        if mates:
-            same.append(score(clips[i], clips[mates[0]], cache))
+        same.extend(score(clips[i], clips[j], cache) for j in mates)
         if strangers:
             other.append(score(clips[i], clips[strangers[i % len(strangers)]], cache))
     if same:
-        rows.append(_row("same caption, another clip", same))
+        rows.append(row_of("same caption, another clip", same))
     if other:
-        rows.append(_row("different caption", other))
+        rows.append(row_of("different caption", other))
     return rows
 
 
@@ -103,19 +126,30 @@ def synthetic_rows(cache: PoseCache, frames: int = 28, size: int = 128) -> list[
     photo = pc.person_photo()
     base = pc.render(pc.uniform(frames), pc.sway, height=size, photo=photo)
     rows = list(transformed_rows([base], cache))
-    rows.append(_row("slow-then-fast retiming",
-                     [score(pc.render(pc.eased(frames), pc.sway, height=size, photo=photo),
-                            base, cache)]))
-    rows.append(_row("another motion",
-                     [score(pc.render(pc.uniform(frames), pc.bow, height=size, photo=photo),
-                            base, cache)]))
+    rows.append(row_of("slow-then-fast retiming",
+                       [score(pc.render(pc.eased(frames), pc.sway, height=size, photo=photo),
+                              base, cache)]))
+    rows.append(row_of("another motion",
+                       [score(pc.render(pc.uniform(frames), pc.bow, height=size, photo=photo),
+                              base, cache)]))
     return rows
 
 
+def _mean_se(mean: float | None, se: float, digits: int) -> str:
+    """`mean ± se`, the mean alone where no standard error is defined, `n/a` without a mean."""
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f}" if math.isnan(se) else f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
 def format_rows(rows: list[Row]) -> str:
-    lines = [f"{'scored against the clip':30s} {'pairs':>5s} {'PSNR dB':>8s} {'SSIM':>7s} "
-             f"{'DTW-MJE':>8s}"]
+    """One line per row: means ± standard errors, and DTW n, the pairs with a body in both clips
+    that DTW-MJE averages (a pair without one has no pose score)."""
+    lines = [f"{'scored against the clip':30s} {'pairs':>5s} {'PSNR dB':>14s} {'SSIM':>15s} "
+             f"{'DTW-MJE':>15s} {'DTW n':>5s}"]
     for r in rows:
-        dtw = "n/a" if r.dtw_mje is None else f"{r.dtw_mje:.3f}"
-        lines.append(f"{r.name:30s} {r.pairs:5d} {r.psnr:8.2f} {r.ssim:7.3f} {dtw:>8s}")
+        bodies = "" if r.dtw_pairs is None else str(r.dtw_pairs)
+        lines.append(f"{r.name:30s} {r.pairs:5d} {_mean_se(r.psnr, r.psnr_se, 2):>14s} "
+                     f"{_mean_se(r.ssim, r.ssim_se, 3):>15s} "
+                     f"{_mean_se(r.dtw_mje, r.dtw_se, 3):>15s} {bodies:>5s}".rstrip())
     return "\n".join(lines)

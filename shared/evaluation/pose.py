@@ -11,6 +11,11 @@ A track holds 53 points per frame in pixels of the frame it was found in: 11 upp
 (nose, eyes, ears, shoulders, elbows, wrists) and 21 per hand (the signer's left, then right).
 Points not found are NaN. The cache is keyed by the pixels themselves (and the extractor's
 version), so the same clip at the same size is never processed twice, wherever it lies.
+
+MediaPipe's C++ side logs straight to file descriptor 2 (absl lines such as `W0000 ...
+inference_feedback_manager.cc`, TFLite's `INFO: Created ... delegate`), which neither Python's
+`sys.stderr` nor GLOG_minloglevel / TF_CPP_MIN_LOG_LEVEL reach in 0.10.14; every native call
+therefore runs inside `quiet_native()`. Set T2S_MEDIAPIPE_LOGS=1 to see those lines again.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
 import tempfile
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +39,8 @@ POSE_EXTRA_HINT = 'pip install ".[pose]"  (mediapipe==0.10.14, which ships its m
 MEDIAPIPE_VERSION = "0.10.14"
 # Bump when extraction changes in a way that invalidates cached tracks.
 POSE_CACHE_VERSION = 1
+# Set to 1 to let MediaPipe's native log lines through (when debugging the extractor).
+LOGS_ENV = "T2S_MEDIAPIPE_LOGS"
 
 # MediaPipe Pose landmark indices of the upper body: nose, eyes, ears, shoulders, elbows, wrists.
 BODY_LANDMARKS = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16)
@@ -83,18 +93,61 @@ def require_mediapipe():
     return mp
 
 
+@contextmanager
+def _stderr_fd_to_devnull() -> Iterator[None]:
+    """Points file descriptor 2 at /dev/null until the block ends, then back where it was, so
+    only what native code writes meanwhile is lost (a progress bar written between calls shows).
+    Left alone when descriptor 2 is not open."""
+    for stream in (sys.stderr, sys.__stderr__):
+        with suppress(AttributeError, ValueError, OSError):  # None or closed: nothing pending
+            stream.flush()  # Python's own pending text goes out before the switch
+    try:
+        saved = os.dup(2)
+    except OSError:
+        saved = None
+    if saved is None:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextmanager
+def quiet_native() -> Iterator[None]:
+    """Runs a MediaPipe call without its native log lines and protobuf's deprecation warning
+    (`SymbolDatabase.GetPrototype() is deprecated`, raised inside mediapipe, not ours to fix),
+    which would otherwise bury an evaluation's summary. T2S_MEDIAPIPE_LOGS=1 shows them."""
+    if os.environ.get(LOGS_ENV, "") not in ("", "0"):
+        yield
+        return
+    with warnings.catch_warnings(), _stderr_fd_to_devnull():
+        warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\)")
+        yield
+
+
 class HolisticExtractor:
     """One MediaPipe Holistic graph reused across clips (building it costs ~0.2 s)."""
 
     def __init__(self, min_detection_confidence: float = 0.5):
         mp = require_mediapipe()
-        # model_complexity=1 is the only pose model the 0.10.14 wheel ships (0 and 2 download).
-        self._graph = mp.solutions.holistic.Holistic(
-            static_image_mode=True, model_complexity=1, smooth_landmarks=False,
-            min_detection_confidence=min_detection_confidence)
+        with quiet_native():
+            # model_complexity=1 is the only pose model the 0.10.14 wheel ships (0 and 2 download).
+            self._graph = mp.solutions.holistic.Holistic(
+                static_image_mode=True, model_complexity=1, smooth_landmarks=False,
+                min_detection_confidence=min_detection_confidence)
+            # The graph opens its models on its own threads, which log after the constructor
+            # returns; one blank frame waits for them while stderr is still quiet.
+            self._graph.process(np.zeros((32, 32, 3), np.uint8))
 
     def close(self) -> None:
-        self._graph.close()
+        with quiet_native():
+            self._graph.close()
 
     def __enter__(self) -> HolisticExtractor:
         return self
@@ -105,7 +158,8 @@ class HolisticExtractor:
     def frame(self, image: np.ndarray) -> tuple[np.ndarray, bool, tuple[bool, bool]]:
         """Keypoints (53, 2) in pixels of one RGB uint8 frame, and what was found."""
         h, w = image.shape[:2]
-        result = self._graph.process(np.ascontiguousarray(image))
+        with quiet_native():
+            result = self._graph.process(np.ascontiguousarray(image))
         points = np.full((NUM_JOINTS, 2), np.nan, np.float32)
 
         def fill(landmarks, rows, index: Iterable[int]) -> bool:

@@ -19,6 +19,7 @@ from shared.evaluation.calibration import (
     delayed_copy,
     folder_rows,
     format_rows,
+    row_of,
     synthetic_rows,
 )
 
@@ -79,6 +80,18 @@ def test_format_rows_prints_every_row_and_na_without_a_body():
     assert text[2].endswith("n/a") and "12.50" in text[2]
 
 
+def test_rows_carry_standard_errors_and_the_pairs_with_a_body():
+    scores = [(20.0, 0.5, 0.2), (22.0, 0.7, 0.4), (math.inf, 1.0, None)]
+    row = row_of("mixed", scores)
+    assert row.pairs == 3 and row.dtw_pairs == 2
+    assert row.dtw_mje == pytest.approx(0.3) and row.dtw_se == pytest.approx(0.1)
+    assert row.ssim_se == pytest.approx(np.std([0.5, 0.7, 1.0], ddof=1) / math.sqrt(3))
+    assert math.isinf(row.psnr) and math.isnan(row.psnr_se)  # identical clips: no spread
+    line = format_rows([row]).splitlines()[1]
+    assert line.split()[-8:] == ["inf", "0.733", "±", f"{row.ssim_se:.3f}", "0.300", "±",
+                                 "0.100", "2"]
+
+
 def write_clip(folder: Path, name: str, frames: np.ndarray, caption: str, fps: float) -> None:
     path = write_video(folder / name, frames, fps)
     path.with_suffix(".txt").write_text(caption + "\n")
@@ -96,7 +109,7 @@ def test_folder_rows_on_wide_mp4s_rank_same_caption_above_a_different_one(cache,
     assert set(rows) == {"itself", "delayed", "mirrored", "same", "different"}
     assert rows["itself"].pairs == 4 and rows["itself"].dtw_mje == 0.0
     same, other = rows["same"], rows["different"]
-    assert same.pairs == 4 and other.pairs == 4
+    assert same.pairs == 2 and other.pairs == 4  # two takes of a caption are one pair
     # another take of a sign differs by its tempo and frame sampling, not by its path
     assert same.dtw_mje < 0.6 * other.dtw_mje, (same, other)
     assert same.psnr > other.psnr
