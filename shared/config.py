@@ -84,6 +84,11 @@ class DiffusionConfig:
     # frames (channel-averaged), then renormalised to a mean weight of 1. What moves (hands,
     # arms) outweighs what stays (background, body), which otherwise dominates the loss; 0 = off.
     motion_weight: float = 0.0
+    # Apply the motion weighting only at timesteps whose signal-to-noise ratio is at most this:
+    # the noisy steps, where the motion is laid out. Less noisy steps, where a frame's detail is
+    # drawn, keep the plain loss, so what stays still (body, background) is denoised as well
+    # as what moves. None = at every step.
+    motion_max_snr: float | None = None
 
 
 @dataclass
@@ -294,6 +299,8 @@ class Config:
         _check(d.min_snr_gamma is None or d.min_snr_gamma > 0,
                "diffusion.min_snr_gamma must be positive (or null to disable)")
         _check(d.motion_weight >= 0, "diffusion.motion_weight must be >= 0 (0 = off)")
+        _check(d.motion_max_snr is None or d.motion_max_snr > 0,
+               "diffusion.motion_max_snr must be positive (or null: every step)")
         _check(t.batch_size == "auto" or (isinstance(t.batch_size, int) and t.batch_size >= 1),
                f"train.batch_size={t.batch_size!r}: use a positive integer or 'auto'")
         _check(t.grad_accum >= 1, "train.grad_accum must be >= 1")

@@ -59,10 +59,10 @@ class TextBatch:
 MOTION_EPS = 1e-3  # the torch constant
 
 
-def motion_weights(x0: mx.array, strength: float) -> mx.array:
+def motion_weights(x0: mx.array, strength: float | mx.array) -> mx.array:
     """(B, F, H, W, C) clean clips -> (B, F, H, W, 1) loss weights with mean 1 per clip (the
     torch formula: `1 + strength * m / mean(m)` renormalised, m = channel mean of
-    |x0 - its mean over frames|)."""
+    |x0 - its mean over frames|; `strength` a number or one per clip, (B, 1, 1, 1, 1))."""
     m = mx.abs(x0 - x0.mean(axis=1, keepdims=True)).mean(axis=-1, keepdims=True)
     mean = m.mean(axis=(1, 2, 3), keepdims=True)
     return (1.0 + strength * m / (mean + MOTION_EPS)) / (1.0 + strength * mean /
@@ -80,7 +80,8 @@ class GaussianDiffusion:
         a, b = self.schedule.q_sample_coefficients(t)
         tx0, teps = self.schedule.target_coefficients(t, config.prediction_type)
         weights = self.schedule.loss_weights(t, config.prediction_type, config.min_snr_gamma)
-        self._table = mx.array(np.stack([a, b, tx0, teps, weights]).astype(np.float32))
+        motion = self.schedule.motion_strengths(t, config.motion_weight, config.motion_max_snr)
+        self._table = mx.array(np.stack([a, b, tx0, teps, weights, motion]).astype(np.float32))
 
     def _gather(self, row: int, t: mx.array) -> mx.array:
         return self._table[row][t].reshape(-1, 1, 1, 1, 1)
@@ -99,7 +100,8 @@ class GaussianDiffusion:
     def loss(self, model: nn.Module, x0: mx.array, text: TextBatch, t: mx.array,
              noise: mx.array) -> mx.array:
         """Mean over the batch of each sample's (min-SNR weighted) mean squared error, each
-        position weighted by `motion_weights` when `motion_weight` > 0.
+        position weighted by `motion_weights` when `motion_weight` > 0 (at the timesteps
+        `motion_max_snr` allows).
 
         `t` and `noise` come from the caller so that a training step is reproducible from the
         trainer's random state (and so that tests can pin them).
@@ -108,6 +110,6 @@ class GaussianDiffusion:
         prediction = model(x_t, t, text.states, text.mask, text.pooled)
         error = mx.square(prediction.astype(mx.float32) - self.target(x0, t, noise))
         if self.config.motion_weight > 0:
-            error = error * motion_weights(x0.astype(mx.float32), self.config.motion_weight)
+            error = error * motion_weights(x0.astype(mx.float32), self._gather(5, t))
         per_sample = error.reshape(error.shape[0], -1).mean(axis=1)
         return (per_sample * self._table[4][t]).mean()

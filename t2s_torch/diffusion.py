@@ -64,9 +64,10 @@ class TextBatch:
 MOTION_EPS = 1e-3
 
 
-def motion_weights(x0: torch.Tensor, strength: float) -> torch.Tensor:
+def motion_weights(x0: torch.Tensor, strength: float | torch.Tensor) -> torch.Tensor:
     """(B, C, F, H, W) clean clips -> (B, 1, F, H, W) loss weights with mean 1 per clip:
-    `1 + strength * m / mean(m)` renormalised, m = channel mean of |x0 - its mean over frames|.
+    `1 + strength * m / mean(m)` renormalised, m = channel mean of |x0 - its mean over frames|;
+    `strength` is a number or one per clip, (B, 1, 1, 1, 1).
     The same formula as `t2s_mlx.diffusion.motion_weights` (channels-last there)."""
     m = (x0 - x0.mean(dim=2, keepdim=True)).abs().mean(dim=1, keepdim=True)
     mean = m.mean(dim=(2, 3, 4), keepdim=True)
@@ -85,7 +86,8 @@ class GaussianDiffusion:
         a, b = self.schedule.q_sample_coefficients(t)
         tx0, teps = self.schedule.target_coefficients(t, config.prediction_type)
         weights = self.schedule.loss_weights(t, config.prediction_type, config.min_snr_gamma)
-        table = np.stack([a, b, tx0, teps, weights])
+        motion = self.schedule.motion_strengths(t, config.motion_weight, config.motion_max_snr)
+        table = np.stack([a, b, tx0, teps, weights, motion])
         self._table = torch.as_tensor(table, dtype=torch.float32, device=device)
 
     def to(self, device: torch.device | str) -> GaussianDiffusion:
@@ -111,7 +113,8 @@ class GaussianDiffusion:
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, text: TextBatch,
              t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Mean over the batch of each sample's (min-SNR weighted) mean squared error, each
-        position weighted by `motion_weights` when `motion_weight` > 0.
+        position weighted by `motion_weights` when `motion_weight` > 0 (at the timesteps
+        `motion_max_snr` allows).
 
         `t` and `noise` come from the caller so that a training step is reproducible from
         the trainer's generator (and so that tests can pin them).
@@ -120,6 +123,6 @@ class GaussianDiffusion:
         prediction = model(x_t, t, text.states, text.mask, text.pooled)
         error = (prediction.float() - self.target(x0, t, noise)).square()
         if self.config.motion_weight > 0:
-            error = error * motion_weights(x0.float(), self.config.motion_weight)
+            error = error * motion_weights(x0.float(), self._gather(5, t))
         per_sample = error.mean(dim=tuple(range(1, error.ndim)))
         return (per_sample * self._table[4, t]).mean()

@@ -244,6 +244,15 @@ class NoiseSchedule:
             return np.ones(self._index(t).shape)
         return self.min_snr_weights(t, min_snr_gamma, prediction_type)
 
+    def motion_strengths(self, t: np.ndarray | int, motion_weight: float,
+                         max_snr: float | None) -> np.ndarray:
+        """Per-sample strength of the motion-weighted loss: `motion_weight` where the SNR is at
+        most `max_snr` (every step when None), 0 elsewhere."""
+        snr = self.snr(t)
+        if max_snr is None:
+            return np.full(snr.shape, float(motion_weight))
+        return np.where(snr <= max_snr, float(motion_weight), 0.0)
+
     def posterior(self, t: np.ndarray | int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """q(x_{t-1} | x_t, x0) = N(c_x0 * x0 + c_xt * x_t, variance), for one-step-apart t.

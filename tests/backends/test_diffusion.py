@@ -290,17 +290,23 @@ def _hand_motion_weights(x0: np.ndarray, strength: float, eps: float) -> np.ndar
     return w / w.mean(axis=(2, 3, 4), keepdims=True)
 
 
-@pytest.mark.parametrize("gamma", [None, 5.0])
-def test_motion_weighted_loss_equals_hand_computed(backend, gamma):
+@pytest.mark.parametrize("gamma, max_snr", [(None, None), (5.0, None), (5.0, 0.5)])
+def test_motion_weighted_loss_equals_hand_computed(backend, gamma, max_snr):
     x0, noise, t = _data(backend)
     output = _stub_output(backend)
     model = _fixed(backend, backend.array(output))
-    diffusion = _diffusion(backend, min_snr_gamma=gamma, motion_weight=3.0)
+    diffusion = _diffusion(backend, min_snr_gamma=gamma, motion_weight=3.0,
+                           motion_max_snr=max_snr)
     args = _arrays(backend, x0, t, noise)
     loss = diffusion.loss(model, args[0], _text(backend, len(t)), *args[1:])
     x = _channels_first(backend, x0.astype(np.float64))
     error = _channels_first(backend, (output.astype(np.float64) - noise.astype(np.float64)) ** 2)
-    motion = _hand_motion_weights(x, 3.0, backend.module("diffusion").MOTION_EPS)
+    ac = _alphas_cumprod()[t]
+    gated = np.ones(len(t), bool) if max_snr is None else ac / (1 - ac) <= max_snr
+    assert gated.sum() > 0 and (max_snr is None or gated.sum() < len(t))  # both kinds of step
+    eps = backend.module("diffusion").MOTION_EPS
+    motion = np.stack([_hand_motion_weights(x[i:i + 1], 3.0 if gated[i] else 0.0, eps)[0]
+                       for i in range(len(t))])
     per_sample = (error * motion).reshape(len(x), -1).mean(axis=1)
     expected = float((_hand_weights(t, "epsilon", gamma) * per_sample).mean())
     assert loss.item() == pytest.approx(expected, rel=1e-5)
