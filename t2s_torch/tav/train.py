@@ -120,7 +120,9 @@ class TAVTrainer:
     """Fine-tune an inflated Stable Diffusion UNet on a folder of captioned sign clips."""
 
     def __init__(self, config: TAVConfig, progress: bool = True,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, device: str | None = None):
+        """`device`: None or "auto" for accelerate's choice (the GPU where there is one), "cpu"
+        to keep a GPU box's run on the CPU (the tests' default), or a GPU to insist on one."""
         from accelerate import Accelerator
 
         self.config = config.validate()
@@ -132,7 +134,7 @@ class TAVTrainer:
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
                                        gradient_accumulation_steps=
                                        config.gradient_accumulation_steps,
-                                       cpu=select_device(None).type == "cpu")
+                                       cpu=select_device(device).type == "cpu")
         acc = self.accelerator
         self.log = log if acc.is_main_process else (lambda _: None)
         self.device = acc.device

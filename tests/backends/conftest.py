@@ -3,6 +3,9 @@ style of diffusers' shared model tests: a test takes `backend`, a small adapter 
 what differs between the backends (the module under test, arrays to and from numpy, dtypes,
 the video layout, random generators), and is collected as `test_x[torch]` and `test_x[mlx]`.
 
+`backend.device` is where the backend's device-taking tests run: torch's is the session's
+`--device` (tests/conftest.py; the CPU by default), MLX's the CPU.
+
 A backend whose library is missing is skipped, the way tests/torch and tests/mlx skip
 (pytest.importorskip). `@pytest.mark.backends("mlx")` runs a test on the named backends only;
 a test that parametrizes "backend" itself (with indirect=["backend"]) pairs each backend with
@@ -14,6 +17,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import device_choice
 import numpy as np
 import pytest
 
@@ -25,6 +29,7 @@ class Backend:
 
     name: str
     channels_last: bool
+    device: str
 
     def __repr__(self) -> str:
         return f"<backend {self.name}>"
@@ -42,6 +47,10 @@ class Backend:
         """The axis of F in a video batch."""
         return 1 if self.channels_last else 2
 
+    def to_device(self, x):
+        """`x` where a model built on `self.device` can take it (MLX: as it is)."""
+        return x
+
 
 class TorchBackend(Backend):
     name = "torch"
@@ -55,6 +64,10 @@ class TorchBackend(Backend):
         self.float32, self.bfloat16 = torch.float32, torch.bfloat16
         self.index_dtype = torch.int64  # what randint and integer masks give
         self.np_index_dtype = np.int64
+        self.device = device_choice.chosen()
+
+    def to_device(self, x):
+        return x.to(self.device)
 
     def array(self, a, dtype=None):
         out = self.xp.from_numpy(np.ascontiguousarray(a))
@@ -84,6 +97,7 @@ class MLXBackend(Backend):
         self.float32, self.bfloat16 = mx.float32, mx.bfloat16
         self.index_dtype = mx.int32  # what randint and integer masks give
         self.np_index_dtype = np.int32
+        self.device = "cpu"
 
     def array(self, a, dtype=None):
         out = self.xp.array(np.asarray(a))

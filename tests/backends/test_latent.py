@@ -130,9 +130,7 @@ def latent_config(backend, data: Path, out: Path, vae: Path, *overrides: str) ->
 
 def quiet(backend, config: Config):
     Trainer = backend.module("train").Trainer
-    if backend.name == "mlx":
-        return Trainer(config, device="cpu", progress=False, log=lambda _: None)
-    return Trainer(config, progress=False, log=lambda _: None)
+    return Trainer(config, device=backend.device, progress=False, log=lambda _: None)
 
 
 def main(backend):
@@ -200,7 +198,7 @@ def test_latent_training_overfits_from_the_cache(backend, toy_data, vae_dir, tmp
 def test_latent_samples_decode_to_frames(backend, latent_run, tmp_path):
     frames, size = CLIPS[backend.name]
     paths = backend.module("sample").sample_checkpoint(
-        latent_run, ["hello"], tmp_path / "s", preset("tiny").sample, device="cpu",
+        latent_run, ["hello"], tmp_path / "s", preset("tiny").sample, device=backend.device,
         progress=False)
     video, _ = read_video(next(p for p in paths if p.name != "grid.gif"))
     assert video.shape == (frames, size, size, 3)  # latents decoded to twice their size
@@ -211,7 +209,8 @@ def test_a_different_vae_is_refused(backend, latent_run, toy_data, vae_dir, tmp_
     other = make_tiny_vae(backend, tmp_path / "other", seed=1)
     with pytest.raises(VAEMismatchError, match="not the one this model was trained with"):
         backend.module("sample").sample_checkpoint(latent_run, ["hello"], tmp_path / "s",
-                                                   device="cpu", progress=False, vae=str(other))
+                                                   device=backend.device, progress=False,
+                                                   vae=str(other))
     # resuming the run with another VAE is refused too
     config = latent_config(backend, toy_data, latent_run, other, "train.steps=4")
     config.data.vae_hash = vae_hash(vae_dir)
@@ -227,14 +226,14 @@ def test_the_cli_refuses_a_replaced_vae_in_one_line(backend, toy_data, vae_dir, 
     result = CliRunner().invoke(main(backend), [
         "train", "--data", str(toy_data), "--preset", "tiny", "--vae", str(copy), "--out",
         str(run), "--steps", "1", "--batch-size", "2", "--set", "train.sample_every=0",
-        "--quiet"])
+        "--device", backend.device, "--quiet"])
     assert result.exit_code == 0, result.output
     assert load_checkpoint_config(resolve_checkpoint(run)).diffusion.clip_sample is False
     shutil.copy(make_tiny_vae(backend, tmp_path / "other", seed=2) / VAE_WEIGHTS,
                 copy / VAE_WEIGHTS)
     result = CliRunner().invoke(main(backend), ["sample", "--checkpoint", str(run), "--out",
                                                 str(tmp_path / "s"), "--steps", "2", "--quiet",
-                                                "hello"])
+                                                "--device", backend.device, "hello"])
     assert result.exit_code == 1
     error = result.output.splitlines()[-1]  # (above it: the text encoder's loading bar)
     assert error.startswith("Error: the VAE at") and "Traceback" not in result.output
@@ -242,7 +241,8 @@ def test_the_cli_refuses_a_replaced_vae_in_one_line(backend, toy_data, vae_dir, 
     # --vae points at the same weights elsewhere (a moved VAE): accepted
     result = CliRunner().invoke(main(backend), ["sample", "--checkpoint", str(run), "--out",
                                                 str(tmp_path / "s2"), "--steps", "2", "--quiet",
-                                                "--vae", str(vae_dir), "hello"])
+                                                "--device", backend.device, "--vae", str(vae_dir),
+                                                "hello"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s2" / "grid.gif").exists()
 
@@ -252,10 +252,9 @@ def test_data_encode_is_resumable_and_invalidates_what_changed(backend, toy_data
     frames, size = CLIPS[backend.name]
     data = tmp_path / "data"
     shutil.copytree(toy_data, data, ignore=shutil.ignore_patterns(".t2s_cache"))
-    device = ("--device", "cpu") if backend.name == "mlx" else ()
     sets = [x for o in small(backend) for x in ("--set", o)]
     args = ["data", "encode", str(data), "--vae", str(vae_dir), "--preset", "tiny", "--quiet",
-            *device, *sets]
+            "--device", backend.device, *sets]
     first = CliRunner().invoke(main(backend), args)
     assert first.exit_code == 0, first.output
     assert "6 clips: 6 encoded, 0 already cached" in first.output
@@ -306,7 +305,7 @@ def test_data_parallel_ranks_share_the_encoding(backend, toy_data, vae_dir, tmp_
     config = latent_config(backend, data, tmp_path / "unused", vae_dir)
     bind_vae(config)
     dataset = ClipDataset(config.data, split="all", progress=False)
-    vae = backend.module("vae").LatentVAE.from_pretrained(vae_dir, device="cpu")
+    vae = backend.module("vae").LatentVAE.from_pretrained(vae_dir, device=backend.device)
     seen: list[int] = []
 
     def encode(clip):

@@ -49,9 +49,7 @@ def tiny_config(backend, data: Path, out: Path, *overrides: str) -> Config:
 
 def quiet(backend, config: Config, log=lambda _: None):
     Trainer = backend.module("train").Trainer
-    if backend.name == "mlx":
-        return Trainer(config, device="cpu", progress=False, log=log)
-    return Trainer(config, progress=False, log=log)
+    return Trainer(config, device=backend.device, progress=False, log=log)
 
 
 def start_training(backend, data: Path, run_dir: Path) -> subprocess.Popen:
@@ -60,7 +58,7 @@ def start_training(backend, data: Path, run_dir: Path) -> subprocess.Popen:
                         "data.val_fraction=0", *SMALL[backend.name]) for x in ("--set", o)]
     return subprocess.Popen(
         [tool(backend), "train", "--data", str(data), "--preset", "tiny", "--out", str(run_dir),
-         "--steps", "1000", "--batch-size", str(BATCH[backend.name]), "--device", "cpu",
+         "--steps", "1000", "--batch-size", str(BATCH[backend.name]), "--device", backend.device,
          "--quiet", *sets],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

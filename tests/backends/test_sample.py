@@ -550,7 +550,8 @@ def test_sample_checkpoint_writes_prompt_major_samples_from_the_ema_weights(back
     sample = SampleConfig(sampler="ddim", steps=2, num_samples=2, guidance=2.0, seed=3)
     prompts = ["hello friend", "thank you"]
     paths = _sample(backend).sample_checkpoint(tmp_path / "run", prompts, tmp_path / "out",
-                                               sample=sample, device="cpu", progress=False)
+                                               sample=sample, device=backend.device,
+                                               progress=False)
 
     captions = ["hello friend", "hello friend", "thank you", "thank you"]
     assert len(paths) == 4 and (tmp_path / "out" / "grid.gif").exists()
@@ -560,16 +561,17 @@ def test_sample_checkpoint_writes_prompt_major_samples_from_the_ema_weights(back
     text = text_batch(*encoder.encode(captions))
     uncond = text_batch(*encoder.empty_embedding(4))
     shape = (4, config.data.num_frames, config.data.image_size, config.data.image_size, 3)
-    loaded = unet
+    loaded, on_device = unet, {}
     if backend.name == "torch":
-        # The loaded model runs in the device's layout (channels-last on the CPU); the same
-        # layout here, because from t = 999 the first step magnifies float rounding ~150x
+        # The loaded model runs on the device in its layout (channels-last on the CPU); the
+        # same here, because from t = 999 the first step magnifies float rounding ~150x
         # (1 / sqrt(abar)).
         prefers_channels_last = backend.module("device").prefers_channels_last
-        loaded = copy.deepcopy(unet).use_channels_last(
-            prefers_channels_last(backend.xp.device("cpu")))
+        loaded = copy.deepcopy(unet).to(backend.device).use_channels_last(
+            prefers_channels_last(backend.device))
+        on_device = {"device": backend.device}
     videos = _sample(backend).generate(loaded, config.diffusion, sample, text, uncond, shape,
-                                       seed=3)
+                                       seed=3, **on_device)
     assert np.abs(videos[0] - videos[1]).mean() > 1e-2  # one prompt, two different samples
     expected = write_sample_folder(tmp_path / "expected", [to_uint8(v) for v in videos],
                                    captions, sample.fps)

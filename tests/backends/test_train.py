@@ -47,9 +47,7 @@ def tiny_config(data: Path, out: Path, *overrides: str) -> Config:
 
 def quiet(backend, config: Config):
     Trainer = backend.module("train").Trainer
-    if backend.name == "mlx":
-        return Trainer(config, device="cpu", progress=False, log=lambda _: None)
-    return Trainer(config, progress=False, log=lambda _: None)
+    return Trainer(config, device=backend.device, progress=False, log=lambda _: None)
 
 
 def load_tensors(backend, path: Path) -> dict[str, np.ndarray]:
@@ -127,18 +125,19 @@ def test_checkpoint_reloads_to_identical_outputs(backend, toy_data, tmp_path):
     steps = "train.steps=3" if backend.name == "torch" else "train.steps=2"
     trainer = quiet(backend, tiny_config(toy_data, tmp_path / "run", *small(backend), steps))
     result = trainer.train()
-    load_model = backend.module("checkpoint").load_model
+    load_model = partial(backend.module("checkpoint").load_model,
+                         **({"device": backend.device} if backend.name == "torch" else {}))
     config, model, path = load_model(tmp_path / "run", use_ema=True)
     assert path == result.checkpoint
     assert config == trainer.config
     assert not model.training
     rng = np.random.default_rng(0)
     frames, size = (4, 16) if backend.name == "torch" else (2, 8)
-    x = backend.array(rng.standard_normal(backend.video_shape(2, 3, frames, size, size),
-                                          dtype=np.float32))
-    t = backend.array(np.array([10, 900]))
-    ctx = backend.array(rng.standard_normal((2, 5, 384), dtype=np.float32))
-    pooled = backend.array(rng.standard_normal((2, 384), dtype=np.float32))
+    x = backend.to_device(backend.array(rng.standard_normal(
+        backend.video_shape(2, 3, frames, size, size), dtype=np.float32)))
+    t = backend.to_device(backend.array(np.array([10, 900])))
+    ctx = backend.to_device(backend.array(rng.standard_normal((2, 5, 384), dtype=np.float32)))
+    pooled = backend.to_device(backend.array(rng.standard_normal((2, 384), dtype=np.float32)))
 
     def run(m):
         m.eval()
@@ -310,6 +309,28 @@ def test_bf16_training_learns_and_keeps_float32_weights(backend, toy_data, tmp_p
     trainer = quiet(backend, config)
     losses = np.array(trainer.train().losses)
     assert np.isfinite(losses).all()
+    assert losses[-5:].mean() < losses[:5].mean()
+    assert all(p.dtype == backend.float32 for p in parameters(backend, trainer.model))
+
+
+@pytest.mark.backends("torch")
+def test_fp16_training_learns_with_a_gradient_scaler_where_it_is_supported(backend, toy_data,
+                                                                           tmp_path):
+    """CUDA: fp16 autocast with a GradScaler, float32 master weights, a falling loss. The CPU
+    has no fast fp16 kernels, so there the trainer refuses it up front, pointing at bf16."""
+    from t2s_torch.device import DeviceError
+
+    config = tiny_config(toy_data, tmp_path / "run", "train.steps=15", "train.lr=2e-3",
+                         "train.cond_drop_prob=0", "train.warmup_steps=3",
+                         "train.mixed_precision=fp16")
+    if backend.device == "cpu":
+        with pytest.raises(DeviceError, match="use bf16"):
+            quiet(backend, config)
+        return
+    trainer = quiet(backend, config)
+    assert (trainer.scaler is not None) == backend.device.startswith("cuda")
+    losses = np.array(trainer.train().losses)
+    assert len(losses) == 15 and np.isfinite(losses).all()
     assert losses[-5:].mean() < losses[:5].mean()
     assert all(p.dtype == backend.float32 for p in parameters(backend, trainer.model))
 

@@ -46,9 +46,7 @@ def probe_config(backend, data: Path, out: Path, *overrides: str) -> Config:
 
 def trainer(backend, config: Config, log):
     Trainer = backend.module("train").Trainer
-    if backend.name == "mlx":
-        return Trainer(config, device="cpu", progress=False, log=log)
-    return Trainer(config, progress=False, log=log)
+    return Trainer(config, device=backend.device, progress=False, log=log)
 
 
 def scalars(run: Path) -> EventAccumulator:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import device_choice
 import numpy as np
 import pytest
 import torch
@@ -14,9 +15,11 @@ from t2s_torch.tav.pipeline import TAVPipeline
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_sd) -> TAVPipeline:
+    """On the session's torch test device (tests/conftest.py: the CPU unless --device)."""
     base = load_base_model(str(tiny_sd))
-    return TAVPipeline(InflatedUNet(base.unet).eval(), base.vae.eval(), base.text_encoder,
-                       base.tokenizer, base.scheduler_config)
+    device = device_choice.chosen()
+    return TAVPipeline(InflatedUNet(base.unet).eval().to(device), base.vae.eval().to(device),
+                       base.text_encoder.to(device), base.tokenizer, base.scheduler_config)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 
+import device_choice
 import numpy as np
 import pytest
 import torch
@@ -29,7 +30,7 @@ from t2s_torch.tav.train import TAVTrainer, training_target
 
 
 def quiet(config) -> TAVTrainer:
-    return TAVTrainer(config, progress=False, log=lambda _: None)
+    return TAVTrainer(config, progress=False, log=lambda _: None, device=device_choice.chosen())
 
 
 def clips_and_captions(trainer: TAVTrainer) -> tuple[np.ndarray, list[str]]:
@@ -42,7 +43,7 @@ def held_loss(trainer: TAVTrainer, draws: int = 16) -> float:
     """The training loss on the training clips over a fixed set of draws (timesteps, noise),
     so two calls differ only by the weights."""
     video, captions = clips_and_captions(trainer)
-    g = torch.Generator().manual_seed(1234)
+    g = torch.Generator(trainer.device).manual_seed(1234)
     return float(torch.stack([trainer.loss(video, captions, g) for _ in range(draws)]).mean())
 
 
@@ -138,18 +139,18 @@ def test_saved_model_reloads_and_samples_the_same_frames(short_run, tiny_sd, tmp
                     seed=7)
     trainer.unet.eval()
     expected = trainer.pipeline.sample(**settings)
-    pipeline, saved = load_finetuned(out)
+    pipeline, saved = load_finetuned(out, device=trainer.device)
     assert saved.step == 3
     assert (pipeline.sample(**settings) - expected).abs().max() <= 1e-5
     # the saved weights make the difference: the base model, inflated afresh, samples otherwise
     base = load_base_model(str(tiny_sd))
     fresh = TAVPipeline(InflatedUNet(base.unet).eval(), base.vae, base.text_encoder,
                         base.tokenizer, base.scheduler_config)
-    assert (fresh.sample(**settings) - expected).abs().max() > 1e-3
+    assert (fresh.sample(**settings) - expected.cpu()).abs().max() > 1e-3
     # --save_full writes every tensor and reloads to the same model
     full = write_model(tmp_path / "full", trainer.unet.unet,
                        type(saved)(**{**saved.__dict__, "weights": "full"}))
-    pipeline, _ = load_finetuned(full)
+    pipeline, _ = load_finetuned(full, device=trainer.device)
     assert (pipeline.sample(**settings) - expected).abs().max() <= 1e-5
     with safe_open(str(full / WEIGHTS_FILE), "pt") as f:
         assert set(f.keys()) == set(trainer.unet.unet.state_dict())
@@ -175,7 +176,7 @@ def test_bf16_keeps_trainable_weights_fp32_and_trains(make_config, tiny_sd, tmp_
         if name in trainer.trainable:
             assert param.dtype == torch.float32
             if name in original:  # not rounded through bf16 on the way
-                assert torch.equal(param, original[name]), name
+                assert torch.equal(param.cpu(), original[name]), name
         else:
             assert param.dtype == torch.bfloat16
     assert trainer.pipeline.vae.dtype == trainer.pipeline.text_encoder.dtype == torch.bfloat16
@@ -223,7 +224,7 @@ def test_resume_skips_a_truncated_newest_checkpoint(make_config, tmp_path):
     lines: list[str] = []
     trainer = TAVTrainer(make_config(tmp_path, max_train_steps=4, checkpointing_steps=1,
                                      resume_from_checkpoint="latest"), progress=False,
-                         log=lines.append)
+                         log=lines.append, device=device_choice.chosen())
     assert trainer.train(until=3).step == 3
     warnings = [line for line in lines if line.startswith("warning:")]
     assert len(warnings) == 1 and str(damaged) in warnings[0] and "step 1" in warnings[0]
