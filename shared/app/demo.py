@@ -23,7 +23,7 @@ from shared.data.dataset import DataReport, find_clips, preprocess_clip
 from shared.data.toy import make_toy_dataset, render_clip
 from shared.data.video import read_video, slug, write_video
 from shared.evaluation.folder import evaluate_set
-from shared.evaluation.metrics import fidelity_ratio
+from shared.evaluation.metrics import noise_ratio
 from shared.evaluation.textfollow import (
     SPLIT_FILE,
     SentenceSplit,
@@ -105,13 +105,13 @@ def train_or_reuse(config: Config, backend: Backend, run_dir: Path, device: str 
            f"{sum(result.losses[-50:]) / max(1, len(result.losses[-50:])):.3f}")
 
 
-def folder_fidelity(folder: Path, references: dict[str, Path]) -> float:
-    """`fidelity_ratio` of a folder of generated clips against the reference clips of their
+def folder_noise(folder: Path, references: dict[str, Path]) -> float:
+    """`noise_ratio` of a folder of generated clips against the reference clips of their
     captions (what the results page shows beside them)."""
     clips = find_clips(DataConfig(data_dir=str(folder)), DataReport())
     generated = [read_video(c.path)[0] for c in clips]
     refs = [read_video(references[c.caption])[0] for c in clips if c.caption in references]
-    return fidelity_ratio(generated, refs)
+    return noise_ratio(generated, refs)
 
 
 def run_demo(out: Path, backend: Backend, preset_name: str = "toy", n: int = 400,
@@ -147,14 +147,14 @@ def run_demo(out: Path, backend: Backend, preset_name: str = "toy", n: int = 400
                                   progress=progress)
         (folder / "prompts.txt").write_text("".join(p + "\n" for p in prompts))
         result = evaluate_set(folder, label)
-        fidelity = folder_fidelity(folder, refs)
-        report["sets"][label] = {**result.to_dict(), "fidelity": fidelity}
+        noise = folder_noise(folder, refs)
+        report["sets"][label] = {**result.to_dict(), "frame_noise": noise}
         write_results_page(folder, settings=sample_settings(sample, run_dir), score=result,
                            references=refs, summary=[result.format()])
         scored.append((folder, result))
         yield f"{result.format()} ({time.perf_counter() - start:.0f} s)"
-        yield (f"  frame fidelity: {fidelity:.2f}x the references' fine detail (1 = as clean "
-               "as real frames, above = leftover noise, below = blur)")
+        yield (f"  frame noise: {noise:.2f}x the references' (robust noise estimate; 1 = as "
+               "clean as the reference clips)")
         yield f"  videos: {folder}/*.gif, all together in {folder}/grid.gif"
     page = write_sets_page(out / "samples", scored, references=refs,
                            title=f"text2sign demo: {preset_name}, seed {split.seed}")

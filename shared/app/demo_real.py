@@ -26,7 +26,7 @@ from shared.app.report_html import reference_scores, sample_settings, write_resu
 from shared.config import DataConfig
 from shared.data.dataset import Clip, DataError, DataReport, find_clips, preprocess_clip
 from shared.data.video import read_video, slug, write_video
-from shared.evaluation.metrics import fidelity_ratio
+from shared.evaluation.metrics import noise_ratio
 from shared.evaluation.refeval import (
     RefEvalConfig,
     RefEvalResult,
@@ -67,7 +67,7 @@ def pick_captions(groups: dict[str, list[Clip]], limit: int, seed: int) -> list[
 def write_real_references(folder: Path, groups: dict[str, list[Clip]], captions: list[str],
                           num_frames: int, image_size: int) -> dict[str, Path]:
     """Each caption's first clip as the model sees it (the training transform), for the
-    results page to show beside the samples and for the fidelity figure."""
+    results page to show beside the samples and for the frame-noise figure."""
     folder.mkdir(parents=True, exist_ok=True)
     refs = {}
     for caption in captions:
@@ -92,13 +92,13 @@ def paired_gap(result: RefEvalResult, key: str) -> tuple[float | None, float | N
     return float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(len(diffs)))
 
 
-def summarize(result: RefEvalResult, fidelity: float) -> dict[str, Any]:
+def summarize(result: RefEvalResult, noise: float) -> dict[str, Any]:
     """The demo's figures: body rate, and per metric paired, shuffled and their gap."""
     totals = result.totals()
     out: dict[str, Any] = {"clips": len(result.clips),
                            "body_frames": totals["body_frames"]["generated"],
                            "hand_frames": totals["hand_frames"]["generated"],
-                           "fidelity": fidelity}
+                           "frame_noise": noise}
     for key, _, _ in FIGURES:
         gap, se = paired_gap(result, key)
         row = totals[key]
@@ -126,8 +126,8 @@ def format_summary(figures: dict[str, Any]) -> list[str]:
             text += f"; paired better by {-sign * row['gap']:.3f} = " \
                     f"{-sign * row['gap'] / row['gap_se']:.1f} standard errors"
         lines.append(text)
-    lines.append(f"frame fidelity: {figures['fidelity']:.2f}x the references' fine detail "
-                 "(1 = as clean as real frames, above = leftover noise, below = blur)")
+    lines.append(f"frame noise: {figures['frame_noise']:.2f}x the references' (robust noise "
+                 "estimate; 1 = as clean as the reference clips)")
     return lines
 
 
@@ -157,9 +157,9 @@ def run_real_demo(out: Path, backend: Backend, data_dir: Path,
     result = evaluate_against_reference(
         folder, data_dir, RefEvalConfig(seed=config.data.seed, pose=pose, progress=progress,
                                         labels_file=config.data.labels_file))
-    fidelity = fidelity_ratio([read_video(p)[0] for p in written],
+    noise = noise_ratio([read_video(p)[0] for p in written],
                               [read_video(p)[0] for p in refs.values()])
-    figures = summarize(result, fidelity)
+    figures = summarize(result, noise)
     lines = format_summary(figures)
     yield from lines
     _, facts = reference_scores(result)

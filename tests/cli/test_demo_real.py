@@ -21,7 +21,7 @@ from shared.app.demo_real import pick_captions  # noqa: E402
 from shared.data import personclips as pc  # noqa: E402
 from shared.data.dataset import Clip, preprocess_clip  # noqa: E402
 from shared.data.video import read_video  # noqa: E402
-from shared.evaluation.metrics import fidelity_ratio, psnr  # noqa: E402
+from shared.evaluation.metrics import noise_ratio, psnr  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TINY = ("--set", "train.steps=2", "--set", "train.batch_size=2", "--set", "sample.steps=2",
@@ -86,8 +86,8 @@ def test_real_demo_shows_each_sample_beside_its_reference_as_the_model_sees_it(d
         assert psnr(shown, preprocess_clip(source, 4, 16)) > 30
         assert psnr(shown, preprocess_clip(read_video(other)[0], 4, 16)) < 25
     report = json.loads((out / "report.json").read_text())
-    assert report["figures"]["fidelity"] == pytest.approx(
-        fidelity_ratio([read_video(p)[0] for p in generated],
+    assert report["figures"]["frame_noise"] == pytest.approx(
+        noise_ratio([read_video(p)[0] for p in generated],
                        [read_video(p)[0] for p in references]))
 
 
