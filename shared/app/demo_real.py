@@ -111,7 +111,7 @@ def summarize(result: RefEvalResult, noise: float) -> dict[str, Any]:
 def format_summary(figures: dict[str, Any]) -> list[str]:
     body = figures["body_frames"]
     lines = [f"generated frames with a body: "
-             f"{'n/a (no pose extra)' if body is None else f'{100 * body:.0f}%'}"
+             f"{'n/a (pose not computed)' if body is None else f'{100 * body:.0f}%'}"
              f" of {figures['clips']} clips"]
     for key, label, better in FIGURES:
         row = figures[key]

@@ -30,9 +30,8 @@ TINY = ("--set", "train.steps=2", "--set", "train.batch_size=2", "--set", "sampl
         "--set", "data.image_size=16", "--set", "data.num_frames=4")
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "t2s-torch"), *args], capture_output=True, text=True,
-                          timeout=600)
+def run(*args: str, tool: str = "t2s-torch") -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +95,7 @@ def test_real_demo_reuses_a_finished_run_and_needs_data_for_the_real_preset(demo
     again = run("demo", "--data", str(data), "--out", str(out), "--quiet", "--no-pose", *TINY)
     assert again.returncode == 0, again.stderr
     assert "training: found a finished run" in again.stdout
-    assert "generated frames with a body: n/a" in again.stdout
+    assert "generated frames with a body: n/a (pose not computed)" in again.stdout
     refused = run("demo", "--preset", "real", "--out", str(tmp_path / "x"))
     assert refused.returncode == 2 and "--data DIR" in refused.stderr
 
@@ -107,3 +106,15 @@ def test_a_caption_subset_is_fixed_by_the_seed():
     assert first == pick_captions(groups, 5, seed=0) and len(set(first)) == 5
     assert first != pick_captions(groups, 5, seed=1)
     assert pick_captions(groups, 0, seed=0) == [groups[k][0].caption for k in sorted(groups)]
+
+
+def test_real_demo_runs_on_mlx_with_the_same_report(demo, tmp_path):
+    data, _, _ = demo
+    out = tmp_path / "mlx"
+    result = run("demo", "--data", str(data), "--out", str(out), "--quiet", "--no-pose", *TINY,
+                 tool="t2s-mlx")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["backend"] == "t2s_mlx" and report["figures"]["clips"] == 2
+    assert (out / "run-real" / "checkpoints" / "latest").exists()
+    assert report["figures"]["ssim"]["gap_se"] is not None
