@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,13 @@ if shutil.which("timeout") is None:
 
 
 def run_script(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """The script as a user runs it, in this environment: its python and console scripts (the
+    t2s-* tools) first on PATH, as in an activated venv (CI calls .venv-test/bin/python)."""
     environ = {k: v for k, v in os.environ.items() if k != "T2S_TEST_DEVICE"}
+    path = os.pathsep.join([str(Path(sys.executable).parent), environ.get("PATH", "")])
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**environ, "OUT": str(out), **env}, timeout=900)
+                          env={**environ, "PATH": path, "PYTHON": sys.executable, "OUT": str(out),
+                               **env}, timeout=900)
 
 
 @pytest.mark.slow
