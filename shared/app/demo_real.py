@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from shared.app.report_html import reference_scores, sample_settings, write_resu
 from shared.config import DataConfig
 from shared.data.dataset import Clip, DataError, DataReport, find_clips, preprocess_clip
 from shared.data.video import read_video, slug, write_video
-from shared.evaluation.metrics import noise_ratio
+from shared.evaluation.metrics import noise_ratio, standard_error
 from shared.evaluation.refeval import (
     RefEvalConfig,
     RefEvalResult,
@@ -89,7 +88,7 @@ def paired_gap(result: RefEvalResult, key: str) -> tuple[float | None, float | N
     diffs = diffs[np.isfinite(diffs)]
     if len(diffs) < 2:
         return None, None
-    return float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(len(diffs)))
+    return float(diffs.mean()), standard_error(diffs.tolist())
 
 
 def summarize(result: RefEvalResult, noise: float) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 from shared.config import DataConfig
 from shared.data.dataset import DataReport, find_clips, preprocess_clip
 from shared.data.video import VideoError, read_video
-from shared.evaluation.metrics import psnr, ssim
+from shared.evaluation.metrics import psnr, ssim, standard_error
 from shared.evaluation.pose import PoseCache
 from shared.evaluation.refeval import PoseSummary, caption_key, pose_distance
 
@@ -51,15 +51,6 @@ def score(a: np.ndarray, b: np.ndarray, cache: PoseCache) -> tuple[float, float,
 def delayed_copy(clip: np.ndarray, frames: int) -> np.ndarray:
     """The clip starting `frames` late (its first frame held), same length, end cut off."""
     return np.concatenate([np.repeat(clip[:1], frames, axis=0), clip[:len(clip) - frames]])
-
-
-def standard_error(values: list[float]) -> float:
-    """Standard error of the mean; NaN under 2 values or with an infinite one (identical clips'
-    PSNR), where no spread is defined."""
-    v = np.asarray(values, np.float64)
-    if len(v) < 2 or not np.isfinite(v).all():
-        return math.nan
-    return float(v.std(ddof=1) / math.sqrt(len(v)))
 
 
 def row_of(name: str, scores: list[tuple[float, float, float | None]]) -> Row:

@@ -9,6 +9,7 @@ may differ in its ninth digit).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,6 +175,15 @@ def path_length(track: np.ndarray) -> float:
     steps = np.linalg.norm(np.diff(track, axis=0), axis=-1)
     return float(np.nansum(steps))
 
+
+
+def standard_error(values: list[float]) -> float:
+    """Standard error of the mean; NaN under 2 values or with an infinite one (identical clips'
+    PSNR), where no spread is defined."""
+    v = np.asarray(values, np.float64)
+    if len(v) < 2 or not np.isfinite(v).all():
+        return math.nan
+    return float(v.std(ddof=1) / math.sqrt(len(v)))
 
 
 def noise_level(frames: np.ndarray) -> float:
