@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 
 from shared.config import DataConfig
 from shared.data.video import VIDEO_SUFFIXES, VideoError, read_video
+from shared.io_atomic import write_atomic
 
 log = logging.getLogger("text2sign.data")
 
@@ -207,17 +207,6 @@ def cache_key(path: Path) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _decode_into_cache(clip: Clip, entry: Path, config: DataConfig) -> dict:
     """Decode one clip into `<entry>.npy` + `<entry>.json`; the JSON, written last, marks it done.
 
@@ -228,10 +217,10 @@ def _decode_into_cache(clip: Clip, entry: Path, config: DataConfig) -> dict:
         result = {"status": "ok", "notes": repair_notes(frames, config.num_frames,
                                                         config.image_size)}
         array = preprocess_clip(frames, config.num_frames, config.image_size)
-        _write_atomic(entry.with_suffix(".npy"), lambda f: np.save(f, array))
+        write_atomic(entry.with_suffix(".npy"), lambda f: np.save(f, array))
     except (VideoError, OSError, ValueError) as e:
         result = {"status": "skipped", "notes": [str(e).removeprefix(f"{clip.path}: ")]}
-    _write_atomic(entry.with_suffix(".json"),
+    write_atomic(entry.with_suffix(".json"),
                   lambda f: f.write(json.dumps(result).encode()))
     return result
 

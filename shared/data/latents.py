@@ -39,6 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from shared.config import Config, DataConfig
+from shared.io_atomic import write_atomic
 
 if TYPE_CHECKING:
     from shared.data.dataset import ClipDataset
@@ -248,7 +249,7 @@ def prepare_latents(dataset: ClipDataset, vae_hash_: str,
     Data-parallel ranks each encode the missing ones of every `world_size`-th clip (then meet at
     a barrier).
     """
-    from shared.data.dataset import _write_atomic, cache_root
+    from shared.data.dataset import cache_root
 
     root = latent_cache_root(dataset.config, vae_hash_)
     root.mkdir(parents=True, exist_ok=True)
@@ -257,7 +258,7 @@ def prepare_latents(dataset: ClipDataset, vae_hash_: str,
     todo = [i for i in range(rank, len(paths), world_size) if not paths[i].exists()]
     for i in tqdm(todo, desc="encoding latents", unit="clip", disable=not progress):
         latents = np.asarray(encode(np.asarray(dataset[i][0])), dtype=LATENT_DTYPE)
-        _write_atomic(paths[i], lambda f, a=latents: np.save(f, a))
+        write_atomic(paths[i], lambda f, a=latents: np.save(f, a))
     pixels = {p.stem for p in cache_root(dataset.config).glob("*.npy")}
     for stale in root.glob("*.npy"):
         if stale.stem not in pixels:

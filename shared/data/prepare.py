@@ -35,9 +35,7 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -51,6 +49,7 @@ from shared.data.dataset import DataError
 from shared.data.prepare_cut import FITS, SegmentError, cut_segment, fit_frames
 from shared.data.prepare_plan import COLUMN_KEYS, BadRow, Job, plan_folder, plan_segments
 from shared.data.video import write_video
+from shared.io_atomic import write_bytes_atomic
 
 # Bump when a change makes earlier outputs differ from what this version would write, so a
 # resumed run redoes them instead of trusting the manifest.
@@ -209,7 +208,7 @@ def prepare_one(job: Job, config: PrepareConfig, out_dir: Path) -> ManifestRow |
         return BadRow(job.where, job.line, e.reason, str(e))
     frames = fit_frames(frames, config.height, config.width, config.fit)
     path = write_video(Path(out_dir) / f"{job.output}.{config.fmt}", frames, fps)
-    _write_atomic(path.with_suffix(".txt"), (job.caption + "\n").encode("utf-8"))
+    write_bytes_atomic(path.with_suffix(".txt"), (job.caption + "\n").encode("utf-8"))
     return ManifestRow(job.source_rel, start, end, job.caption, path.name, file_sha256(path),
                        len(frames), job.line, config.fingerprint(), job.extra)
 
@@ -220,17 +219,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _is_done(job: Job, row: ManifestRow | None, config: PrepareConfig, out_dir: Path) -> bool:
@@ -293,7 +281,7 @@ class Manifest:
         for row in ordered:
             self.extra_columns += [k for k, _ in row.extra if k not in self.extra_columns]
         text = "".join([self._header(), *(self._line(r) for r in ordered)])
-        _write_atomic(self.path, text.encode("utf-8"))
+        write_bytes_atomic(self.path, text.encode("utf-8"))
 
     @contextmanager
     def appender(self):
@@ -409,4 +397,4 @@ def _write_rejected(path: Path, bad: list[BadRow]) -> None:
     text = _csv_line(("where", "line", "reason", "detail")) + "".join(
         _csv_line((b.where, "" if b.line is None else str(b.line), b.reason, b.detail))
         for b in bad)
-    _write_atomic(path, text.encode("utf-8"))
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from shared.io_atomic import atomic_path
 
 GIF_SUFFIXES = (".gif",)
 AV_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
@@ -88,15 +89,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0) -> Path
     else:
         raise VideoError(f"{path}: unknown video suffix; use one of {', '.join(VIDEO_SUFFIXES)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, prefix=f".{path.stem}.", suffix=path.suffix) as tmp:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide clips from a results page served
-        writer(Path(tmp), frames, fps)  # or shared by another user; files get the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        writer(tmp, frames, fps)  # or shared by another user; files get the usual mode
     return path
 
 

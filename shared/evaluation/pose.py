@@ -24,7 +24,6 @@ import hashlib
 import io
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.data.dataset import DataError
+from shared.io_atomic import write_bytes_atomic
 
 POSE_EXTRA_HINT = 'pip install ".[pose]"  (mediapipe==0.10.14, which ships its models)'
 MEDIAPIPE_VERSION = "0.10.14"
@@ -222,14 +222,7 @@ class PoseCache:
         track = self._extractor.clip(frames)
         self.misses += 1
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(track.to_bytes())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_bytes_atomic(path, track.to_bytes(), prefix=f".{path.stem}.")
         return track
 
     def close(self) -> None:

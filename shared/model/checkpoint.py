@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Config, ConfigError
+from shared.io_atomic import write_text_atomic
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -159,17 +160,6 @@ def commit_checkpoint(tmp_dir: Path, step: int, keep_last: int | None = None) ->
 
 def abort_checkpoint(tmp_dir: Path) -> None:
     shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _listing(folder: Path, limit: int = 6) -> str:

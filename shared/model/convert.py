@@ -44,6 +44,7 @@ import numpy as np
 
 from shared.config import Config, ConfigError
 from shared.diffusion.lr import warmup_cosine
+from shared.io_atomic import atomic_path
 from shared.model.checkpoint import (
     CHECKPOINT_FORMS,
     CHECKSUMS_FILE,
@@ -424,15 +425,8 @@ def convert_file(src: Path, out: Path, source: str, target: str, dtype: str | No
         report.notes.append(f"--dtype {DTYPE_NAMES[dtype]} ignored: optimizer moments keep "
                             "their dtype")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp.", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out, prefix=f".{out.name}.tmp.", replace=_replace) as tmp:
         write_safetensors(tmp, f.tensors, f.metadata)
-        _replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return report
 
 

@@ -29,7 +29,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +37,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import safetensors.numpy
 from tokenizers import Tokenizer
+
+from shared.io_atomic import write_bytes_atomic
 
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # Names that mean the packaged MiniLM (compared case-insensitively, as the hub does).
@@ -494,15 +495,8 @@ class EmbeddingCache:
         metadata = {"format": _CACHE_FORMAT, "caption": caption,
                     "encoder_key": self.encoder_key, "max_length": str(self.max_length)}
         tensors = {k: np.ascontiguousarray(v) for k, v in item._asdict().items()}
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.",
-                                   suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(safetensors.numpy.save(tensors, metadata=metadata))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(target, safetensors.numpy.save(tensors, metadata=metadata),
+                           prefix=f".{target.stem}.", suffix=".tmp")
 
 
 def _stack(items: list[TextEmbedding], max_length: int) -> TextEmbedding:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared.io_atomic import atomic_path, write_text_atomic
 from shared.model.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
     TensorSpec,
     load_json,
     resolve_checkpoint,
-    write_text_atomic,
 )
 from t2s_torch.checkpoint import SAFETENSORS_DTYPES, load_tensors, save_tensors
 
@@ -80,14 +78,8 @@ def unet_tensors(unet: nn.Module, full: bool = False) -> dict[str, torch.Tensor]
 def write_model(folder: Path, unet: nn.Module, config: TAVModelConfig) -> Path:
     """Write config.json and the weights into `folder`, each through a temporary + rename."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_FILE}.", dir=folder)
-    os.close(fd)
-    try:
-        save_tensors(Path(tmp), unet_tensors(unet, config.weights == "full"), "tav_unet")
-        os.replace(tmp, folder / WEIGHTS_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_tensors(tmp, unet_tensors(unet, config.weights == "full"), "tav_unet")
     write_text_atomic(folder / CONFIG_FILE, config.to_json())
     return folder
 

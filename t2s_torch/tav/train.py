@@ -41,6 +41,7 @@ from shared.app.tensorboard import TensorBoardLogger
 from shared.config import ConfigError
 from shared.data.dataset import Batch, BatchIterator
 from shared.data.video import write_grid
+from shared.io_atomic import write_text_atomic
 from shared.model.checkpoint import (
     CONFIG_FILE,
     OPTIMIZER_FILE,
@@ -55,7 +56,6 @@ from shared.model.checkpoint import (
     save_json,
     step_dir_name,
     verify_checkpoint,
-    write_text_atomic,
 )
 from t2s_torch.checkpoint import (
     LAYOUT,

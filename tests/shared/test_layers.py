@@ -76,13 +76,15 @@ def test_the_core_imports_no_backend():
 
 
 # shared/'s own layers, bottom first: what each subpackage may import besides itself.
+# io_atomic (write beside, rename over) is the very bottom, below config: every layer writes files.
 LAYERS = {
-    "config": set(),
-    "diffusion": {"config"},
-    "data": {"config"},
-    "model": {"config", "diffusion"},
-    "evaluation": {"config", "diffusion", "data", "model"},
-    "app": {"config", "diffusion", "data", "model", "evaluation"},
+    "io_atomic": set(),
+    "config": {"io_atomic"},
+    "diffusion": {"config", "io_atomic"},
+    "data": {"config", "io_atomic"},
+    "model": {"config", "diffusion", "io_atomic"},
+    "evaluation": {"config", "diffusion", "data", "model", "io_atomic"},
+    "app": {"config", "diffusion", "data", "model", "evaluation", "io_atomic"},
 }
 
 
