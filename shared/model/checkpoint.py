@@ -38,7 +38,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,7 +61,6 @@ LAYOUTS = ("torch", "mlx")
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
                "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1,
                "BOOL": 1}
-MAX_HEADER = 100 * 1024 * 1024  # the limit the safetensors library enforces
 # What to pass, said the same way by every refusal of a checkpoint path.
 CHECKPOINT_FORMS = ("a training run's folder, its checkpoints/ folder, a checkpoints/step_N "
                     "folder or checkpoints/latest")
@@ -264,28 +262,20 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorSpec], dict[str, str]
     """A safetensors file's tensors and metadata from its header alone, after checking that
     the header parses, every tensor's bytes lie inside the file, and the file ends where the
     last tensor does (a copy cut short fails here, in microseconds, however large the file)."""
+    # Imported here, not at the top: safetensors_io imports this module (CheckpointError).
+    from shared.model.safetensors_io import HeaderError, read_raw_header
+
     path = Path(path)
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise damaged(path, f"only {len(head)} bytes")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER or 8 + n > size:
-                raise damaged(path, f"header length {n} does not fit in {size} bytes")
-            raw = f.read(n)
+            n, header, metadata = read_raw_header(f, size)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing; the checkpoint is incomplete") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise damaged(path, f"header: {e}") from None
-    if not isinstance(header, dict):
-        raise damaged(path, "header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
+    except HeaderError as e:
+        raise damaged(path, str(e)) from None
     specs, end = {}, 0
     for name, info in header.items():
         try:

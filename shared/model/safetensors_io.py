@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -37,8 +37,39 @@ class ConvertError(CheckpointError):
     """A conversion refused; the message is one line that names the input and the fix."""
 
 
+class HeaderError(ValueError):
+    """Why bytes are not a safetensors header, without the path: each caller names the file and
+    says its own fix (copy it again, re-save it, or treat it as a cache miss)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # safetensors, read and written with numpy
+
+
+def read_raw_header(f: BinaryIO, size: int) -> tuple[int, dict[str, Any], Any]:
+    """The one reader of a safetensors header: (its length n, the tensor entries, the metadata).
+
+    Reads the 8-byte little-endian length and the JSON after it from `f` (positioned at the
+    start of a file of `size` bytes), and no tensor data, so checking a multi-GB checkpoint
+    costs microseconds. Refuses (`HeaderError`) a file shorter than 8 bytes, a length past
+    `MAX_HEADER` or past the file, a header that is not UTF-8 JSON or not an object. The
+    tensors' data starts at byte 8 + n; the entries are not checked here (each caller checks
+    what it relies on). `metadata` is `__metadata__` as found (`{}` when absent).
+    """
+    head = f.read(8)
+    if len(head) < 8:
+        raise HeaderError(f"only {len(head)} bytes")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER or 8 + n > size:
+        raise HeaderError(f"header length {n} does not fit in {size} bytes")
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HeaderError(f"header: {e}") from None
+    if not isinstance(header, dict):
+        raise HeaderError("header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    return n, header, metadata
 
 
 @dataclass
@@ -70,25 +101,15 @@ def read_safetensors(path: str | Path) -> SafetensorsFile:
         read_header(path)
     except CheckpointError as e:
         raise ConvertError(str(e)) from None
+    bad = f"{path}: not a valid safetensors file"
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            _, header, metadata = read_raw_header(f, os.fstat(f.fileno()).st_size)
+            body = memoryview(f.read())
     except OSError as e:
         raise ConvertError(f"{path}: cannot be read ({e.strerror or e})") from None
-    bad = f"{path}: not a valid safetensors file"
-    if len(data) < 8:
-        raise ConvertError(f"{bad} (only {len(data)} bytes); re-save it from its backend")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER or 8 + n > len(data):
-        raise ConvertError(f"{bad} (header length {n} does not fit); re-save it from its backend")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConvertError(f"{bad} (header: {e}); re-save it from its backend") from None
-    if not isinstance(header, dict):
-        raise ConvertError(f"{bad} (header is not a JSON object); re-save it from its backend")
-    metadata = header.pop("__metadata__", None) or {}
-    body = memoryview(data)[8 + n:]
+    except HeaderError as e:  # only if the file changed since read_header passed it
+        raise ConvertError(f"{bad} ({e}); re-save it from its backend") from None
     tensors = {}
     for name, info in header.items():
         try:

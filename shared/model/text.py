@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ import safetensors.numpy
 from tokenizers import Tokenizer
 
 from shared.io_atomic import write_bytes_atomic
+from shared.model.safetensors_io import read_raw_header
 
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # Names that mean the packaged MiniLM (compared case-insensitively, as the hub does).
@@ -511,13 +513,7 @@ def _stack(items: list[TextEmbedding], max_length: int) -> TextEmbedding:
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
     """The `__metadata__` of a safetensors file held in memory (safetensors.numpy.load drops it)."""
-    if len(data) < 8:
-        raise ValueError("truncated safetensors header")
-    header_len = int.from_bytes(data[:8], "little")
-    if header_len > len(data) - 8:
-        raise ValueError("truncated safetensors header")
-    header = json.loads(data[8:8 + header_len])
-    metadata = header.get("__metadata__") or {}
+    _, _, metadata = read_raw_header(io.BytesIO(data), len(data))
     if not isinstance(metadata, dict):
         raise ValueError("bad safetensors metadata")
     return metadata
