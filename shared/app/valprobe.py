@@ -188,11 +188,3 @@ class ValidationProbe:
     def close(self) -> None:
         if self.pose_cache is not None:
             self.pose_cache.close()
-
-
-def probe_cost_note(config: Config) -> str:
-    """What one probe costs, in sampler forward passes, for logs and docs."""
-    tc, s = config.train, config.sample
-    passes = tc.eval_steps * (2 if s.guidance != 1.0 else 1)
-    return (f"validation probe every {tc.eval_every} steps: {tc.eval_clips} clips x "
-            f"{passes} UNet passes ({s.sampler}, {tc.eval_steps} steps)")

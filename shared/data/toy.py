@@ -117,10 +117,6 @@ def _zigzag(a: tuple[float, float], b: tuple[float, float], teeth: int, amp: flo
     return path
 
 
-def _mirror(a: tuple[float, float]) -> tuple[float, float]:
-    return (-a[0], a[1])
-
-
 def _arc_out(side: float) -> Path2D:
     """Half of a flat horizontal circle seen from the front: from low in the middle out to the
     side and back to the middle, higher."""

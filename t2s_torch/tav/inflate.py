@@ -206,11 +206,6 @@ class InflatedUNet(nn.Module):
         return out.reshape(b, f, -1, h, w).transpose(1, 2)
 
 
-def inflate_unet(unet: UNet2DConditionModel) -> InflatedUNet:
-    """Inflate a pretrained 2D UNet in place and wrap it as a video UNet."""
-    return InflatedUNet(unet)
-
-
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(name == p or name.endswith("." + p) for p in patterns)
 
