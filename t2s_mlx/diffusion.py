@@ -55,6 +55,21 @@ class TextBatch:
                          mx.concatenate([p.mask for p in parts]),
                          mx.concatenate([p.pooled for p in parts]))
 
+    @property
+    def real_length(self) -> int:
+        """Columns up to the last one any row has a real token in (at least 1)."""
+        real = np.flatnonzero(np.array(self.mask).astype(bool).any(axis=0))
+        return int(real[-1]) + 1 if real.size else 1
+
+    def fit(self, length: int) -> TextBatch:
+        """`length` columns: padding columns dropped or added (masked keys change no output:
+        their attention weight is exactly 0)."""
+        extra = length - self.states.shape[1]
+        if extra <= 0:
+            return TextBatch(self.states[:, :length], self.mask[:, :length], self.pooled)
+        return TextBatch(mx.pad(self.states, [(0, 0), (0, extra), (0, 0)]),
+                         mx.pad(self.mask, [(0, 0), (0, extra)]), self.pooled)
+
 
 MOTION_EPS = 1e-3  # the torch constant
 

@@ -37,20 +37,24 @@ def guided_prediction(model: nn.Module, x: mx.array, t: int, text: TextBatch,
 def generate(model: nn.Module, diffusion: DiffusionConfig, sample: SampleConfig,
              text: TextBatch, uncond: TextBatch | None, shape: tuple[int, int, int, int, int],
              seed: int, dtype: mx.Dtype = mx.float32, progress: bool = False,
-             decode: Decode | None = None) -> np.ndarray:
+             decode: Decode | None = None,
+             on_step: sampling_driver.OnStep | None = None) -> np.ndarray:
     """Sample videos for `text` (one per row); return float32 (B, F, H, W, C) in [-1, 1].
 
     `uncond` is the empty caption's embedding with the same batch size (None: no guidance).
     Every random number comes from `shared.diffusion.sampling.numpy_noise(seed)`, so the result
     matches the torch backend's for the same weights and seed. `decode` is latent mode's hook: it
     maps the sampled latents (unclipped) to frames in [-1, 1] (`LatentVAE.decode_video`).
+    `on_step(i, n)` hears of each finished step (`serve`'s progress).
     """
+    if uncond is not None:
+        text, uncond = sampling_driver.fit_text(text, uncond)
     x = sampling_driver.denoise(
         model, diffusion, sample, shape, seed,
         to_tensor=lambda a: mx.array(a).astype(dtype),
         predict=lambda x, t: guided_prediction(model, x, t, text, uncond,
                                                sample.guidance).astype(dtype),
-        clip=mx.clip, settle=mx.eval, progress=progress)
+        clip=mx.clip, settle=mx.eval, progress=progress, on_step=on_step)
     return sampling_driver.finish(np.array(x.astype(mx.float32)), decode)
 
 
@@ -61,6 +65,13 @@ def sample_checkpoint(checkpoint: str | Path, prompts: list[str], out_dir: str |
     """`shared.app.sampling_driver.sample_checkpoint` on MLX (see there)."""
     return sampling_driver.sample_checkpoint(HOOKS, checkpoint, prompts, out_dir, sample,
                                              device, use_ema, progress, vae)
+
+
+def load_sampler(checkpoint: str | Path, device: str | None = None, use_ema: bool = True,
+                 vae: str | None = None) -> sampling_driver.LoadedSampler:
+    """`shared.app.sampling_driver.load_sampler` on MLX: a checkpoint loaded once, sampled
+    many times (`serve`)."""
+    return sampling_driver.load_sampler(HOOKS, checkpoint, device, use_ema, vae)
 
 
 def load_decoder(config: Config, vae: str | None) -> Decode:
@@ -95,4 +106,5 @@ def _generate(*args, device: mx.Device, **kwargs) -> np.ndarray:
 HOOKS = sampling_driver.SamplerHooks(
     tool="t2s-mlx", open_device=_open_device, load_model=_load_model,
     text_encoder=_text_encoder, text_batch=lambda encoded: TextBatch(*encoded),
-    decoder=lambda config, vae, device: load_decoder(config, vae), generate=_generate)
+    decoder=lambda config, vae, device: load_decoder(config, vae), generate=_generate,
+    device_name=lambda device: device.type.name)  # "cpu" or "gpu"

@@ -81,12 +81,20 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     for group in optimizer.param_groups:
         for param in group["params"]:
             prefix = names[param] + "."
-            state = {k[len(prefix):]: v.to(param.device) for k, v in tensors.items()
+            state = {k[len(prefix):]: _like(param, v) for k, v in tensors.items()
                      if k.startswith(prefix) and "." not in k[len(prefix):]}
             if state:
-                if "step" in state:  # AdamW keeps `step` on the CPU unless fused/capturable
-                    state["step"] = state["step"].to("cpu")
+                if "step" in state and not (group.get("fused") or group.get("capturable")):
+                    state["step"] = state["step"].to("cpu")  # AdamW's place for it, unfused
                 optimizer.state[param] = state
+
+
+def _like(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """A moment in its parameter's memory layout (channels-last conv weights included): the
+    fused AdamW kernel walks parameter, gradient and moments as one flat buffer each."""
+    if value.shape != param.shape:
+        return value.to(param.device)
+    return torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def encode_bytes(state: torch.Tensor) -> str:

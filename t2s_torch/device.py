@@ -175,6 +175,13 @@ def prefers_channels_last(device: torch.device | str) -> bool:
     return torch.device(device).type == "cpu"
 
 
+def optimizer_options(device: torch.device | str) -> dict[str, bool]:
+    """AdamW's implementation: the fused kernel where torch has one (CPU, CUDA), one update
+    for all parameters instead of a Python loop of small ops per parameter; `foreach`
+    elsewhere."""
+    return {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {"foreach": True}
+
+
 def synchronize(device: torch.device | str) -> None:
     """Wait for queued work on `device` (for timings); a no-op on the CPU."""
     device = torch.device(device)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from shared.config import DiffusionConfig
 from shared.diffusion.schedules import NoiseSchedule
@@ -57,6 +58,21 @@ class TextBatch:
     def cat(parts: list[TextBatch]) -> TextBatch:
         return TextBatch(torch.cat([p.states for p in parts]), torch.cat([p.mask for p in parts]),
                          torch.cat([p.pooled for p in parts]))
+
+    @property
+    def real_length(self) -> int:
+        """Columns up to the last one any row has a real token in (at least 1)."""
+        real = self.mask.bool().any(dim=0).nonzero()
+        return int(real.max()) + 1 if real.numel() else 1
+
+    def fit(self, length: int) -> TextBatch:
+        """`length` columns: padding columns dropped or added (masked keys change no output:
+        their attention weight is exactly 0)."""
+        extra = length - self.states.shape[1]
+        if extra <= 0:
+            return TextBatch(self.states[:, :length], self.mask[:, :length], self.pooled)
+        return TextBatch(F.pad(self.states, (0, 0, 0, extra)), F.pad(self.mask, (0, extra)),
+                         self.pooled)
 
 
 # A clip whose mean distance from its frame average is far below this (pixels in [-1, 1]) counts

@@ -23,5 +23,8 @@ class EMA(EMACount):
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         decay = self.next_decay()
-        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            ema_p.lerp_(p.detach(), 1.0 - decay)
+        ema_params, params = list(self.model.parameters()), list(model.parameters())
+        if len(ema_params) != len(params):
+            raise ValueError(f"EMA holds {len(ema_params)} tensors, the model {len(params)}")
+        # One multi-tensor kernel rather than a Python loop of one small op per parameter.
+        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)

@@ -48,22 +48,26 @@ def guided_prediction(model: torch.nn.Module, x: torch.Tensor, t: int, text: Tex
 def generate(model: torch.nn.Module, diffusion: DiffusionConfig, sample: SampleConfig,
              text: TextBatch, uncond: TextBatch | None, shape: tuple[int, int, int, int, int],
              seed: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-             progress: bool = False, decode: Decode | None = None) -> np.ndarray:
+             progress: bool = False, decode: Decode | None = None,
+             on_step: sampling_driver.OnStep | None = None) -> np.ndarray:
     """Sample videos for `text` (one per row); return float32 (B, F, H, W, C) in [-1, 1].
 
     `shape` is channels-last (B, F, H, W, C). `uncond` is the empty caption's embedding with the
     same batch size (None: no guidance). Every random number comes from
     `shared.diffusion.sampling.numpy_noise(seed)`, so the result is the same on any device and
     backend. `decode` is latent mode's hook: it maps the sampled latents (channels-last, unclipped)
-    to frames in [-1, 1] (`LatentVAE.decode_video`).
+    to frames in [-1, 1] (`LatentVAE.decode_video`). `on_step(i, n)` hears of each finished
+    step (`serve`'s progress).
     """
     device = torch.device(device)
+    if uncond is not None:
+        text, uncond = sampling_driver.fit_text(text, uncond)
     x = sampling_driver.denoise(
         model, diffusion, sample, shape, seed,
         to_tensor=lambda a: to_channels_first(a, device, dtype),
         predict=lambda x, t: guided_prediction(model, x, t, text, uncond,
                                                sample.guidance).to(dtype),
-        clip=torch.clamp, progress=progress)
+        clip=torch.clamp, progress=progress, on_step=on_step)
     return sampling_driver.finish(to_channels_last(x), decode)
 
 
@@ -74,6 +78,13 @@ def sample_checkpoint(checkpoint: str | Path, prompts: list[str], out_dir: str |
     """`shared.app.sampling_driver.sample_checkpoint` on torch (see there)."""
     return sampling_driver.sample_checkpoint(HOOKS, checkpoint, prompts, out_dir, sample,
                                              device, use_ema, progress, vae)
+
+
+def load_sampler(checkpoint: str | Path, device: str | None = None, use_ema: bool = True,
+                 vae: str | None = None) -> sampling_driver.LoadedSampler:
+    """`shared.app.sampling_driver.load_sampler` on torch: a checkpoint loaded once, sampled
+    many times (`serve`)."""
+    return sampling_driver.load_sampler(HOOKS, checkpoint, device, use_ema, vae)
 
 
 def load_decoder(config: Config, vae: str | None, device: torch.device) -> Decode:
@@ -105,4 +116,4 @@ def _text_encoder(config, device: torch.device):
 HOOKS = sampling_driver.SamplerHooks(
     tool="t2s-torch", open_device=_open_device, load_model=_load_model,
     text_encoder=_text_encoder, text_batch=lambda encoded: TextBatch(*encoded),
-    decoder=load_decoder, generate=generate)
+    decoder=load_decoder, generate=generate, device_name=str)

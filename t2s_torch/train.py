@@ -38,6 +38,8 @@ from t2s_torch.vae import LatentVAE
 
 __all__ = ["TrainResult", "Trainer"]
 
+OPTIMIZER_IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")
+
 
 class Trainer(BaseTrainer):
     """Train `config` on its data with PyTorch; `train()` runs to `config.train.steps` (or
@@ -67,7 +69,7 @@ class Trainer(BaseTrainer):
         self.step_model = dist.wrap(self.model, self.world, self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
-            weight_decay=tc.weight_decay)
+            weight_decay=tc.weight_decay, **dev.optimizer_options(self.device))
         self.diffusion = GaussianDiffusion(self.config.diffusion, self.device)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)
 
@@ -158,7 +160,9 @@ class Trainer(BaseTrainer):
 
     def _load_backend_state(self, state: dict[str, Any]) -> None:
         for group, saved in zip(self.optimizer.param_groups, state["param_groups"], strict=True):
-            group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+            # Hyperparameters only: the implementation (fused, foreach) is this device's choice.
+            group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
+                          if k not in OPTIMIZER_IMPLEMENTATION})
         # converted from MLX: no torch RNG to restore, so a fresh stream per (seed, step)
         ckpt.restore_rng_state(state, self.generator, self.device,
                           self.config.train.seed * 1_000_003 + self.step)

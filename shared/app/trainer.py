@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from shared.app.distributed import Distributed, regroup, stream_start
 from shared.app.errors import diverged, interrupted
+from shared.app.sampling_driver import fit_text
 from shared.app.signals import stop_signals
 from shared.app.tensorboard import TensorBoardLogger
 from shared.app.valprobe import ValidationProbe
@@ -108,8 +109,9 @@ class BaseTrainer:
         self.captions = sorted(set(self.dataset.captions))
         self.caption_row = {c: i for i, c in enumerate(self.captions)}
         # Every caption's embedding, computed (or read from the disk cache) once per run.
-        self.text_table = self.text_batch(*self.encoder.encode(self.captions))
-        self.uncond = self.text_batch(*self.encoder.empty_embedding())
+        self.text_table, self.uncond = fit_text(
+            self.text_batch(*self.encoder.encode(self.captions)),
+            self.text_batch(*self.encoder.empty_embedding()))
         self._build()
         self.step = 0
         self.micro_batch, self.grad_accum = 0, 1

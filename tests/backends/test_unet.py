@@ -318,6 +318,29 @@ def test_padding_tokens_do_not_influence_the_output(backend):
         np.testing.assert_allclose(a, d, rtol=0, atol=1e-6)
 
 
+def test_text_fit_to_the_longest_caption_changes_no_output(backend):
+    # Training and sampling cut the text to its longest real caption (`TextBatch.fit`, called
+    # through `fit_text`); padding it back out must not matter either.
+    from shared.app.sampling_driver import fit_text
+
+    TextBatch = backend.module("diffusion").TextBatch
+    config = tiny()
+    model = build(backend, config)
+    x, t, context, mask, pooled = inputs(backend, config)
+    text = TextBatch(context, mask, pooled)
+    (short,) = fit_text(text)
+    longer = text.fit(TOKENS + 3)
+    assert (text.real_length, short.states.shape[1], longer.mask.shape[1]) == \
+        (TOKENS - 2, TOKENS - 2, TOKENS + 3)
+    full = run(backend, model, x, t, context, mask, pooled)
+    for fitted in (short, longer):
+        out = run(backend, model, x, t, fitted.states, fitted.mask, fitted.pooled)
+        np.testing.assert_allclose(out, full, rtol=0, atol=1e-5)
+    cut = text.fit(TOKENS - 3)  # one real token too few: the output must change
+    out = run(backend, model, x, t, cut.states, cut.mask, cut.pooled)
+    assert np.abs(out - full).max() > 1e-4
+
+
 def test_an_all_zero_mask_is_finite_and_ignores_every_token(backend):
     config = tiny()
     model = build(backend, config)
