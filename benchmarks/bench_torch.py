@@ -27,6 +27,7 @@ from benchmarks.common import (
 from shared.data.batching import max_rss_bytes
 from t2s_torch.device import (
     autocast_context,
+    optimizer_options,
     prefers_channels_last,
     select_device,
     synchronize,
@@ -114,7 +115,7 @@ def measure_train(job: Job, device: torch.device) -> dict[str, Any]:
     m, d = config.model, config.data
     torch.manual_seed(0)
     model = our_model(job, device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **optimizer_options(device))
     diffusion = GaussianDiffusion(config.diffusion, device)
     autocast = autocast_context(device, job.precision)
     shape = (job.batch, m.in_channels, d.num_frames, d.image_size, d.image_size)

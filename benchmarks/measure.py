@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Latent mode as the Stable Diffusion VAE makes it: 8x smaller per side, 4 channels. The UNet
 # work is all that changes (the clips are encoded once, before training).
 VAE_FACTOR, VAE_CHANNELS = 8, 4
-DEFAULT_BATCH = {"tiny": 4, "toy": 16, "toy-long": 16, "small": 1, "base": 1}
+DEFAULT_BATCH = {"tiny": 4, "toy": 8, "toy-long": 16, "real": 8, "small": 1, "base": 1}
 SAMPLERS = (("ddim", 50), ("dpm++", 20))
 
 

@@ -1,6 +1,6 @@
 """Throughput, memory and utilisation of both backends, side by side, with a peer.
 
-    python benchmarks/run.py                     # tiny + small, every backend and device here
+    python benchmarks/run.py                     # tiny, toy, small: every backend and device here
     python benchmarks/run.py --quick             # the CI smoke run (tiny; < 2 min on 2 cores)
     python benchmarks/run.py --presets small --backends mlx --json mac.json   # on a Mac
     python benchmarks/run.py --quality runs/demo/run-toy                      # sampler check
@@ -48,7 +48,7 @@ _DESCRIPTION, _EPILOG = _help(__doc__)
 @click.command(help=_DESCRIPTION, epilog=_EPILOG, context_settings=SCRIPT_SETTINGS)
 @click.option("--quick", is_flag=True,
               help="tiny preset, 2 timed steps: a smoke run (< 2 minutes on 2 cores)")
-@click.option("--presets", default=None, help="comma list (default: tiny,small)")
+@click.option("--presets", default=None, help="comma list (default: tiny,toy,small)")
 @click.option("--backends", default="torch,mlx", help="comma list of torch, mlx")
 @click.option("--devices", default=None,
               help="comma list to keep (cpu, cuda, mps, gpu); default: all available")
@@ -103,7 +103,7 @@ def parse(argv: list[str] | None = None) -> SimpleNamespace:
 
 
 def make_plan(args: SimpleNamespace) -> Plan:
-    presets = (args.presets or ("tiny" if args.quick else "tiny,small")).split(",")
+    presets = (args.presets or ("tiny" if args.quick else "tiny,toy,small")).split(",")
     targets = available_targets(args.backends.split(","),
                                 args.devices.split(",") if args.devices else None)
     if not targets:

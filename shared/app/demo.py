@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from shared.app.backend import Backend
 from shared.app.report_html import sample_settings, write_results_page, write_sets_page
+from shared.app.trainer import ESTIMATE_PREFIX
 from shared.config import Config, DataConfig, apply_overrides, preset
 from shared.data.dataset import DataReport, find_clips, preprocess_clip
 from shared.data.toy import make_toy_dataset, render_clip
@@ -97,12 +99,18 @@ def train_or_reuse(config: Config, backend: Backend, run_dir: Path, device: str 
         yield f"training: found a finished run in {run_dir}"
         return
     start = time.perf_counter()
-    trainer = backend.trainer(config, device=device, progress=progress, log=lambda _: None)
+    trainer = backend.trainer(config, device=device, progress=progress, log=estimate_only)
     result = trainer.train(resume=bool(done))
     yield (f"training: {result.step} steps of {config.train.batch_size} clips "
            f"({config.data.num_frames} frames of {config.data.image_size} px) in "
            f"{time.perf_counter() - start:.0f} s on {trainer.device}; final loss "
            f"{sum(result.losses[-50:]) / max(1, len(result.losses[-50:])):.3f}")
+
+
+def estimate_only(message: str) -> None:
+    """The trainer's log, quiet but for its one time estimate (above the progress bar)."""
+    if message.startswith(ESTIMATE_PREFIX):
+        tqdm.write(message)
 
 
 def folder_noise(folder: Path, references: dict[str, Path]) -> float:

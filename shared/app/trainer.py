@@ -80,6 +80,34 @@ class EMACount:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
 
+ESTIMATE_PREFIX = "training: about"
+
+
+class StepPace:
+    """The run's remaining time, said once, from the median of its first timed steps (after a
+    few warm-up steps that pay for allocation and caches): what a user wants to know before
+    walking away from a long run."""
+
+    WARMUP, TIMED = 3, 20
+
+    def __init__(self, step: int, last_step: int):
+        self.first, self.last_step = step, last_step
+        self.times: list[float] = []
+
+    def tick(self, seconds: float) -> str | None:
+        self.times.append(seconds)
+        timed = self.times[self.WARMUP:]
+        if len(timed) != self.TIMED:
+            return None
+        per_step = float(np.median(timed))
+        left = per_step * (self.last_step - self.first - len(self.times))
+        if left < 60:
+            return None
+        return (f"{ESTIMATE_PREFIX} {left / 60:.0f} min more on this machine "
+                f"({per_step:.2f} s/step, {self.last_step - self.first - len(self.times)} "
+                "steps to go)")
+
+
 class BaseTrainer:
     """Train `config` on its data; `train()` runs to `config.train.steps` (or resumes there)."""
 
@@ -306,6 +334,7 @@ class BaseTrainer:
                    disable=not self.progress)
         self.model.train()
         last_saved, saved_at = None, time.monotonic()
+        pace = StepPace(self.step, last_step)
         with stop_signals(self.log) as stop, contextlib.ExitStack() as cleanup:
             cleanup.callback(bar.close)
             if tb is not None:
@@ -324,6 +353,9 @@ class BaseTrainer:
                 seconds = time.perf_counter() - start
                 self.step += 1
                 result.losses.append(loss)
+                estimate = pace.tick(seconds)
+                if estimate:
+                    self.log(estimate)
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 if tb is not None and (self.step % tc.log_every == 0 or self.step == last_step):

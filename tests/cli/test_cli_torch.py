@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,9 @@ def test_doctor_passes_on_this_machine():
     result = run("doctor", "--device", "cpu")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("[ok]") >= 5 and "[FAIL]" not in result.stdout
+    speed = re.search(r"\[ok\] matmul speed: fp32 2048² matmul (\d+) GFLOP/s .* about (\d+) min",
+                      result.stdout)
+    assert speed and int(speed.group(1)) > 1 and int(speed.group(2)) >= 1, result.stdout
 
 
 def test_bad_input_gives_one_line_errors(trained_run, tmp_path):
