@@ -90,13 +90,19 @@ def _open_device(device: str | None) -> mx.Device:
 def _load_model(checkpoint: str | Path, device: mx.Device, use_ema: bool):
     from t2s_mlx.checkpoint import load_model
 
-    return load_model(checkpoint, use_ema=use_ema)
+    config, model, path = load_model(checkpoint, use_ema=use_ema)
+    # Evaluated here, on the loading thread's stream: a lazy weight evaluated later on another
+    # thread (serve's worker) fails with "There is no Stream(cpu, 0) in current thread".
+    mx.eval(model.parameters())
+    return config, model, path
 
 
 def _text_encoder(config, device: mx.Device):
     from t2s_mlx import text_encoder  # on call: tests replace the class
 
-    return text_encoder.TextEncoder(config)
+    encoder = text_encoder.TextEncoder(config)
+    mx.eval(encoder.model.parameters())  # as the UNet's (_load_model)
+    return encoder
 
 
 def _generate(*args, device: mx.Device, **kwargs) -> np.ndarray:

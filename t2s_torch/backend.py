@@ -20,6 +20,12 @@ def sample_checkpoint(*args, **kwargs) -> list[Path]:
     return sample_checkpoint(*args, **kwargs)
 
 
+def load_sampler(*args, **kwargs):
+    from t2s_torch.sample import load_sampler
+
+    return load_sampler(*args, **kwargs)
+
+
 def latent_vae(name_or_path: str | Path, device: str | None = None):
     from t2s_torch.vae import LatentVAE
 
@@ -40,4 +46,4 @@ def run_checks(device: str | None = None):
 
 BACKEND = Backend(name="t2s_torch", tool="t2s-torch", trainer=trainer,
                   sample_checkpoint=sample_checkpoint, latent_vae=latent_vae, load_i3d=load_i3d,
-                  run_checks=run_checks)
+                  run_checks=run_checks, load_sampler=load_sampler)

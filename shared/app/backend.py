@@ -17,6 +17,11 @@ from typing import Any
 from shared.app.doctor import CheckResult
 
 
+def _cannot_serve(*args: Any, **kwargs: Any) -> Any:
+    """A backend object built without `load_sampler` (a test's fake) has nothing to serve."""
+    raise NotImplementedError("this backend cannot load a sampler")
+
+
 @dataclass(frozen=True)
 class Backend:
     """One backend as the application sees it.
@@ -30,6 +35,8 @@ class Backend:
     latent_vae(path_or_id, device=None): a loaded LatentVAE (`encode`, `decode`, `hash`).
     load_i3d(path): the Kinetics I3D feature extractor of eval's FVD.
     run_checks(device): `doctor`'s checks.
+    load_sampler(checkpoint, *, device, use_ema, vae): a checkpoint loaded once for many
+        samplings (`shared.app.sampling_driver.LoadedSampler`; the `serve` verb).
     """
 
     name: str
@@ -39,3 +46,4 @@ class Backend:
     latent_vae: Callable[..., Any]
     load_i3d: Callable[[str | Path], Any]
     run_checks: Callable[[str | None], Iterable[CheckResult]]
+    load_sampler: Callable[..., Any] = _cannot_serve

@@ -7,8 +7,9 @@ sides. Commands only parse and print: the work is done by library functions that
 directly.
 
 This module holds the group and the small verbs (config, demo, visualize, doctor); the others
-live by job in `shared.app.cli_data` (the `data` group), `shared.app.cli_eval` (eval) and
-`shared.app.cli_train` (train, sample), and what they all lean on in `shared.app.cli_common`.
+live by job in `shared.app.cli_data` (the `data` group), `shared.app.cli_eval` (eval),
+`shared.app.cli_train` (train, sample) and `shared.app.cli_serve` (serve), and what they all lean
+on in `shared.app.cli_common`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from shared.app.backend import Backend
 from shared.app.cli_common import load_config, quiet_libraries, user_errors
 from shared.app.cli_data import data_group
 from shared.app.cli_eval import eval_command
+from shared.app.cli_serve import serve_command
 from shared.app.cli_train import sample_command, train_command
 from shared.config import PRESETS, apply_overrides, preset
 
@@ -51,7 +53,7 @@ def make_group(name: str, help_text: str, backend: Backend) -> T2SGroup:
         pass
 
     for command in (config_command, data_group, eval_command, demo_command, train_command,
-                    sample_command, visualize_command, doctor_command):
+                    sample_command, serve_command, visualize_command, doctor_command):
         named = copy.copy(command)  # the examples in a verb's help name this tool
         named.help = (command.help or "").replace("TOOL", name)
         group.add_command(named)

@@ -139,6 +139,14 @@ class LoadedSampler:
     def device_name(self) -> str:
         return self.hooks.device_name(self.device)
 
+    def token_count(self, text: str) -> int:
+        """The tokens the text encoder makes of `text` (special ones included); past
+        `config.text.max_length`, the rest of the text is cut off before the model sees it."""
+        tokenizer = self.encoder.tokenizer
+        with self._encode_lock:
+            _, mask = tokenizer.tokenize([text], tokenizer.model_max_length or 512)
+        return int(mask.sum())
+
     def videos(self, prompts: list[str], sample: SampleConfig | None = None, *,
                progress: bool = False, on_step: OnStep | None = None
                ) -> tuple[list[np.ndarray], list[str]]:
