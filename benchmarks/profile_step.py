@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py                       # the toy step's per-op table
     python benchmarks/profile_step.py --against d043c13     # + clips/s here vs that commit
+    python benchmarks/profile_step.py --against d043c13 --neighbour   # ... beside a busy core
     python benchmarks/profile_step.py --preset real --json step.json
 
 The step is the trainer's own (`Trainer._micro_step` + `_optimizer_step`, EMA included) on a
@@ -83,6 +84,9 @@ class Step:
 
     def one(self) -> None:
         t = self.trainer
+        if hasattr(t, "train_step"):  # the loop's own step (trees since 2026-12-07)
+            t.train_step(self._timed_batches())
+            return
         t._set_lr()
         losses = []
         for i in range(t.grad_accum):
@@ -93,6 +97,13 @@ class Step:
         t._mean_loss(losses)
         t._optimizer_step()
         t.step += 1
+
+    def _timed_batches(self):
+        while True:
+            start = time.perf_counter()
+            batch = next(self.batches)
+            self.data_s += time.perf_counter() - start
+            yield batch
 
     def run(self, n: int) -> list[float]:
         times = []
@@ -211,10 +222,10 @@ def serve_steps(preset_name: str, batch: int | None, data: Path, out: Path) -> N
 
 
 def against(rev: str, preset_name: str, batch: int | None, rounds: int, per_round: int,
-            warmup: int, work: Path, log) -> dict[str, Any]:
+            warmup: int, work: Path, log, neighbour: bool = False) -> dict[str, Any]:
     data = make_data(work / "data", 64)
     trees = {"here": ROOT, rev: worktree(rev, work / "old")}
-    children = {}
+    children, cleanup = {}, []
     try:
         for name, tree in trees.items():
             log(f"starting the step in {name} ({tree})")
@@ -229,6 +240,9 @@ def against(rev: str, preset_name: str, batch: int | None, rounds: int, per_roun
         times: dict[str, list[float]] = {name: [] for name in children}
         for child in children.values():
             ask(child, warmup)
+        if neighbour:  # a process that wants one core the whole time, as a busy neighbour would
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            cleanup.append(busy)
         for r in range(rounds):
             for name, child in (children.items() if r % 2 == 0
                                 else reversed(children.items())):
@@ -236,12 +250,13 @@ def against(rev: str, preset_name: str, batch: int | None, rounds: int, per_roun
             log(f"round {r + 1}/{rounds}: " + ", ".join(
                 f"{n} {1000 * median(t):.1f} ms" for n, t in times.items()))
     finally:
-        for child in children.values():
+        for child in [*children.values(), *cleanup]:
             child.kill()
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                         str(trees[rev])], capture_output=True)
     medians = {n: median(t) for n, t in times.items()}
     return {"rev": rev, "step_s": medians, "steps_each": rounds * per_round,
+            "busy_neighbour": neighbour,
             "speedup": medians[rev] / medians["here"]}
 
 
@@ -260,12 +275,14 @@ def against(rev: str, preset_name: str, batch: int | None, rounds: int, per_roun
               help="with --against: alternating rounds")
 @click.option("--round-steps", type=int, default=10, show_default=True,
               help="with --against: steps per round and tree")
+@click.option("--neighbour", is_flag=True,
+              help="with --against: a busy-looping process takes one core during the rounds")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 @click.option("--serve", is_flag=True, hidden=True)
 @click.option("--data", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, hidden=True)
 def main(preset_name: str, batch: int | None, steps: int, warmup: int, rev: str | None,
-         rounds: int, round_steps: int, json_path: Path | None, serve: bool,
+         rounds: int, round_steps: int, neighbour: bool, json_path: Path | None, serve: bool,
          data: Path | None, out: Path | None) -> None:
     if serve:
         serve_steps(preset_name, batch, data, out)
@@ -280,9 +297,10 @@ def main(preset_name: str, batch: int | None, steps: int, warmup: int, rev: str 
         print(format_profile(report["profile"]))
         if rev:
             report["against"] = against(rev, preset_name, batch, rounds, round_steps, warmup,
-                                        work, log)
+                                        work, log, neighbour)
             a = report["against"]
-            print(f"\n## this tree vs {rev}, {a['steps_each']} steps each, interleaved\n\n"
+            busy = ", one core busy with another process" if neighbour else ""
+            print(f"\n## this tree vs {rev}, {a['steps_each']} steps each, interleaved{busy}\n\n"
                   f"- {rev}: {1000 * a['step_s'][rev]:.1f} ms/step; this tree: "
                   f"{1000 * a['step_s']['here']:.1f} ms/step: {a['speedup']:.2f}x")
     if json_path:

@@ -23,6 +23,7 @@ import torch
 
 from shared.app.distributed import Distributed, shard
 from shared.app.errors import diverged
+from shared.app.threads import ThreadTuner, pinned_threads, thread_options
 from shared.app.trainer import BaseTrainer, TrainResult
 from shared.config import SampleConfig
 from shared.data.dataset import Batch
@@ -72,6 +73,16 @@ class Trainer(BaseTrainer):
             weight_decay=tc.weight_decay, **dev.optimizer_options(self.device))
         self.diffusion = GaussianDiffusion(self.config.diffusion, self.device)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)
+
+    def _thread_tuner(self) -> ThreadTuner | None:
+        # One process on the CPU only: ranks sharing a machine split its cores themselves.
+        if self.device.type != "cpu" or self.world.enabled:
+            return None
+        pinned = pinned_threads()
+        if pinned is not None:
+            torch.set_num_threads(pinned)
+            return None
+        return ThreadTuner(thread_options(torch.get_num_threads()), torch.set_num_threads)
 
     def _load_vae(self) -> LatentVAE:
         return LatentVAE.from_pretrained(self.config.data.vae, device=self.device)

@@ -38,6 +38,7 @@ from shared.app.errors import diverged, interrupted
 from shared.app.sampling_driver import fit_text
 from shared.app.signals import stop_signals
 from shared.app.tensorboard import TensorBoardLogger
+from shared.app.threads import ThreadTuner
 from shared.app.valprobe import ValidationProbe
 from shared.config import Config, SampleConfig
 from shared.data.dataset import Batch, BatchIterator, ClipDataset, cache_root
@@ -141,6 +142,7 @@ class BaseTrainer:
             self.text_batch(*self.encoder.encode(self.captions)),
             self.text_batch(*self.encoder.empty_embedding()))
         self._build()
+        self.threads = self._thread_tuner()
         self.step = 0
         self.micro_batch, self.grad_accum = 0, 1
 
@@ -165,6 +167,10 @@ class BaseTrainer:
     def _build(self) -> None:
         """Seed, then build the model, EMA, optimizer and diffusion on the device."""
         raise NotImplementedError
+
+    def _thread_tuner(self) -> ThreadTuner | None:
+        """A `ThreadTuner` where the backend sets its own CPU thread count; None elsewhere."""
+        return None
 
     def _load_vae(self) -> Any:
         raise NotImplementedError
@@ -341,18 +347,15 @@ class BaseTrainer:
                 cleanup.callback(tb.close)
             if probe is not None:
                 cleanup.callback(probe.close)
+            if self.threads is not None:
+                cleanup.callback(self.threads.restore)
             while self.step < last_step:
-                start = time.perf_counter()
-                lr = self._set_lr()
-                loss = self._mean_loss([self._micro_step(next(batches), i)
-                                        for i in range(self.grad_accum)])
-                if not math.isfinite(loss):
-                    raise diverged(self.out_dir, self.step + 1, loss, "loss")
-                grad_norm = self._optimizer_step()
-                self._synchronize()
-                seconds = time.perf_counter() - start
-                self.step += 1
+                switches = len(self.threads.switches) if self.threads else 0
+                loss, grad_norm, lr, seconds = self.train_step(batches)
                 result.losses.append(loss)
+                if self.threads and len(self.threads.switches) > switches:
+                    self.log(f"CPU threads: {self.threads.current} from step {self.step} "
+                             "(its steps ran faster; the machine's load changed)")
                 estimate = pace.tick(seconds)
                 if estimate:
                     self.log(estimate)
@@ -380,6 +383,23 @@ class BaseTrainer:
         return result
 
     # ----------------------------------------------------------------------------- samples
+
+    def train_step(self, batches: Iterator[Batch]) -> tuple[float, float, float, float]:
+        """One optimizer step over `grad_accum` micro-batches: (loss, gradient norm, learning
+        rate, seconds)."""
+        start = time.perf_counter()
+        lr = self._set_lr()
+        loss = self._mean_loss([self._micro_step(next(batches), i)
+                                for i in range(self.grad_accum)])
+        if not math.isfinite(loss):
+            raise diverged(self.out_dir, self.step + 1, loss, "loss")
+        grad_norm = self._optimizer_step()
+        self._synchronize()
+        seconds = time.perf_counter() - start
+        self.step += 1
+        if self.threads is not None:
+            self.threads.record(seconds)
+        return loss, grad_norm, lr, seconds
 
     def write_samples(self, tb: TensorBoardLogger, prompts: list[str] | None = None,
                       num: int = 4) -> Path:
