@@ -66,7 +66,8 @@ def make_data(folder: Path, clips: int) -> Path:
 class Step:
     """The trainer's step on `data`, built once; `run(n)` times n steps."""
 
-    def __init__(self, preset_name: str, data: Path, out: Path, batch: int | None):
+    def __init__(self, preset_name: str, data: Path, out: Path, batch: int | None,
+                 tune_threads: bool = True):
         from shared.config import apply_overrides, preset
         from t2s_torch.train import Trainer
 
@@ -80,6 +81,8 @@ class Step:
         t.micro_batch, t.grad_accum = t._resolve_batch()
         self.batches = t._batches()
         t.model.train()
+        if not tune_threads and getattr(t, "threads", None) is not None:
+            t.threads = None  # a profile of the step at the machine's thread count
         self.data_s = 0.0
 
     def one(self) -> None:
@@ -158,7 +161,7 @@ def profile_main(preset_name: str, batch: int | None, steps: int, warmup: int,
     from shared.model.flops import training_flops_per_sample
 
     data = make_data(work / "data", 64)
-    step = Step(preset_name, data, work / "here", batch)
+    step = Step(preset_name, data, work / "here", batch, tune_threads=False)
     step.run(warmup)
     plain = median(step.run(steps))
     result = profile(step, steps)
