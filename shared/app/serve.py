@@ -270,6 +270,7 @@ class Job:
     files: list[Path] = field(default_factory=list)
     folder: Path | None = None
     error: str | None = None
+    ran_as: int = 0  # 1, 2, ...: the order jobs started in (0: not yet)
 
 
 class QueueFull(RuntimeError):
@@ -297,6 +298,7 @@ class JobQueue:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._pending: queue.Queue[Job | None] = queue.Queue()
         self._count = 0
+        self._started = 0
         self._threads = [threading.Thread(target=self._work, name=f"t2s-serve-worker-{i}",
                                           daemon=True) for i in range(workers)]
         for thread in self._threads:
@@ -325,6 +327,12 @@ class JobQueue:
             return sum(other.number < job.number and other.state in ("queued", "running")
                        for other in self._jobs.values())
 
+    def counts(self) -> dict[str, int]:
+        """How many jobs wait and how many run now."""
+        with self._lock:
+            states = [job.state for job in self._jobs.values()]
+        return {"waiting": states.count("queued"), "running": states.count("running")}
+
     def jobs(self) -> list[Job]:
         with self._lock:
             return list(self._jobs.values())
@@ -348,7 +356,10 @@ class JobQueue:
             job = self._pending.get()
             if job is None:
                 return
-            job.state, job.started = "running", time.monotonic()
+            with self._lock:
+                self._started += 1
+                job.ran_as = self._started
+                job.state, job.started = "running", time.monotonic()
             try:
                 job.files = self._run(job)
                 job.state = "done"
@@ -474,6 +485,7 @@ class ServeApp:
                       "size": d.image_size, "fps": self.config.sample.fps,
                       "text_tokens": self.config.text.max_length},
             "poll_ms": POLL_MS,
+            "queue": self.queue.counts(),
         }
 
     def warnings_for(self, text: str) -> list[str]:
@@ -499,7 +511,8 @@ class ServeApp:
         now = time.monotonic()
         started = job.started if job.started is not None else now
         status: dict[str, Any] = {
-            "id": job.id, "number": job.number, "state": job.state, "text": job.text,
+            "id": job.id, "number": job.number, "ran_as": job.ran_as, "state": job.state,
+            "text": job.text,
             "settings": settings_of(job.sample), "warnings": job.warnings,
             "ahead": self.queue.ahead(job) if job.state == "queued" else 0,
             "step": job.step, "steps": job.steps or job.sample.steps,
@@ -654,6 +667,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 resets a burst of clients (twenty at once)
     app: ServeApp
 
 

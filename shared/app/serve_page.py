@@ -37,7 +37,7 @@ button { font: inherit; font-size: 1.05em; padding: .4em 1.4em; border-radius: 4
 .card.failed { border-color: #c44; }
 .clips { display: flex; flex-wrap: wrap; gap: 10px; }
 .clips figure { margin: 0; }
-img.clip { image-rendering: pixelated; image-rendering: crisp-edges; display: block;
+img.clip { image-rendering: crisp-edges; image-rendering: pixelated; display: block;
            background: #eee; }
 .caption { font-weight: 600; font-size: 1.1em; margin: .3em 0 .1em; overflow-wrap: anywhere; }
 .facts, .progress-text { font-size: .85em; color: #444; }
@@ -160,9 +160,12 @@ async function show(status, card, pressed) {
     (status.queued_s >= 0.05 ? `, ${status.queued_s.toFixed(2)} s waiting in the queue` : "");
 }
 
+let latest = 0;  // only the newest press may set the message: answers can arrive out of order
 $("form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const pressed = performance.now();
+  const mine = ++latest;
+  say("", []);
   const body = {text: text.value};
   for (const name of FIELDS) body[name] = $(name).value;
   let r, data;
@@ -171,11 +174,16 @@ $("form").addEventListener("submit", async (e) => {
                                       headers: {"Content-Type": "application/json"}});
     data = await r.json();
   } catch (err) {
-    say("error", [`The server did not answer (${err.message}); is it still running?`]);
+    if (mine === latest) {
+      say("error", [`The server did not answer (${err.message}); is it still running?`]);
+    }
     return;
   }
-  if (!r.ok) { say("error", [data.error || `HTTP ${r.status}`]); return; }
-  say("warning", data.warnings);
+  if (!r.ok) {
+    if (mine === latest) say("error", [data.error || `HTTP ${r.status}`]);
+    return;
+  }
+  if (mine === latest) say("warning", data.warnings);
   const card = node("div", "card");
   card.dataset.number = data.number;
   card.append(node("p", "caption", data.text));

@@ -226,6 +226,7 @@ def test_the_queue_runs_jobs_one_at_a_time_in_order_and_survives_a_failure():
         time.sleep(0.005)
     jobs.close()
     assert ran == [j.number for j in submitted if j.text != "bad"] == sorted(ran)
+    assert [j.ran_as for j in submitted] == list(range(1, 13))
     assert most[0] == 1
     assert submitted[3].state == "failed" and submitted[3].error == \
         "RuntimeError: boom second line"

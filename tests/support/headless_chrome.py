@@ -4,18 +4,20 @@
 from its file descriptor 3 and write answers and events to 4, so a test can drive a real page
 with the standard library alone (no websocket client, no Selenium or Playwright). The browser is
 found and launched the way tests/shared/test_report_html.py does (Debian's `chromium`, headless,
-no sandbox, no GPU, device scale 1).
+no sandbox, no GPU, device scale 1). HEADLESS_CHROME_LOG=FILE keeps the browser's own messages.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import select
 import shutil
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -30,6 +32,16 @@ class BrowserError(RuntimeError):
     pass
 
 
+_EXEC = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+         "os.execvp(sys.argv[3], sys.argv[3:])")
+
+
+def _above_four(fd: int) -> int:
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
 class Chrome:
     """One headless browser with one page (`with Chrome() as page: page.goto(url) ...`)."""
 
@@ -40,15 +52,18 @@ class Chrome:
         self.timeout = timeout
         to_child, self._write = os.pipe()
         self._read, from_child = os.pipe()
+        # above 4, so that putting one on 3 or 4 cannot overwrite the other first
+        to_child, from_child = _above_four(to_child), _above_four(from_child)
         args = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                 "--force-device-scale-factor=1", f"--window-size={width},{height}",
                 "--remote-debugging-pipe", "--no-first-run", "--no-default-browser-check",
                 "--disable-extensions", "--mute-audio", "about:blank"]
-        # the shell puts the pipes on the descriptors Chromium reads (3) and writes (4)
+        # a tiny Python puts the pipes on the descriptors Chromium reads (3) and writes (4), then
+        # becomes Chromium (sh's redirections take only single-digit descriptors)
         self.process = subprocess.Popen(
-            ["sh", "-c", f'exec "$0" "$@" 3<&{to_child} 4>&{from_child}', browser, *args],
+            [sys.executable, "-c", _EXEC, str(to_child), str(from_child), browser, *args],
             pass_fds=(to_child, from_child), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+            stderr=open(os.environ.get("HEADLESS_CHROME_LOG", os.devnull), "w"))  # noqa: SIM115
         os.close(to_child)
         os.close(from_child)
         self._buffer = b""
