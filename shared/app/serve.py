@@ -2,9 +2,10 @@
 
 Why a standard-library server and not Gradio (the field's convention for model demos): the
 page needs one form, a progress line and a GIF, and `http.server` does that with no new
-dependency (Gradio would add about a hundred packages and seconds of import time to a
-tool whose other verbs import nothing until they run; docs/serve.md has the measurements),
-a page that loads in one request, and a server a test can start on a free port in-process.
+dependency, in one request for the page, with a server a test can start on a free port. Gradio
+measured on the same CPU (docs/serve.md): 54 packages and 367 MB installed, 2.4 s to import,
+a page of 47 requests that took 1.1 s to load, against 0.2 s to import this module and a
+10 kB page in one request that loads in 0.16 s.
 
 The pieces, each usable without a socket:
 
@@ -720,6 +721,9 @@ def serve(backend: Any, checkpoint: str | Path, *, host: str = "127.0.0.1",
     """
     if concurrency < 1:
         raise ValueError(f"--concurrency {concurrency}: use 1 or more")
+    from shared.model.checkpoint import resolve_checkpoint
+
+    resolve_checkpoint(checkpoint)  # a wrong path is told before the framework is imported
     sampler = backend.load_sampler(checkpoint, device=device, use_ema=use_ema, vae=vae)
     check_concurrency(concurrency, sampler.device_name)
     config: Config = sampler.config

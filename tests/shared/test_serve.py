@@ -22,6 +22,7 @@ from shared.app.serve import (
     Vocabulary,
     check_concurrency,
     is_loopback,
+    make_server,
     parse_request,
     words_of,
 )
@@ -364,3 +365,37 @@ def test_a_long_text_warns_that_its_end_is_not_read(app: ServeApp):
     assert job["warnings"] == ["The text encoder reads the first 32 tokens; this text has 42, "
                                "so its end is ignored."]
 
+
+
+def test_a_busy_port_is_one_clear_error(app: ServeApp):
+    first = make_server(app, "127.0.0.1", 0)
+    try:
+        with pytest.raises(ValueError, match=rf"cannot listen on 127.0.0.1:{first.server_port} "
+                                             r".*--port 0 for a free one"):
+            make_server(app, "127.0.0.1", first.server_port)
+    finally:
+        first.server_close()
+
+
+def test_the_verb_answers_help_and_names_a_missing_checkpoint_in_one_line(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from shared.app.backend import Backend
+    from shared.app.cli import make_group
+
+    def unused(*args, **kwargs):
+        raise AssertionError("not reached: the checkpoint is checked first")
+
+    fake = Backend(name="fake", tool="t2s-fake", trainer=unused, sample_checkpoint=unused,
+                   latent_vae=unused, load_i3d=unused, run_checks=unused, load_sampler=unused)
+    group = make_group("t2s-fake", "a fake backend", fake)
+    help_text = " ".join(CliRunner().invoke(group, ["serve", "--help"]).output.split())
+    for needle in ("t2s-fake serve --checkpoint runs/demo/run-toy", "--host", "127.0.0.1",
+                   "--port", "0 picks a free one", "--concurrency", "only on a GPU", "--data",
+                   "--out", "--max-steps", "--max-queue"):
+        assert needle in help_text, needle
+    result = CliRunner().invoke(group, ["serve", "--checkpoint", str(tmp_path / "gone")])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [
+        f"Error: {tmp_path / 'gone'}: no such checkpoint (no such file or folder); pass "
+        + result.output.split("; pass ", 1)[1].strip()]
