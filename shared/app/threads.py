@@ -7,7 +7,8 @@ neighbouring job, a test run, a busy hypervisor), a 2-thread step waits a schedu
 at each of its ~1500 barriers: measured on the `toy` step on 2 cores with one busy-looping
 process beside it, more than 1.4 s per step (up to 12 s) against 0.50 s with one thread and
 0.25 s with two on an idle machine (docs/benchmarks.md). So the trainer keeps timing: every
-`every` steps it tries the other thread counts for `trial` steps each and keeps the fastest.
+`every` steps, and as soon as its steps turn much slower, it tries the other thread counts for
+`trial` steps each and keeps the fastest.
 
 Pure policy over numbers; the backend applies the count (torch: `torch.set_num_threads`).
 `T2S_CPU_THREADS=N` pins N threads and turns the search off.
@@ -46,27 +47,28 @@ class ThreadTuner:
     """Feed it each step's seconds (`record`); it calls `apply(n)` when the count should change.
 
     The current count's recent steps are compared with `trial` steps at each other count, run
-    every `every` steps (first after `first` steps); another count is kept only when its median
-    beats the current one by `margin` (10%): two counts that tie keep the current one, so an
-    idle machine stays where it is.
+    every `every` steps (half that below the full count; first after `first` steps)
+    and whenever `trial` steps in a row take over `slower` times the current count's median at
+    the last check (a trial count whose first step is already that much slower stops there);
+    another count is kept only when its median beats the current one by
+    `margin` (10%): two counts that tie keep the current one, so an idle machine stays put.
     """
 
     def __init__(self, options: list[int], apply: Callable[[int], None], every: int = 200,
-                 trial: int = 3, first: int = 10, margin: float = 0.1):
+                 trial: int = 3, first: int = 10, margin: float = 0.1, slower: float = 1.5):
         if not options:
             raise ValueError("ThreadTuner needs at least one thread count")
         self.options, self.apply = options, apply
         self.every, self.trial, self.first, self.margin = every, trial, first, margin
+        self.slower = slower
         self.current = options[0]
+        self.baseline: float | None = None  # the current count's median at the last check
+        self.last_check = 0
         self.recent: list[float] = []
         self.steps = 0
         self.trying: list[int] = []  # counts still to try in this round
         self.results: dict[int, list[float]] = {}
         self.switches: list[tuple[int, int]] = []  # (step, threads) whenever the count changed
-
-    @property
-    def searching(self) -> bool:
-        return bool(self.trying) or bool(self.results)
 
     def record(self, seconds: float) -> None:
         self.steps += 1
@@ -74,17 +76,25 @@ class ThreadTuner:
             self._record_trial(seconds)
             return
         self.recent = (self.recent + [seconds])[-2 * self.trial:]
+        # Fewer threads than cores is a fallback: look back sooner.
+        every = self.every if self.current == self.options[0] else max(1, self.every // 2)
         due = self.steps == self.first or (self.steps > self.first and
-                                           (self.steps - self.first) % self.every == 0)
-        if due and len(self.options) > 1 and len(self.recent) >= self.trial:
+                                           self.steps - self.last_check >= every)
+        # The load changed under this count: its last `trial` steps all much slower.
+        slowed = self.baseline is not None and len(self.recent) >= self.trial and \
+            min(self.recent[-self.trial:]) > self.slower * self.baseline
+        if (due or slowed) and len(self.options) > 1 and len(self.recent) >= self.trial:
             self.trying = [n for n in self.options if n != self.current]
-            self.results = {self.current: list(self.recent)}
+            self.results = {self.current: self.recent[-self.trial:]}
             self._set(self.trying[0])
 
     def _record_trial(self, seconds: float) -> None:
         n = self.trying[0]
         self.results.setdefault(n, []).append(seconds)
-        if len(self.results[n]) < self.trial:
+        # A count that is already far slower is not worth its other trial steps (a 2-thread
+        # step beside a busy core can take 20x a 1-thread one).
+        hopeless = seconds > self.slower * statistics.median(self.results[self.current])
+        if len(self.results[n]) < self.trial and not hopeless:
             return
         self.trying.pop(0)
         if self.trying:
@@ -92,12 +102,14 @@ class ThreadTuner:
             return
         base = statistics.median(self.results[self.current])
         best, best_time = self.current, base
+        self.last_check = self.steps
         for count, times in self.results.items():
             t = statistics.median(times)
             if count != self.current and t < (1 - self.margin) * best_time:
                 best, best_time = count, t
         self.results = {}
         self.recent = []
+        self.baseline = best_time
         if best != self.current:
             self.current = best
             self.switches.append((self.steps, best))
