@@ -433,9 +433,10 @@ class ServeApp:
     def __init__(self, sampler: Any, *, backend: str, vocabulary: Vocabulary, limits: Limits,
                  concurrency: int = 1, max_queue: int = MAX_QUEUE, keep: int = KEEP_JOBS,
                  out_dir: str | Path | None = None, loopback_only: bool = True,
-                 log: Log | None = None):
+                 checkpoint_label: str | None = None, log: Log | None = None):
         self.sampler, self.backend, self.vocabulary, self.limits = (sampler, backend,
                                                                     vocabulary, limits)
+        self.checkpoint_label = checkpoint_label or str(sampler.checkpoint)
         self.config: Config = sampler.config
         self.loopback_only = loopback_only
         self._log = log
@@ -481,7 +482,7 @@ class ServeApp:
             "limits": self.limits.to_dict(),
             "vocabulary": {"known": vocab.known, "note": vocab.note, "captions": vocab.captions,
                            "words": sorted(vocab.words) if vocab.words is not None else []},
-            "model": {"checkpoint": str(self.sampler.checkpoint), "backend": self.backend,
+            "model": {"checkpoint": self.checkpoint_label, "backend": self.backend,
                       "device": self.sampler.device_name, "frames": d.num_frames,
                       "size": d.image_size, "fps": self.config.sample.fps,
                       "text_tokens": self.config.text.max_length},
@@ -732,10 +733,13 @@ def serve(backend: Any, checkpoint: str | Path, *, host: str = "127.0.0.1",
         raise ValueError(f"--max-steps {max_steps}: use 1 to {schedule} (the model's noise "
                          "schedule)")
     vocabulary = Vocabulary.from_config(config, sampler.checkpoint, data_dir)
+    resolved = Path(sampler.checkpoint)
+    label = str(checkpoint) if Path(checkpoint).resolve() == resolved.resolve() else \
+        f"{checkpoint} ({resolved.name})"  # as typed, with the step it stands for
     app = ServeApp(sampler, backend=backend.name, vocabulary=vocabulary,
                    limits=Limits(max_steps or schedule, max_chars, max_samples),
                    concurrency=concurrency, max_queue=max_queue, out_dir=out_dir,
-                   loopback_only=is_loopback(host), log=log)
+                   loopback_only=is_loopback(host), checkpoint_label=label, log=log)
     try:
         server = make_server(app, host, port)
     except ValueError:

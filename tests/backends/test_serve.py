@@ -60,10 +60,10 @@ def checkpoint(backend, tmp_path_factory) -> Path:
 class Server:
     """A `serve` process: its URL, pid and everything it printed."""
 
-    def __init__(self, tool: str, checkpoint: Path, *args: str):
+    def __init__(self, tool: str, checkpoint: str, *args: str, cwd: Path | None = None):
         self.process = subprocess.Popen(
-            [str(BIN / tool), "serve", "--checkpoint", str(checkpoint), "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [str(BIN / tool), "serve", "--checkpoint", checkpoint, "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
         self.lines: list[str] = []
         self._url = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
@@ -117,11 +117,13 @@ def _finished(server: Server, job_id: str, timeout: float = 120) -> dict:
 
 @pytest.fixture(scope="module")
 def server(backend, checkpoint, tmp_path_factory):
-    """`t2s-<backend> serve` on a copy of the checkpoint (the last test deletes it)."""
-    run = tmp_path_factory.mktemp("served") / "run"
+    """`t2s-<backend> serve` on a copy of the checkpoint (the last test deletes it), given as
+    runs/demo/run-toy, as the README's command does."""
+    root = tmp_path_factory.mktemp("served")
+    run = root / "runs" / "demo" / "run-toy"
     target = os.environ.get("T2S_SERVE_CHECKPOINT")
     shutil.copytree(Path(target) if target else checkpoint, run)
-    served = Server(f"t2s-{backend.name}", run, "--max-steps", "50")
+    served = Server(f"t2s-{backend.name}", "runs/demo/run-toy", "--max-steps", "50", cwd=root)
     served.run = run
     yield served
     assert served.stop() == 0
