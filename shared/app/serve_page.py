@@ -62,7 +62,11 @@ function updateCount() {
 }
 text.addEventListener("input", updateCount);
 text.addEventListener("keydown", (e) => {
-  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("form").requestSubmit(); }
+  // Enter sends (Shift+Enter: a new line); not while an input method is composing (Japanese, ...)
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    $("form").requestSubmit();
+  }
 });
 updateCount();
 
@@ -214,8 +218,10 @@ def render_page(info: dict[str, Any]) -> str:
     esc = html.escape
     model, limits = info["model"], info["limits"]
     options = "".join(f'<option value="{esc(s)}">{esc(s)}</option>' for s in info["samplers"])
+    # the script needs no word list (a real corpus has thousands; the page lists 400 of them)
+    vocab = {k: v for k, v in info["vocabulary"].items() if k != "words"}
     # "<" only occurs inside JSON strings, where \u003c means the same and cannot end the tag
-    facts = json.dumps(info, ensure_ascii=False).replace("<", "\\u003c")
+    facts = json.dumps({**info, "vocabulary": vocab}, ensure_ascii=False).replace("<", "\\u003c")
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

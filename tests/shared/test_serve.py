@@ -260,9 +260,11 @@ def test_the_page_embeds_defaults_limits_and_vocabulary(app: ServeApp):
                        .split("</script>")[0])
     assert facts["defaults"]["sampler"] == "dpm++" and facts["defaults"]["seed"] == 5
     assert facts["limits"]["max_steps"] == 1000 and facts["limits"]["max_chars"] == 500
-    assert facts["vocabulary"]["words"] == ["friend", "hello", "thank", "you"]
-    assert "Words the model knows: 4" in html
-    assert _get(app, "/api/info")[1] == facts
+    assert facts["vocabulary"]["known"] and "words" not in facts["vocabulary"]
+    assert "Words the model knows: 4" in html and "<p>friend hello thank you</p>" in html
+    info = _get(app, "/api/info")[1]
+    assert info["vocabulary"]["words"] == ["friend", "hello", "thank", "you"]
+    assert info["defaults"] == facts["defaults"] and info["limits"] == facts["limits"]
 
 
 def test_a_caption_cannot_close_the_embedded_script():
@@ -274,7 +276,8 @@ def test_a_caption_cannot_close_the_embedded_script():
     page = render_page(info)
     assert page.count("</script>") == 2  # the two real ones
     embedded = page.split('type="application/json">')[1].split("</script>")[0]
-    assert json.loads(embedded)["vocabulary"]["words"] == ["</script><b>"]
+    assert json.loads(embedded)["model"]["checkpoint"] == "</script>"
+    assert "&lt;/script&gt;&lt;b&gt;" in page  # the word list, escaped
 
 
 def test_a_request_is_queued_reports_its_steps_and_serves_its_files(app: ServeApp):
