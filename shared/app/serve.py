@@ -3,9 +3,9 @@
 Why a standard-library server and not Gradio (the field's convention for model demos): the
 page needs one form, a progress line and a GIF, and `http.server` does that with no new
 dependency, in one request for the page, with a server a test can start on a free port. Gradio
-measured on the same CPU (docs/serve.md): 54 packages and 367 MB installed, 2.4 s to import,
-a page of 47 requests that took 1.1 s to load, against 0.2 s to import this module and a
-10 kB page in one request that loads in 0.16 s.
+measured on the same CPU (docs/serve.md): 54 packages and 367 MB installed, 2.3 s to import,
+a page of 47 requests usable after 1.0 s, against 0.2 s to import this module and a 10 kB page
+in one request, usable after 0.16 s.
 
 The pieces, each usable without a socket:
 
