@@ -402,3 +402,19 @@ def test_the_verb_answers_help_and_names_a_missing_checkpoint_in_one_line(tmp_pa
     assert result.output.strip().splitlines() == [
         f"Error: {tmp_path / 'gone'}: no such checkpoint (no such file or folder); pass "
         + result.output.split("; pass ", 1)[1].strip()]
+
+
+def test_concurrency_n_runs_up_to_n_jobs_at_once(tmp_path: Path, toy_data: Path):
+    """`--concurrency 3` (a GPU): three workers share the queue, never more than three jobs
+    at once, and every job finishes."""
+    sampler = FakeSampler(_config(str(toy_data)), tmp_path / "run", delay=0.01)
+    app = ServeApp(sampler, backend="fake", vocabulary=Vocabulary(None, "unknown: test"),
+                   limits=Limits(1000), concurrency=3)
+    try:
+        jobs = [_post(app, {"text": f"s{i}", "steps": 5})[1] for i in range(9)]
+        done = [_wait(app, job["id"]) for job in jobs]
+    finally:
+        app.close()
+    assert all(job["state"] == "done" for job in done)
+    assert sorted(job["ran_as"] for job in done) == list(range(1, 10))
+    assert sampler.most_at_once == 3
