@@ -281,7 +281,7 @@ def test_a_caption_cannot_close_the_embedded_script():
 
 
 def test_a_request_is_queued_reports_its_steps_and_serves_its_files(app: ServeApp):
-    app.sampler.delay = 0.01
+    app.sampler.delay = 0.03
     status, job = _post(app, {"text": "Hello stranger 👋", "num_samples": 2, "steps": 4})
     assert status == 202 and job["number"] == 1 and job["state"] in ("queued", "running")
     assert job["warnings"] == ["The model never saw “stranger”, “👋” in its training captions: "
