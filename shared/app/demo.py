@@ -107,6 +107,11 @@ def train_or_reuse(config: Config, backend: Backend, run_dir: Path, device: str 
            f"{sum(result.losses[-50:]) / max(1, len(result.losses[-50:])):.3f}")
 
 
+def serve_command(backend: Backend, run_dir: Path) -> str:
+    """The one command that serves the demo's model on a local page (`serve`)."""
+    return f"{backend.tool} serve --checkpoint {run_dir}"
+
+
 def estimate_only(message: str) -> None:
     """The trainer's log, quiet but for its one time estimate (above the progress bar)."""
     if message.startswith(ESTIMATE_PREFIX):
@@ -170,3 +175,4 @@ def run_demo(out: Path, backend: Backend, preset_name: str = "toy", n: int = 400
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     yield (f"demo finished in {time.perf_counter() - start_all:.0f} s; figures in "
            f"{out / 'report.json'}")
+    yield f"type your own sentences: {serve_command(backend, run_dir)}"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from shared.app.backend import Backend
-from shared.app.demo import demo_config, train_or_reuse
+from shared.app.demo import demo_config, serve_command, train_or_reuse
 from shared.app.report_html import reference_scores, sample_settings, write_results_page
 from shared.config import DataConfig
 from shared.data.dataset import Clip, DataError, DataReport, find_clips, preprocess_clip
@@ -172,3 +172,4 @@ def run_real_demo(out: Path, backend: Backend, data_dir: Path,
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     yield (f"demo finished in {time.perf_counter() - start_all:.0f} s; figures in "
            f"{out / 'report.json'}")
+    yield f"type your own sentences: {serve_command(backend, run_dir)}"

@@ -12,6 +12,8 @@ from urllib.parse import unquote
 
 import pytest
 
+from shared.model.checkpoint import resolve_checkpoint
+
 BIN = Path(sys.executable).parent
 
 
@@ -167,6 +169,10 @@ def test_demo_trains_samples_and_scores_seen_unseen_and_longer(tmp_path):
     assert len(list(unseen.glob("0*.gif"))) == 20 and (unseen / "grid.gif").exists()
     assert {p.read_text().strip() for p in unseen.glob("0*.txt")} == set(split["unseen"])
     assert "Loading weights" not in result.stderr  # --quiet silences transformers' bar too
+    serve = out.splitlines()[-1]  # it ends with the command that serves its model
+    run_dir = tmp_path / "demo" / "run-toy"
+    assert serve == f"type your own sentences: {tool} serve --checkpoint {run_dir}"
+    assert resolve_checkpoint(run_dir).parent.name == "checkpoints"
 
     # One page shows every sample of the three sets, its caption, score and reference clip.
     samples = tmp_path / "demo" / "samples"

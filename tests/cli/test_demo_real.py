@@ -48,6 +48,7 @@ def test_real_demo_scores_every_caption_against_its_clips(demo):
     data, out, result = demo
     lines = result.stdout.splitlines()
     assert lines[0] == f"real clips: 4 clips of 2 captions in {data}; sampling 2 captions"
+    assert lines[-1] == f"type your own sentences: t2s-torch serve --checkpoint {out / 'run-real'}"
     report = json.loads((out / "report.json").read_text())
     assert report["preset"] == "real" and report["backend"] == "t2s_torch"
     assert report["sample"]["num_samples"] == 1
