@@ -3,7 +3,9 @@ the loop, the run directory and every piece of bookkeeping.
 
 Everything random in a step (timesteps, noise, caption dropout) is drawn from the trainer's own
 generator, dropout from torch's global one, and the data order from (seed, epoch); all of these
-are checkpointed, so `resume` continues the exact run: 2N steps equal N + resume + N.
+are checkpointed, so `resume` continues the exact run: 2N steps equal N + resume + N (on the
+CPU with `T2S_CPU_THREADS` pinned: the thread search of `shared.app.threads` changes the order
+of floating-point sums when the machine's load changes).
 
 Under `torchrun` / `accelerate launch` the same trainer runs data-parallel (see
 `t2s_torch.distributed`): every rank draws the step's randomness for the whole global batch and
