@@ -3,8 +3,9 @@ checkpoints, logs.
 
 MLX's CPU backend is much slower than torch's, so on MLX the learning test runs fewer steps on
 2 x 8 x 8 clips and the tests of the machinery (resume, checkpoints, logs) shrink the clips to
-2 x 8 x 8 (`SMALL`); torch runs the tiny preset's own 4 x 16 x 16 clips. The model is the tiny
-preset's throughout. What differs per backend (step counts, thresholds) sits beside each test.
+2 x 8 x 8 (`backend.small_clips`); torch runs the tiny preset's own 4 x 16 x 16 clips. The model
+is the tiny preset's throughout. What differs per backend (step counts, thresholds) is the
+adapter's `backend.train` (tests/backends/conftest.py), with the reasons beside it.
 """
 
 from __future__ import annotations
@@ -20,13 +21,6 @@ from shared.app.errors import TrainingDiverged
 from shared.config import Config, apply_overrides, preset
 from shared.data.toy import make_toy_dataset
 from shared.model.checkpoint import CheckpointError, list_checkpoints, load_json
-
-SMALL = ("data.num_frames=2", "data.image_size=8")
-
-
-def small(backend) -> tuple[str, ...]:
-    """The clip-shrinking overrides for the machinery tests: MLX only."""
-    return SMALL if backend.name == "mlx" else ()
 
 
 @pytest.fixture(scope="module")
@@ -52,49 +46,22 @@ def quiet(backend, config: Config):
 
 def load_tensors(backend, path: Path) -> dict[str, np.ndarray]:
     """A safetensors file as float numpy (bf16 widened)."""
-    if backend.name == "torch":
-        from safetensors.torch import load_file
-
-        return {k: backend.numpy(v) for k, v in load_file(path).items()}
-    mx = backend.xp
-    return {k: backend.numpy(v) for k, v in mx.load(str(path)).items()}
+    return {k: backend.numpy(v) for k, v in backend.load_safetensors(path).items()}
 
 
 def assert_identical_files(backend, a: Path, b: Path, name: str) -> None:
-    """The same keys (at least one), dtypes and bytes."""
-    if backend.name == "torch":
-        from safetensors.torch import load_file
-
-        x, y = load_file(a), load_file(b)
-        assert x.keys() == y.keys() and x
-        assert all(x[k].dtype == y[k].dtype and backend.xp.equal(x[k], y[k]) for k in x), name
-        return
-    mx = backend.xp
-    x, y = mx.load(str(a)), mx.load(str(b))
+    """The same keys (at least one), dtypes and values (torch.equal; MLX: the same bytes)."""
+    x, y = backend.load_safetensors(a), backend.load_safetensors(b)
     assert x.keys() == y.keys() and x
-    assert all(x[k].dtype == y[k].dtype and np.array(x[k]).tobytes() == np.array(y[k])
-               .tobytes() for k in x), name
+    assert all(x[k].dtype == y[k].dtype and backend.equal(x[k], y[k]) for k in x), name
 
 
 def parameters(backend, model) -> list:
-    if backend.name == "torch":
-        return list(model.parameters())
-    from mlx.utils import tree_flatten
-
-    return [p for _, p in tree_flatten(model.parameters())]
-
-
-# torch: 100 steps of 4 x 16 x 16, the last 20 losses under 0.3 of the first 10. MLX (measured,
-# AdamW with bias correction, as torch): after 40 steps on 2 x 8 x 8 clips the last four losses
-# average ~0.37 of the first three (which start at ~1, a zero conv_out).
-OVERFIT = {
-    "torch": (("train.steps=100", "train.warmup_steps=10"), 100, 20, 10, 0.3),
-    "mlx": ((*SMALL, "train.steps=40", "train.warmup_steps=2"), 40, 4, 3, 0.55),
-}
+    return list(backend.params(model).values())
 
 
 def test_training_overfits_a_handful_of_clips(backend, toy_data, tmp_path):
-    overrides, steps, last, first, ratio = OVERFIT[backend.name]
+    overrides, steps, last, first, ratio = backend.train.overfit
     config = tiny_config(toy_data, tmp_path / "run", *overrides, "train.lr=2e-3",
                          "train.cond_drop_prob=0")
     losses = np.array(quiet(backend, config).train().losses)
@@ -103,11 +70,9 @@ def test_training_overfits_a_handful_of_clips(backend, toy_data, tmp_path):
 
 
 def test_two_halves_with_resume_equal_one_run(backend, toy_data, tmp_path):
-    # On MLX, batch 2 of 8 clips: the resume lands mid-epoch and the second half crosses an
-    # epoch; dropout and caption dropout both draw from MLX's generator inside the compiled step.
-    extra = ("train.steps=6", "train.checkpoint_every=3", "model.dropout=0.1", "train.lr=1e-3")
-    if backend.name == "mlx":
-        extra = (*SMALL, *extra, "train.batch_size=2", "train.cond_drop_prob=0.5")
+    # backend.train.resume: on MLX, batch 2 of 8 clips, so the resume lands mid-epoch.
+    extra = (*backend.small_clips, "train.steps=6", "train.checkpoint_every=3",
+             "model.dropout=0.1", "train.lr=1e-3", *backend.train.resume)
     whole = quiet(backend, tiny_config(toy_data, tmp_path / "whole", *extra)).train()
     first = quiet(backend, tiny_config(toy_data, tmp_path / "split", *extra)).train(until=3)
     assert first.step == 3 and first.checkpoint.name == "step_0000003"
@@ -122,17 +87,17 @@ def test_two_halves_with_resume_equal_one_run(backend, toy_data, tmp_path):
 
 
 def test_checkpoint_reloads_to_identical_outputs(backend, toy_data, tmp_path):
-    steps = "train.steps=3" if backend.name == "torch" else "train.steps=2"
-    trainer = quiet(backend, tiny_config(toy_data, tmp_path / "run", *small(backend), steps))
+    steps = f"train.steps={backend.train.reload_steps}"
+    trainer = quiet(backend, tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
+                                         steps))
     result = trainer.train()
-    load_model = partial(backend.module("checkpoint").load_model,
-                         **({"device": backend.device} if backend.name == "torch" else {}))
+    load_model = partial(backend.module("checkpoint").load_model, **backend.on_device)
     config, model, path = load_model(tmp_path / "run", use_ema=True)
     assert path == result.checkpoint
     assert config == trainer.config
     assert not model.training
     rng = np.random.default_rng(0)
-    frames, size = (4, 16) if backend.name == "torch" else (2, 8)
+    frames, size = trainer.config.data.num_frames, trainer.config.data.image_size
     x = backend.to_device(backend.array(rng.standard_normal(
         backend.video_shape(2, 3, frames, size, size), dtype=np.float32)))
     t = backend.to_device(backend.array(np.array([10, 900])))
@@ -141,10 +106,8 @@ def test_checkpoint_reloads_to_identical_outputs(backend, toy_data, tmp_path):
 
     def run(m):
         m.eval()
-        if backend.name == "torch":
-            with backend.xp.no_grad():
-                return backend.numpy(m(x, t, ctx, None, pooled))
-        return backend.numpy(m(x, t, ctx, None, pooled))
+        with backend.no_grad():
+            return backend.numpy(m(x, t, ctx, None, pooled))
 
     expected = run(trainer.ema.model)
     np.testing.assert_array_equal(run(model), expected)
@@ -154,13 +117,8 @@ def test_checkpoint_reloads_to_identical_outputs(backend, toy_data, tmp_path):
     assert np.abs(own - expected).max() > 0  # EMA and raw weights really are two models
 
 
-# (overrides, the steps kept)
-KEEP_LAST = {"torch": (("train.steps=8", "train.checkpoint_every=2"), [6, 8]),
-             "mlx": ((*SMALL, "train.steps=4", "train.checkpoint_every=1"), [3, 4])}
-
-
 def test_keep_last_prunes_and_latest_points_at_the_newest(backend, toy_data, tmp_path):
-    overrides, kept = KEEP_LAST[backend.name]
+    overrides, kept = backend.train.keep_last
     quiet(backend, tiny_config(toy_data, tmp_path / "run", *overrides,
                                "train.keep_last=2")).train()
     steps = [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")]
@@ -172,19 +130,19 @@ def test_keep_last_prunes_and_latest_points_at_the_newest(backend, toy_data, tmp
 
 
 def test_a_new_run_refuses_a_folder_holding_one(backend, toy_data, tmp_path):
-    steps = 2 if backend.name == "torch" else 1
-    quiet(backend, tiny_config(toy_data, tmp_path / "run", *small(backend),
+    steps = backend.train.refuse_steps
+    quiet(backend, tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
                                f"train.steps={steps}")).train()
     with pytest.raises(CheckpointError, match="--resume"):
-        quiet(backend, tiny_config(toy_data, tmp_path / "run", *small(backend),
+        quiet(backend, tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
                                    f"train.steps={2 * steps}")).train()
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(backend, toy_data, tmp_path):
-    good = 4 if backend.name == "torch" else 2
-    quiet(backend, tiny_config(toy_data, tmp_path / "run", *small(backend), f"train.steps={good}",
-                               "train.checkpoint_every=2")).train()
-    exploding = tiny_config(toy_data, tmp_path / "run", *small(backend), "train.steps=40",
+    good = backend.train.good_steps
+    quiet(backend, tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
+                               f"train.steps={good}", "train.checkpoint_every=2")).train()
+    exploding = tiny_config(toy_data, tmp_path / "run", *backend.small_clips, "train.steps=40",
                             "train.lr=1e30", "train.grad_clip=0", "train.checkpoint_every=1")
     with pytest.raises(TrainingDiverged,
                        match=f"step_{good:07d}|step_{good + 1:07d}") as info:
@@ -197,11 +155,10 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(backend, toy_data, 
 
 
 def test_tensorboard_has_scalars_config_and_sample_video(backend, toy_data, tmp_path):
-    steps, sample_steps = (4, 3) if backend.name == "torch" else (2, 2)
-    graph = ("train.log_graph=true",) if backend.name == "torch" else ()
-    config = tiny_config(toy_data, tmp_path / "run", *small(backend), f"train.steps={steps}",
+    steps, sample_steps = backend.train.tensorboard
+    config = tiny_config(toy_data, tmp_path / "run", *backend.small_clips, f"train.steps={steps}",
                          "train.log_every=1", f"train.sample_every={steps}",
-                         f"sample.steps={sample_steps}", *graph)
+                         f"sample.steps={sample_steps}", "train.log_graph=true")
     quiet(backend, config).train()
     events = EventAccumulator(str(tmp_path / "run" / "tb"),
                               size_guidance={"scalars": 0, "images": 0, "tensors": 0}).Reload()
@@ -211,14 +168,20 @@ def test_tensorboard_has_scalars_config_and_sample_video(backend, toy_data, tmp_
         assert [e.step for e in scalars] == list(range(1, steps + 1)), tag
         assert all(np.isfinite(e.value) for e in scalars), tag
     assert "config" in tags["tensors"] and "device" in tags["tensors"]
-    if backend.name == "torch":
-        assert events.Graph().node  # the model graph, from a second event file in the folder
-    else:
-        (device,) = events.Tensors("device")
-        assert b"mlx" in device.tensor_proto.string_val[0]
+    # The model graph, from a second event file in the folder, where the backend traces one.
+    assert has_graph(events) == backend.traces_graph
+    (device,) = events.Tensors("device")
+    assert backend.library.encode() in device.tensor_proto.string_val[0]
     (video,) = events.Images("samples")
     assert video.step == steps and video.encoded_image_string[:6] == b"GIF89a"
     assert (tmp_path / "run" / "samples" / f"step_{steps:07d}.gif").exists()
+
+
+def has_graph(events) -> bool:
+    try:
+        return bool(events.Graph().node)
+    except ValueError:  # no graph in the folder
+        return False
 
 
 @pytest.mark.backends("torch")
@@ -231,22 +194,21 @@ def test_the_model_graph_is_traced_only_when_asked(backend, toy_data, tmp_path):
 
 
 def test_auto_batch_size_reaches_the_effective_batch(backend, toy_data, tmp_path):
-    config = tiny_config(toy_data, tmp_path / "run", *small(backend), "train.batch_size=auto",
+    config = tiny_config(toy_data, tmp_path / "run", *backend.small_clips, "train.batch_size=auto",
                          "train.effective_batch=4", "train.steps=1")
     result = quiet(backend, config).train()
     assert result.micro_batch in (1, 2, 4)
     assert result.micro_batch * result.grad_accum >= 4
     find_batch_size = backend.module("device").find_batch_size
     sizes = []
-    device = (backend.xp.device("cpu"),) if backend.name == "torch" else ()
-    assert find_batch_size(lambda b: sizes.append(b), 64, *device, lambda _: None) \
+    assert find_batch_size(lambda b: sizes.append(b), 64, *backend.cpu_args, lambda _: None) \
         in (1, 2, 4, 8, 16, 32, 64)
     assert sizes == [1, 2]  # CPU: two probes give the per-clip cost, no trial and error
 
 
 @pytest.mark.backends("mlx")
 def test_gradient_accumulation_logs_one_loss_per_optimizer_step(backend, toy_data, tmp_path):
-    config = tiny_config(toy_data, tmp_path / "run", *SMALL, "train.steps=3",
+    config = tiny_config(toy_data, tmp_path / "run", *backend.small_clips, "train.steps=3",
                          "train.batch_size=2", "train.grad_accum=2")
     trainer = quiet(backend, config)
     result = trainer.train()
@@ -350,17 +312,9 @@ def test_ema_follows_the_warmed_up_decay(backend):
     np.testing.assert_allclose(np.array(ema.model.weight), np.array(model.weight), atol=1e-3)
 
 
-# torch: 15 steps of 4 x 16 x 16 clips, the last five losses under the first five. MLX
-# (measured): the last four losses average 0.55-0.65 of the first three after 20 steps on
-# 2 x 8 x 8 clips. v_prediction runs on torch only: on MLX's short runs its loss starts near its
-# floor and swings with t, so a dozen steps show no trend (its targets are checked against
-# diffusers in test_diffusion.py).
-VARIANTS = {
-    "torch": (("train.steps=15", "train.warmup_steps=3"), 15, 5, 5, 1.0),
-    "mlx": ((*SMALL, "train.steps=20", "train.warmup_steps=2"), 20, 4, 3, 0.75),
-}
-
-
+# backend.train.variants: the steps and thresholds. v_prediction runs on torch only: on MLX's
+# short runs its loss starts near its floor and swings with t, so a dozen steps show no trend
+# (its targets are checked against diffusers in test_diffusion.py).
 @pytest.mark.parametrize("backend, option", [
     *[(b, o) for b in ("torch", "mlx") for o in (
         "model.gradient_checkpointing=true", "model.conv_mode=full",
@@ -368,7 +322,7 @@ VARIANTS = {
     ("torch", "diffusion.prediction_type=v_prediction"),
 ], indirect=["backend"])
 def test_training_variants_learn(backend, toy_data, tmp_path, option):
-    overrides, steps, last, first, ratio = VARIANTS[backend.name]
+    overrides, steps, last, first, ratio = backend.train.variants
     config = tiny_config(toy_data, tmp_path / "run", *overrides, "train.lr=2e-3",
                          "train.cond_drop_prob=0", option)
     losses = np.array(quiet(backend, config).train().losses)
