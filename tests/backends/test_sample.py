@@ -6,26 +6,27 @@ The reference is `shared.diffusion.sampling.sample_loop` run in numpy, channels-
 mlx.nn Module); guidance is combined by hand there. The real tiny UNet then checks determinism,
 guidance at scale 1, the output range and shape, and that the model's train / eval mode survives
 sampling. `generate` takes and returns channels-last videos on both backends; the models run in
-their backend's layout (channels-first on torch).
+their backend's layout (channels-first on torch). The stub's two bodies are in
+tests/support/stubs.py; what else differs per backend is the adapter's
+(tests/backends/conftest.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import unet_cases
+from stubs import CHANNEL_OFFSET, TOKENS
 
-from shared.config import DiffusionConfig, SampleConfig, preset
+from shared.config import DiffusionConfig, SampleConfig, apply_overrides, preset
 from shared.data.video import to_uint8, write_sample_folder
 from shared.diffusion.sampling import cfg_combine, make_sampler_table, numpy_noise, sample_loop
 
 SHAPE = (2, 3, 4, 6, 3)  # (B, F, H, W, C), channels-last; H != W so a swapped axis shows
-TOKENS, DIM = 5, 8
-CHANNEL_OFFSET = np.array([0.05, -0.1, 0.2], dtype=np.float32)
+DIM = 8
 
 
 def _sample(backend):
@@ -66,88 +67,28 @@ def twin(x: np.ndarray, t: int, text: dict[str, np.ndarray]) -> np.ndarray:
     return (0.1 * x + c + CHANNEL_OFFSET + 2e-4 * t).astype(x.dtype)
 
 
-def _stub_class(backend):
+def _stub(backend):
     """Stub: out = 0.1 x + (a per-sample constant from the text) + (a per-channel offset)
     + 2e-4 t, in the backend's layout; records each call's batch size, timesteps (numpy), pooled
-    text (numpy) and train/eval mode (and on torch whether grad was enabled)."""
-    nn = backend.nn
-    if backend.name == "torch":
-        import torch
-
-        class Stub(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.scale = nn.Parameter(torch.tensor(0.1))  # a parameter, like a real model
-                self.calls: list[dict] = []
-
-            def forward(self, x, t, states, mask, pooled):
-                self.calls.append({"batch": x.shape[0], "t": t.clone().numpy(),
-                                   "pooled": pooled.clone().numpy(), "training": self.training,
-                                   "grad": torch.is_grad_enabled()})
-                m = mask.double()
-                s = ((states.double() * m[..., None]).sum(dim=(1, 2))
-                     / (m.sum(dim=1) * states.shape[-1]))
-                c = (0.3 * torch.tanh(pooled.double().sum(dim=1)) + 0.5 * s
-                     + 0.05 * m.sum(dim=1) / TOKENS)
-                offset = torch.from_numpy(CHANNEL_OFFSET).to(x).view(1, -1, 1, 1, 1)
-                return (self.scale.detach() * x + c.to(x).view(-1, 1, 1, 1, 1) + offset
-                        + 2e-4 * t.to(x).view(-1, 1, 1, 1, 1))
-
-        return Stub
-
-    mx = backend.xp
-
-    class Stub(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.scale = mx.array(0.1)  # a parameter, like a real model
-            object.__setattr__(self, "calls", [])  # not a child: kept out of parameters()
-
-        def __call__(self, x, t, states, mask, pooled):
-            self.calls.append({"batch": x.shape[0], "t": np.array(t), "pooled": np.array(pooled),
-                               "training": self.training})
-            m = mask.astype(mx.float32)
-            s = (states * m[..., None]).sum(axis=(1, 2)) / (m.sum(axis=1) * states.shape[-1])
-            c = 0.3 * mx.tanh(pooled.sum(axis=1)) + 0.5 * s + 0.05 * m.sum(axis=1) / TOKENS
-            offset = mx.array(CHANNEL_OFFSET)
-            return (self.scale * x + c.reshape(-1, 1, 1, 1, 1).astype(x.dtype) + offset
-                    + 2e-4 * t.astype(x.dtype).reshape(-1, 1, 1, 1, 1))
-
-    return Stub
-
-
-def _stub(backend):
-    return _stub_class(backend)()
+    text (numpy), train/eval mode and whether grad was enabled (tests/support/stubs.py)."""
+    stub_class, _ = backend.stubs("sample")
+    return stub_class()
 
 
 def _broken(backend):
     """A Stub whose forward raises RuntimeError("boom")."""
-    stub_class = _stub_class(backend)
-    if backend.name == "torch":
-        class Broken(stub_class):
-            def forward(self, *args):
-                raise RuntimeError("boom")
-    else:
-        class Broken(stub_class):
-            def __call__(self, *args):
-                raise RuntimeError("boom")
-    return Broken()
+    _, broken_class = backend.stubs("sample")
+    return broken_class()
 
 
 def _to_model(backend, x: np.ndarray):
     """A channels-last numpy video as the model's input (channels-first on torch)."""
-    if backend.name == "torch":
-        import torch
-
-        return _sample(backend).to_channels_first(x, torch.device("cpu"), torch.float32)
-    return backend.array(x)
+    return backend.to_model_layout(x)
 
 
 def _from_model(backend, out) -> np.ndarray:
     """The model's output as a channels-last numpy video."""
-    if backend.name == "torch":
-        return _sample(backend).to_channels_last(out)
-    return np.array(out)
+    return backend.from_model_layout(out)
 
 
 def _timesteps(backend, batch: int, t: int):
@@ -253,9 +194,9 @@ def test_generate_matches_numpy_sample_loop(backend, case):
     assert [int(call["t"][0]) for call in stub.calls] == table.timesteps.tolist()
     assert all(np.issubdtype(call["t"].dtype, np.integer) and call["t"].shape == (SHAPE[0],)
                for call in stub.calls)
-    if backend.name == "torch":  # torch.long timesteps, sampled without autograd
-        assert all(call["t"].dtype == np.int64 for call in stub.calls)
-        assert not any(call["grad"] for call in stub.calls)
+    # The backend's integer timesteps (torch.long, MLX int32), sampled without autograd.
+    assert all(call["t"].dtype == backend.np_index_dtype for call in stub.calls)
+    assert not any(call["grad"] for call in stub.calls)
     # Results are not trivially saturated: something inside (-1, 1) was compared.
     assert np.mean(np.abs(got) < 0.999) > 0.05
 
@@ -367,12 +308,9 @@ def test_generate_restores_the_mode_when_the_model_fails(backend):
 
 
 def _config(backend):
-    """The tiny preset; on MLX with a smaller video than its data (2 frames of 8 x 8): MLX runs
-    on the CPU here, and the UNet does not care."""
-    config = preset("tiny")
-    if backend.name == "mlx":
-        config = replace(config, data=replace(config.data, num_frames=2, image_size=8))
-    return config
+    """The tiny preset; on MLX with a smaller video than its data (2 frames of 8 x 8,
+    `backend.small_clips`): MLX runs on the CPU here, and the UNet does not care."""
+    return apply_overrides(preset("tiny"), backend.small_clips)
 
 
 def _video(backend) -> tuple[int, ...]:
@@ -381,63 +319,26 @@ def _video(backend) -> tuple[int, ...]:
             config.model.out_channels)
 
 
-def _no_grad(backend):
-    return backend.xp.no_grad() if backend.name == "torch" else contextlib.nullcontext()
-
-
-def _concat(backend, arrays):
-    return backend.xp.cat(arrays) if backend.name == "torch" else backend.xp.concatenate(arrays)
-
-
-def _randn(backend, shape, seed: int):
-    if backend.name == "torch":
-        return backend.xp.randn(*shape, generator=backend.generator(seed))
-    return backend.xp.random.normal(shape, key=backend.generator(seed))
-
-
 def _model_input(backend, seed: int):
     """A random (2, 3, F, H, W) video batch in the backend's layout, for the UNet itself."""
     _, f, h, w, _ = _video(backend)
-    return _randn(backend, backend.video_shape(2, 3, f, h, w), seed)
+    return backend.randn(backend.video_shape(2, 3, f, h, w), seed)
 
 
 @pytest.fixture(scope="module")
 def unet(backend):
     """The tiny UNet with every parameter nudged, so zero-initialised layers (conv_out, conv2,
     proj_out) no longer hide the network and it predicts something non-zero."""
-    config = _config(backend)
-    unet3d = backend.module("unet").UNet3D
-    if backend.name == "torch":
-        torch = backend.xp
-        torch.manual_seed(0)
-        model = unet3d(config.model).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        return model
-    from mlx.utils import tree_map
-
-    mx = backend.xp
-    mx.random.seed(0)
-    model = unet3d(config.model)
-    model.eval()
-    model.update(tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape), model.parameters()))
-    mx.eval(model.parameters())
+    model = unet_cases.build(backend, _config(backend).model, seed=0)
+    backend.eval(model.parameters())
     return model
 
 
 def _unet_text(backend, batch: int, seed: int, empty: bool = False):
     text_batch = _text_batch_class(backend)
     d = _config(backend).model.context_dim
-    if backend.name == "torch":
-        torch = backend.xp
-        g = torch.Generator().manual_seed(seed)
-        mask = torch.ones(batch, 6, dtype=torch.long)
-        mask[:, 2 if empty else 4:] = 0
-        return text_batch(torch.randn(batch, 6, d, generator=g), mask,
-                          torch.randn(batch, d, generator=g))
     rng = np.random.default_rng(seed)
-    mask = np.ones((batch, 6), dtype=np.int32)
+    mask = np.ones((batch, 6), dtype=backend.np_index_dtype)
     mask[:, 2 if empty else 4:] = 0
     return text_batch(backend.array(rng.standard_normal((batch, 6, d), dtype=np.float32)),
                       backend.array(mask),
@@ -446,7 +347,7 @@ def _unet_text(backend, batch: int, seed: int, empty: bool = False):
 
 def test_unet_predicts_something(backend, unet):
     x = _model_input(backend, 0)
-    with _no_grad(backend):
+    with backend.no_grad():
         out = _sample(backend).guided_prediction(unet, x, 500, _unet_text(backend, 2, 0), None,
                                                  1.0)
     assert out.shape == x.shape and np.abs(backend.numpy(out)).mean() > 1e-2
@@ -473,11 +374,11 @@ def test_unet_cfg_at_scale_one_is_the_conditional_output(backend, unet):
     text, uncond = _unet_text(backend, 2, 4), _unet_text(backend, 2, 5, empty=True)
     t = 617
     ts = _timesteps(backend, 2, t)
-    with _no_grad(backend):
+    with backend.no_grad():
         cond = backend.numpy(unet(x, ts, text.states, text.mask, text.pooled))
         free = backend.numpy(unet(x, ts, uncond.states, uncond.mask, uncond.pooled))
         both = _text_batch_class(backend).cat([text, uncond])
-        doubled = unet(_concat(backend, [x, x]), _concat(backend, [ts, ts]), both.states,
+        doubled = unet(backend.concat([x, x]), backend.concat([ts, ts]), both.states,
                        both.mask, both.pooled)
         np.testing.assert_allclose(backend.numpy(cfg_combine(doubled, 1.0)), cond, atol=1e-5,
                                    rtol=0)
@@ -543,8 +444,7 @@ def test_sample_checkpoint_writes_prompt_major_samples_from_the_ema_weights(back
 
     monkeypatch.setattr(text_encoder_module, "TextEncoder", Recording)
     config = _config(backend)
-    if backend.name == "mlx":
-        backend.xp.random.seed(1)
+    backend.seed(1)
     raw = unet3d(config.model)  # zero conv_out: it would predict 0 everywhere
     save_checkpoint(tmp_path / "run", 1, config, raw, ema=unet)
     sample = SampleConfig(sampler="ddim", steps=2, num_samples=2, guidance=2.0, seed=3)
@@ -561,17 +461,12 @@ def test_sample_checkpoint_writes_prompt_major_samples_from_the_ema_weights(back
     text = text_batch(*encoder.encode(captions))
     uncond = text_batch(*encoder.empty_embedding(4))
     shape = (4, config.data.num_frames, config.data.image_size, config.data.image_size, 3)
-    loaded, on_device = unet, {}
-    if backend.name == "torch":
-        # The loaded model runs on the device in its layout (channels-last on the CPU); the
-        # same here, because from t = 999 the first step magnifies float rounding ~150x
-        # (1 / sqrt(abar)).
-        prefers_channels_last = backend.module("device").prefers_channels_last
-        loaded = copy.deepcopy(unet).to(backend.device).use_channels_last(
-            prefers_channels_last(backend.device))
-        on_device = {"device": backend.device}
+    # The loaded model runs on the device in its layout (torch: channels-last on the CPU); the
+    # same here, because from t = 999 the first step magnifies float rounding ~150x
+    # (1 / sqrt(abar)).
+    loaded = backend.as_loaded(unet)
     videos = _sample(backend).generate(loaded, config.diffusion, sample, text, uncond, shape,
-                                       seed=3, **on_device)
+                                       seed=3, **backend.on_device)
     assert np.abs(videos[0] - videos[1]).mean() > 1e-2  # one prompt, two different samples
     expected = write_sample_folder(tmp_path / "expected", [to_uint8(v) for v in videos],
                                    captions, sample.fps)

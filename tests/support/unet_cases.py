@@ -28,7 +28,7 @@ CONFIGS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# what differs between the backends
+# the models, on either backend (what differs is the adapter's: tests/backends/conftest.py)
 
 
 def unet_module(backend):
@@ -41,24 +41,11 @@ def build(backend, config: ModelConfig, seed: int = 0, randomize: bool = True):
     Zero-initialised layers (conv_out, conv2, proj_out) would hide every path behind them, and
     dirac temporal convs would not mix frames, so the behavioural tests perturb all weights.
     """
-    UNet3D = unet_module(backend).UNet3D
-    if backend.name == "torch":
-        torch = backend.xp
-        torch.manual_seed(seed)
-        model = UNet3D(config).eval()
-        if randomize:
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(0.05 * torch.randn_like(p))
-        return model
-    from mlx.utils import tree_map
-
-    mx = backend.xp
-    mx.random.seed(seed)
-    model = UNet3D(config)
+    backend.seed(seed)
+    model = unet_module(backend).UNet3D(config)
     model.eval()
     if randomize:
-        model.update(tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape), model.parameters()))
+        backend.perturb(model, 0.05)
     return model
 
 
@@ -79,50 +66,28 @@ def inputs(backend, config: ModelConfig, batch: int = 2, seed: int = 1, frames: 
 
 def run(backend, model, *args) -> np.ndarray:
     """The model's output (no gradients) as numpy."""
-    if backend.name == "torch":
-        with backend.xp.no_grad():
-            return backend.numpy(model(*args))
-    out = model(*args)
-    backend.xp.eval(out)
+    with backend.no_grad():
+        out = model(*args)
+    backend.eval(out)
     return backend.numpy(out)
 
 
 def params(backend, model) -> dict:
     """name -> parameter, in the backend's own arrays."""
-    if backend.name == "torch":
-        return dict(model.named_parameters())
-    from mlx.utils import tree_flatten
-
-    return dict(tree_flatten(model.parameters()))
+    return backend.params(model)
 
 
 def set_params(backend, model, updates: dict) -> None:
     """Overwrite the named parameters with the given numpy (or backend) values."""
-    if backend.name == "torch":
-        torch = backend.xp
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in updates.items():
-                named[name].copy_(torch.as_tensor(np.asarray(value)))
-        return
-    from mlx.utils import tree_unflatten
-
-    model.update(tree_unflatten([(n, backend.xp.array(np.asarray(v)))
-                                 for n, v in updates.items()]))
+    backend.set_parameters(model, updates)
 
 
 def load_weights_strict(backend, model, weights: dict) -> None:
-    if backend.name == "torch":
-        model.load_state_dict(weights, strict=True)
-    else:
-        model.load_weights(list(weights.items()), strict=True)
+    backend.load_weights_strict(model, weights)
 
 
 def to_bfloat16(backend, model):
-    if backend.name == "torch":
-        return model.to(backend.bfloat16)
-    model.set_dtype(backend.bfloat16)
-    return model
+    return backend.to_bfloat16(model)
 
 
 def train(backend, model):
@@ -132,23 +97,7 @@ def train(backend, model):
 
 def loss_and_grads(backend, model, args) -> tuple[np.ndarray, dict]:
     """The output and d mean(out^2) / d parameter (numpy; None where torch has no gradient)."""
-    if backend.name == "torch":
-        model.zero_grad(set_to_none=True)
-        out = model(*args)
-        out.square().mean().backward()
-        return backend.numpy(out), {n: None if p.grad is None else backend.numpy(p.grad)
-                                    for n, p in model.named_parameters()}
-    from mlx.utils import tree_flatten
-
-    mx = backend.xp
-
-    def loss_fn(*a):
-        out = model(*a)
-        return mx.mean(out * out), out
-
-    (_, out), grads = backend.nn.value_and_grad(model, loss_fn)(*args)
-    mx.eval(out, grads)
-    return backend.numpy(out), {n: backend.numpy(g) for n, g in tree_flatten(grads)}
+    return backend.loss_and_grads(model, args)
 
 
 def conv_shape(backend, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -158,12 +107,29 @@ def conv_shape(backend, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
+def torch_conv_shape(backend, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A conv weight shape in the backend's layout as torch's (O, I, kF, kH, kW)."""
+    if backend.channels_last and len(shape) == 5:
+        return (shape[0], shape[4], *shape[1:4])
+    return tuple(shape)
+
+
+def conv_weight(backend, w: np.ndarray) -> np.ndarray:
+    """A torch-layout (O, I, kF, kH, kW) numpy conv weight in the backend's layout."""
+    return np.moveaxis(w, 1, -1) if backend.channels_last and w.ndim == 5 else w
+
+
+def dirac(backend, out_ch: int, in_ch: int, kernel: tuple[int, int, int]) -> np.ndarray:
+    """torch `nn.init.dirac_` in the backend's layout: the centre tap maps i -> i."""
+    w = np.zeros((out_ch, in_ch, *kernel), dtype=np.float32)
+    d = np.arange(min(out_ch, in_ch))
+    w[d, d, kernel[0] // 2, kernel[1] // 2, kernel[2] // 2] = 1.0
+    return conv_weight(backend, w)
+
+
 def normal(shape, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-
 def parameter_keys(backend, model) -> list[str]:
-    if backend.name == "torch":
-        return [n for n, _ in model.named_parameters()]
-    return unet_module(backend).parameter_keys(model)
+    return backend.parameter_keys(model)
