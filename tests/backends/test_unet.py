@@ -17,6 +17,7 @@ from unet_cases import (  # tests/support/unet_cases.py
     SIZE,
     TOKENS,
     build,
+    dirac,
     inputs,
     load_weights_strict,
     loss_and_grads,
@@ -27,6 +28,7 @@ from unet_cases import (  # tests/support/unet_cases.py
     set_params,
     tiny,
     to_bfloat16,
+    torch_conv_shape,
     train,
     unet_module,
 )
@@ -43,10 +45,7 @@ def test_output_shape_and_dtype(backend, name, in_ch, out_ch):
     config = replace(CONFIGS[name], in_channels=in_ch, out_channels=out_ch)
     model = build(backend, config)
     x, t, context, mask, pooled = inputs(backend, config)
-    if backend.name == "torch":
-        with backend.xp.no_grad():
-            out = model(x, t, context, mask, pooled)
-    else:
+    with backend.no_grad():
         out = model(x, t, context, mask, pooled)
     assert out.shape == backend.video_shape(2, out_ch, FRAMES, SIZE, SIZE)
     assert out.dtype == backend.float32
@@ -63,11 +62,8 @@ def test_bfloat16_model_keeps_its_dtype_and_single_frames_work(backend):
     config = tiny()
     model = to_bfloat16(backend, build(backend, config))
     x, t, context, mask, pooled = inputs(backend, config, frames=1)
-    if backend.name == "torch":
-        with backend.xp.no_grad():
-            out = model(x.bfloat16(), t, context, mask, pooled)
-    else:
-        out = model(x.astype(backend.bfloat16), t, context, mask, pooled)
+    with backend.no_grad():
+        out = model(backend.astype(x, backend.bfloat16), t, context, mask, pooled)
     assert out.shape == backend.video_shape(2, 3, 1, SIZE, SIZE) and out.dtype == backend.bfloat16
     assert np.isfinite(backend.numpy(out)).all()
 
@@ -81,7 +77,7 @@ def test_timesteps_may_be_int_float_or_scalar_and_matter(backend):
             pooled)
     c = run(backend, model, x, 7, context, mask, pooled)
     # MLX also takes numpy timesteps.
-    t_d = np.array([7, 900]) if backend.name == "mlx" else backend.array(np.array([7, 900]))
+    t_d = backend.as_input(np.array([7, 900]))
     d = run(backend, model, x, t_d, context, mask, pooled)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)
@@ -142,28 +138,17 @@ def test_changing_frame_zero_changes_every_other_frame(backend, name):
 
 def make_convs_per_frame(backend, model) -> None:
     """Cut every temporal tap of every ResBlock conv, keeping the per-frame (centre) part."""
-    unet = unet_module(backend)
-    if backend.name == "torch":
-        torch = backend.xp
-        with torch.no_grad():
-            for module in model.modules():
-                if isinstance(module, unet.FactorizedConv3d):
-                    torch.nn.init.dirac_(module.temporal.weight)
-            for name, p in model.named_parameters():
-                if ".resnets." in name and ".conv" in name and name.endswith("weight") \
-                        and p.shape[2] == 3 and p.shape[3] == 3:  # a full 3x3x3 kernel
-                    p[:, :, 0].zero_()
-                    p[:, :, 2].zero_()
-        return
     updates = {}
     for name, p in params(backend, model).items():
-        if name.endswith(".temporal.weight"):
-            updates[name] = unet.dirac_conv_weight(p.shape[0], p.shape[-1], (3, 1, 1))
+        shape = torch_conv_shape(backend, tuple(p.shape))  # (O, I, kF, kH, kW)
+        if name.endswith(".temporal.weight"):  # each FactorizedConv3d's
+            updates[name] = dirac(backend, shape[0], shape[1], (3, 1, 1))
         elif ".resnets." in name and ".conv" in name and name.endswith("weight") \
-                and p.ndim == 5 and p.shape[1:4] == (3, 3, 3):  # a full 3x3x3 kernel
-            w = np.array(p)
-            w[:, 0] = 0
-            w[:, 2] = 0
+                and len(shape) == 5 and shape[2:] == (3, 3, 3):  # a full 3x3x3 kernel
+            w = np.array(backend.numpy(p))
+            taps = np.moveaxis(w, backend.frame_axis, 0)  # a view, kF first (as in a video)
+            taps[0] = 0
+            taps[2] = 0
             updates[name] = w
     set_params(backend, model, updates)
 
@@ -313,9 +298,9 @@ def test_padding_tokens_do_not_influence_the_output(backend):
     c = run(backend, model, x, t, changed, int_mask, pooled)  # an integer mask means the same
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     np.testing.assert_allclose(a, c, rtol=0, atol=1e-6)
-    if backend.name == "mlx":  # a numpy mask is accepted
-        d = run(backend, model, x, t, changed, backend.numpy(mask), pooled)
-        np.testing.assert_allclose(a, d, rtol=0, atol=1e-6)
+    # MLX accepts a numpy mask.
+    d = run(backend, model, x, t, changed, backend.as_input(backend.numpy(mask)), pooled)
+    np.testing.assert_allclose(a, d, rtol=0, atol=1e-6)
 
 
 def test_text_fit_to_the_longest_caption_changes_no_output(backend):
