@@ -88,18 +88,13 @@ def test_tiny_key_set_is_exactly_the_contract(backend):
     ]
     assert len(expected) == len(set(expected))
     model = unet_module(backend).UNet3D(tiny())
-    if backend.name == "torch":
-        state = model.state_dict()
-        assert set(state) == set(expected)
-        assert set(state) == {n for n, _ in model.named_parameters()}  # no buffers in checkpoints
-    else:
-        from mlx.utils import tree_flatten
-
-        keys = parameter_keys(backend, model)
-        assert len(keys) == len(set(keys))
-        assert set(keys) == set(expected)
-        assert set(dict(tree_flatten(model.trainable_parameters()))) == set(expected)
-        state = params(backend, model)
+    keys = parameter_keys(backend, model)
+    assert len(keys) == len(set(keys))
+    assert set(keys) == set(expected)
+    # What a checkpoint holds (torch: the state dict; MLX: the trainable parameters): the
+    # parameters, no buffers.
+    assert set(backend.state_keys(model)) == set(expected)
+    state = params(backend, model)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
 
     def conv(*shape):
@@ -118,8 +113,7 @@ def test_tiny_key_set_is_exactly_the_contract(backend):
     assert shapes["time_embed.linear_1.weight"] == (64, 16)
     assert shapes["text_embed.weight"] == (64, CONTEXT_DIM)
     assert shapes["conv_out.weight"] == conv(3, 16, 1, 3, 3)
-    if backend.name == "mlx":
-        assert model.num_parameters() == sum(int(np.prod(s)) for s in shapes.values())
+    assert model.num_parameters() == sum(int(np.prod(s)) for s in shapes.values())
 
 
 def test_full_conv_keys_and_named_contract_keys(backend):
@@ -140,8 +134,7 @@ def test_full_conv_keys_and_named_contract_keys(backend):
     assert not any(k.startswith("down_blocks.1.attentions") for k in three)
     assert not any(k.startswith(("down_blocks.2.downsample", "up_blocks.2.upsample"))
                    for k in three)
-    if backend.name == "mlx":
-        assert not any(k.endswith((".dropout", ".skip")) for k in three)
+    assert not any(k.endswith((".dropout", ".skip")) for k in three)
 
 
 @pytest.mark.backends("mlx")
@@ -174,10 +167,6 @@ def test_the_mlx_unet_does_not_import_torch(backend):
 # ---------------------------------------------------------------------------------------------
 # attention and sinusoid maths (one float64 numpy reference for both backends)
 
-# torch.testing.assert_close's float32 tolerances, which the torch tests used; MLX's own.
-CLOSE = {"torch": {"rtol": 1.3e-6, "atol": 1e-5}, "mlx": {"rtol": 1e-5, "atol": 1e-5}}
-
-
 def reference_attention(backend, attn, x, context, mask, heads):
     x, context = backend.numpy(x).astype(np.float64), backend.numpy(context).astype(np.float64)
     w = {k: backend.numpy(v).astype(np.float64) for k, v in params(backend, attn).items()}
@@ -201,10 +190,7 @@ def reference_attention(backend, attn, x, context, mask, heads):
 
 def test_attention_matches_a_hand_written_softmax(backend):
     Attention = unet_module(backend).Attention
-    if backend.name == "torch":
-        backend.xp.manual_seed(0)
-    else:
-        backend.xp.random.seed(0)
+    backend.seed(0)
     heads = 4
     cross = Attention(32, 24, heads)
     self_attn = Attention(32, None, heads)
@@ -213,7 +199,7 @@ def test_attention_matches_a_hand_written_softmax(backend):
     mask = np.array([[1] * 7, [1] * 4 + [0] * 3, [1, 0, 1, 0, 1, 0, 0]], dtype=bool)
 
     def close(a, b):
-        np.testing.assert_allclose(a, b, **CLOSE[backend.name])
+        np.testing.assert_allclose(a, b, **backend.close)
 
     close(run(backend, self_attn, x), reference_attention(backend, self_attn, x, x, None, heads))
     close(run(backend, cross, x, context),
@@ -240,4 +226,4 @@ def test_sinusoid_is_cos_then_sin_with_base_10000(backend):
             expected[r, i] = math.cos(p * w)
             expected[r, half + i] = math.sin(p * w)
     assert emb.dtype == np.float32
-    np.testing.assert_allclose(emb, expected, **CLOSE[backend.name])
+    np.testing.assert_allclose(emb, expected, **backend.close)
