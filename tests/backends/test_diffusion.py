@@ -71,37 +71,9 @@ def _alphas_cumprod() -> np.ndarray:
 
 def _stubs(backend):
     """FixedOutput, a stub UNet that returns a known array (a parameter, so gradients can be
-    checked) and records what it was called with, and HalfOutput, the same in bfloat16."""
-    nn = backend.nn
-    if backend.name == "torch":
-        class FixedOutput(nn.Module):
-            def __init__(self, output):
-                super().__init__()
-                self.output = nn.Parameter(output.clone())
-                self.calls: list[tuple] = []
-
-            def forward(self, x, t, context, context_mask, pooled):
-                self.calls.append((x.detach().clone(), t.clone(), context, context_mask, pooled))
-                return self.output
-
-        class HalfOutput(FixedOutput):
-            def forward(self, *args):
-                return super().forward(*args).to(torch.bfloat16)
-    else:
-        class FixedOutput(nn.Module):
-            def __init__(self, output):
-                super().__init__()
-                self.output = backend.xp.array(output)
-                object.__setattr__(self, "calls", [])  # not a child: kept out of parameters()
-
-            def __call__(self, x, t, context, context_mask, pooled):
-                self.calls.append((x, t, context, context_mask, pooled))
-                return self.output
-
-        class HalfOutput(FixedOutput):
-            def __call__(self, *inputs):
-                return super().__call__(*inputs).astype(backend.bfloat16)
-    return FixedOutput, HalfOutput
+    checked) and records what it was called with, and HalfOutput, the same in bfloat16
+    (tests/support/stubs.py)."""
+    return backend.stubs("diffusion")
 
 
 def _fixed(backend, output):
@@ -110,15 +82,11 @@ def _fixed(backend, output):
 
 def _output_grad(backend, diffusion, model, x0, text, t, noise):
     """d loss / d model.output."""
-    if backend.name == "torch":
-        diffusion.loss(model, x0, text, t, noise).backward()
-        return model.output.grad
 
     def loss_fn(x0_, t_, noise_):
         return diffusion.loss(model, x0_, text, t_, noise_)
 
-    _, grads = backend.nn.value_and_grad(model, loss_fn)(x0, t, noise)
-    return grads["output"]
+    return backend.grads(model, loss_fn, x0, t, noise)["output"]
 
 
 def _text(backend, batch: int, seed: int = 5):
