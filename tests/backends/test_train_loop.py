@@ -26,8 +26,8 @@ def steps_saved(backend, data: Path, out: Path, minutes: float) -> list[int]:
         "train.sample_every=0", "train.batch_size=2", "train.steps=4",
         "train.checkpoint_every=1000", "train.keep_last=10",
         f"train.checkpoint_minutes={minutes}"])
-    device = backend.device if backend.name == "torch" else None  # MLX: its own default
-    backend.module("train").Trainer(config, device=device, progress=False,
+    # torch on the session's device; MLX on its own default.
+    backend.module("train").Trainer(config, **backend.on_device, progress=False,
                                     log=lambda _: None).train()
     return [step for step, _ in list_checkpoints(out / "checkpoints")]
 
