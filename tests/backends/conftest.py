@@ -48,6 +48,7 @@ class Backend:
     traces_graph: bool  # train.log_graph writes the model graph to TensorBoard
     close: dict  # float32 against a float64 reference: assert_allclose's rtol and atol
     train: SimpleNamespace  # tests/backends/test_train.py's per-backend settings
+    valprobe: tuple  # test_valprobe.py: (motions, frames per clip, overrides, evaluated steps)
 
     def __repr__(self) -> str:
         return f"<backend {self.name}>"
@@ -119,6 +120,8 @@ class TorchBackend(Backend):
         tensorboard=(4, 3),  # (steps, sample steps)
         variants=(("train.steps=15", "train.warmup_steps=3"), 15, 5, 5, 1.0),
     )
+    # test_valprobe.py: the tiny preset's clips of three captions, evaluated at steps 2 and 4.
+    valprobe = (("sway", "bow", "still"), 8, ("train.steps=4", "train.eval_steps=2"), [2, 4])
 
     def __init__(self) -> None:
         import torch
@@ -254,6 +257,9 @@ class MLXBackend(Backend):
         tensorboard=(2, 2),
         variants=((*SMALL_CLIPS, "train.steps=20", "train.warmup_steps=2"), 20, 4, 3, 0.75),
     )
+    # test_valprobe.py: 2 x 16 x 16 clips of two captions, one evaluation after two steps.
+    valprobe = (("sway", "bow"), 6, ("data.num_frames=2", "data.image_size=16", "train.steps=2",
+                                     "train.eval_steps=1"), [2])
 
     def __init__(self) -> None:
         import mlx.core as mx

@@ -21,18 +21,14 @@ from shared.config import Config, apply_overrides, preset  # noqa: E402
 from shared.data import personclips as pc  # noqa: E402
 
 PIXEL_TAGS = ("val/psnr", "val/psnr_shuffled", "val/ssim", "val/ssim_shuffled")
-# Per backend: the captions' motions, frames per clip, overrides, and the evaluated steps.
-PROBE = {
-    "torch": (("sway", "bow", "still"), 8, ("train.steps=4", "train.eval_steps=2"), [2, 4]),
-    "mlx": (("sway", "bow"), 6, ("data.num_frames=2", "data.image_size=16", "train.steps=2",
-                                 "train.eval_steps=1"), [2]),
-}
+# backend.valprobe (tests/backends/conftest.py): the captions' motions, frames per clip,
+# overrides, and the evaluated steps.
 MOTIONS = {"sway": pc.sway, "bow": pc.bow, "still": lambda p: pc.Pose2D()}
 
 
 def person_folder(backend, root: Path) -> Path:
     """Two wide MP4 "signers" per caption: real pixels MediaPipe reads."""
-    names, frames, _, _ = PROBE[backend.name]
+    names, frames, _, _ = backend.valprobe
     return pc.write_two_take_set(root, {n: MOTIONS[n] for n in names}, frames, height=72,
                                  width=128)
 
@@ -41,7 +37,7 @@ def probe_config(backend, data: Path, out: Path, *overrides: str) -> Config:
     return apply_overrides(preset("tiny"), [
         f"data.data_dir={data}", f"train.out_dir={out}", "data.val_fraction=0.5",
         "train.batch_size=2", "train.sample_every=0", "train.checkpoint_every=1000",
-        "train.eval_every=2", "train.eval_clips=2", *PROBE[backend.name][2], *overrides])
+        "train.eval_every=2", "train.eval_clips=2", *backend.valprobe[2], *overrides])
 
 
 def trainer(backend, config: Config, log):
@@ -60,7 +56,7 @@ def test_eval_every_logs_real_sign_metrics_beside_the_baseline(backend, tmp_path
     events = scalars(tmp_path / "run")
     for tag in (*PIXEL_TAGS, "val/body_frames", "val/hand_frames"):
         values = events.Scalars(tag)
-        assert [e.step for e in values] == PROBE[backend.name][3], tag
+        assert [e.step for e in values] == backend.valprobe[3], tag
         assert all(math.isfinite(e.value) for e in values), tag
     for e in events.Scalars("val/psnr") + events.Scalars("val/psnr_shuffled"):
         assert 3 < e.value < 40  # dB of a barely trained model against real frames
