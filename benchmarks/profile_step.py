@@ -121,19 +121,6 @@ class Step:
         return self.trainer.clips_per_step
 
 
-def matmul_gflops(repeats: int = 5) -> float:
-    import torch
-
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * 2048**3 / median(times) / 1e9
-
-
 def profile(step: Step, steps: int) -> dict[str, Any]:
     """Per-kind milliseconds per step from the torch profiler's self times."""
     from torch.profiler import ProfilerActivity
@@ -158,6 +145,7 @@ def profile_main(preset_name: str, batch: int | None, steps: int, warmup: int,
                  work: Path) -> dict[str, Any]:
     import torch
 
+    from shared.app.doctor import MATMUL_SIZE, matmul_gflops
     from shared.model.flops import training_flops_per_sample
 
     data = make_data(work / "data", 64)
@@ -166,7 +154,8 @@ def profile_main(preset_name: str, batch: int | None, steps: int, warmup: int,
     plain = median(step.run(steps))
     result = profile(step, steps)
     flops = training_flops_per_sample(step.config) * step.clips
-    matmul = matmul_gflops()
+    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    matmul = matmul_gflops(lambda: a @ a)
     return {"preset": preset_name, "clips_per_step": step.clips, "threads":
             torch.get_num_threads(), "step_s": plain, "clips_per_s": step.clips / plain,
             "gflop_per_step": flops / 1e9, "gflops": flops / plain / 1e9,

@@ -6,7 +6,7 @@ import importlib
 import time
 from collections.abc import Iterator
 
-from shared.app.doctor import CheckResult, check, speed_detail
+from shared.app.doctor import MATMUL_SIZE, CheckResult, check, matmul_gflops, speed_detail
 
 
 def run_checks(device: str | None = None) -> Iterator[CheckResult]:
@@ -56,13 +56,7 @@ def run_checks(device: str | None = None) -> Iterator[CheckResult]:
     yield check("UNet forward/backward", unet)
 
     def speed() -> str:
-        a = mx.random.normal((2048, 2048))
-        mx.eval(a)
-        times = []
-        for _ in range(4):
-            start = time.perf_counter()
-            mx.eval(a @ a)
-            times.append(time.perf_counter() - start)
-        return speed_detail(2 * 2048**3 / sorted(times)[1] / 1e9, 0)
+        a = mx.random.normal((MATMUL_SIZE, MATMUL_SIZE))
+        return speed_detail(matmul_gflops(lambda: mx.eval(a @ a)))
 
     yield check("matmul speed", speed)

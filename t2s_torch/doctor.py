@@ -6,7 +6,7 @@ import importlib
 import time
 from collections.abc import Iterator
 
-from shared.app.doctor import CheckResult, check, speed_detail
+from shared.app.doctor import MATMUL_SIZE, CheckResult, check, matmul_gflops, speed_detail
 
 
 def run_checks(device: str | None = None) -> Iterator[CheckResult]:
@@ -52,13 +52,9 @@ def run_checks(device: str | None = None) -> Iterator[CheckResult]:
     yield check("UNet forward/backward", unet)
 
     def speed() -> str:
-        dev = select_device(device)
-        a = torch.randn(2048, 2048, device=dev)
-        times = []
-        for _ in range(4):
-            start = time.perf_counter()
-            (a @ a).sum().item()  # .item(): the device finished
-            times.append(time.perf_counter() - start)
-        return speed_detail(2 * 2048**3 / sorted(times)[1] / 1e9, torch.get_num_threads())
+        a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=select_device(device))
+        # .item(): the product finished on the device
+        gflops = matmul_gflops(lambda: (a @ a).sum().item())
+        return speed_detail(gflops, torch.get_num_threads())
 
     yield check("matmul speed", speed)

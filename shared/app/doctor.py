@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 
 CheckResult = tuple[str, bool, str]
@@ -29,6 +31,21 @@ def demo_training_minutes(matmul_gflops: float) -> float:
     toy = preset("toy")
     flops = training_flops_per_sample(toy) * toy.train.batch_size * toy.train.steps
     return flops / (TOY_STEP_MATMUL_SHARE * matmul_gflops * 1e9) / 60
+
+
+MATMUL_SIZE = 2048
+
+
+def matmul_gflops(multiply: Callable[[], None], repeats: int = 4) -> float:
+    """fp32 GFLOP/s of `multiply`: one MATMUL_SIZE² product, finished on the device when it
+    returns; the median of `repeats` calls after a warm-up one."""
+    multiply()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        multiply()
+        times.append(time.perf_counter() - start)
+    return 2 * MATMUL_SIZE**3 / statistics.median(times) / 1e9
 
 
 def speed_detail(matmul_gflops: float, threads: int = 0) -> str:

@@ -164,15 +164,20 @@ def _given(body: Mapping[str, Any], key: str) -> Any:
     return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
 
+def _number(value: Any) -> float:
+    """A JSON or form value as a float (ValueError otherwise); true / false are not numbers."""
+    if isinstance(value, bool):
+        raise ValueError
+    return float(value)  # strings too, surrounding spaces allowed
+
+
 def _whole(body: Mapping[str, Any], key: str, label: str, default: int, low: int, high: int,
            why: str = "") -> int:
     value = _given(body, key)
     if value is None:
         return default
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value) if isinstance(value, (int, float)) else float(str(value).strip())
+        number = _number(value)
         if not math.isfinite(number) or number != int(number):
             raise ValueError
         number = int(number)
@@ -190,9 +195,7 @@ def _real(body: Mapping[str, Any], key: str, label: str, default: float, low: fl
     if value is None:
         return default
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value)
+        number = _number(value)
     except (TypeError, ValueError, OverflowError):
         raise InputError(f"{label} must be a number from {low:g} to {high:g}; got "
                          f"{str(value)[:40]!r}") from None

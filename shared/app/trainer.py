@@ -101,12 +101,11 @@ class StepPace:
         if len(timed) != self.TIMED:
             return None
         per_step = float(np.median(timed))
-        left = per_step * (self.last_step - self.first - len(self.times))
-        if left < 60:
+        steps_left = self.last_step - self.first - len(self.times)
+        if per_step * steps_left < 60:
             return None
-        return (f"{ESTIMATE_PREFIX} {left / 60:.0f} min more on this machine "
-                f"({per_step:.2f} s/step, {self.last_step - self.first - len(self.times)} "
-                "steps to go)")
+        return (f"{ESTIMATE_PREFIX} {per_step * steps_left / 60:.0f} min more on this machine "
+                f"({per_step:.2f} s/step, {steps_left} steps to go)")
 
 
 class BaseTrainer:
@@ -350,10 +349,10 @@ class BaseTrainer:
             if self.threads is not None:
                 cleanup.callback(self.threads.restore)
             while self.step < last_step:
-                switches = len(self.threads.switches) if self.threads else 0
+                threads = self.threads.current if self.threads else None
                 loss, grad_norm, lr, seconds = self.train_step(batches)
                 result.losses.append(loss)
-                if self.threads and len(self.threads.switches) > switches:
+                if self.threads and self.threads.current != threads:
                     self.log(f"CPU threads: {self.threads.current} from step {self.step} "
                              "(its steps ran faster; the machine's load changed)")
                 estimate = pace.tick(seconds)
