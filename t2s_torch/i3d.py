@@ -4,6 +4,8 @@ The module tree and parameter names follow the widely used PyTorch port of the K
 I3D (`Conv3d_1a_7x7.conv3d.weight`, `Mixed_3b.b1b.bn.running_mean`, ..., `logits.conv3d.bias`),
 so its `rgb_imagenet.pt` state dict loads as it is; a `.safetensors` file with the same keys
 works too. Nothing is downloaded: the user passes a local file (`eval --i3d PATH`).
+`t2s_mlx/i3d.py` is the mirror file; the block table, the checkpoint's checks and the refusal
+are shared (`shared.evaluation.i3d_plan`).
 
 `width` scales every channel count; it is read from the checkpoint, so tests can run the full
 architecture at a fraction of the cost with a randomly initialised file.
@@ -18,21 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.data.dataset import DataError
+from shared.evaluation import i3d_plan
 from shared.evaluation.fvd import file_sha256
-
-I3D_FIX = ("pass the state dict of a Kinetics I3D (InceptionI3d keys such as "
-           "Conv3d_1a_7x7.conv3d.weight, e.g. pytorch-i3d's rgb_imagenet.pt) as .pt or "
-           ".safetensors")
-
-# Inception blocks: (name, output channels of b0, b1a, b1b, b2a, b2b, b3b at width 1).
-_MIXED = {
-    "Mixed_3b": (64, 96, 128, 16, 32, 32), "Mixed_3c": (128, 128, 192, 32, 96, 64),
-    "Mixed_4b": (192, 96, 208, 16, 48, 64), "Mixed_4c": (160, 112, 224, 24, 64, 64),
-    "Mixed_4d": (128, 128, 256, 24, 64, 64), "Mixed_4e": (112, 144, 288, 32, 64, 64),
-    "Mixed_4f": (256, 160, 320, 32, 128, 128), "Mixed_5b": (256, 160, 320, 32, 128, 128),
-    "Mixed_5c": (384, 192, 384, 48, 128, 128),
-}
+from shared.evaluation.i3d_plan import MIXED
 
 
 def _same_pad(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
@@ -93,7 +83,7 @@ class InceptionI3d(nn.Module):
         super().__init__()
 
         def ch(n: int) -> int:
-            return max(1, round(n * width))
+            return i3d_plan.channels(n, width)
 
         self.Conv3d_1a_7x7 = Unit3D(3, ch(64), (7, 7, 7), (2, 2, 2))
         self.MaxPool3d_2a_3x3 = MaxPoolSame((1, 3, 3), (1, 2, 2))
@@ -101,7 +91,7 @@ class InceptionI3d(nn.Module):
         self.Conv3d_2c_3x3 = Unit3D(ch(64), ch(192), (3, 3, 3))
         self.MaxPool3d_3a_3x3 = MaxPoolSame((1, 3, 3), (1, 2, 2))
         cin = ch(192)
-        for name, chans in _MIXED.items():
+        for name, chans in MIXED.items():
             if name == "Mixed_4b":
                 self.MaxPool3d_4a_3x3 = MaxPoolSame((3, 3, 3), (2, 2, 2))
             if name == "Mixed_5b":
@@ -125,12 +115,8 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return i3d_plan.state_dict_of(torch.load(path, map_location="cpu", weights_only=True),
+                                  torch.Tensor)
 
 
 class I3DFeatures:
@@ -139,25 +125,22 @@ class I3DFeatures:
     def __init__(self, path: str | Path, device: str = "cpu"):
         path = Path(path)
         if not path.is_file():
-            raise DataError(f"{path}: no such I3D checkpoint; {I3D_FIX}")
+            raise i3d_plan.missing_file(path)
         try:
             state = _read_state(path)
-            width = state["Conv3d_1a_7x7.conv3d.weight"].shape[0] / 64
-            num_classes = state["logits.conv3d.weight"].shape[0]
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
+            width, num_classes = i3d_plan.checkpoint_dims(shapes)
             model = InceptionI3d(num_classes, width)
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-            if missing or unexpected:
-                raise ValueError(f"keys differ (missing {missing[:2]}, unexpected "
-                                 f"{unexpected[:2]})")
+            i3d_plan.check_state({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                                 shapes)
+            model.load_state_dict(state, strict=False)  # the counters may be absent
         except Exception as e:  # noqa: BLE001 - any failure means the same fix
-            reason = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
-            raise DataError(f"{path}: not an I3D checkpoint ({reason[:160]}); {I3D_FIX}") from e
+            raise i3d_plan.refusal(path, e) from e
         self.model = model.to(device).eval()
         self.device = device
         self.path = path
         self.sha256 = file_sha256(path)
-        self.feature_name = f"i3d logits ({num_classes}), global average pooled"
+        self.feature_name = i3d_plan.feature_name(num_classes)
 
     @torch.no_grad()
     def features(self, clips: np.ndarray) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 FVD compares two sets of clips through the features of an I3D action-recognition network:
 each set is summarised by the mean and covariance of its features, and the score is the
-Fréchet distance between the two Gaussians. The network itself lives in a backend
-(`t2s_torch.i3d`); this module only sees its features, so it stays framework-free.
+Fréchet distance between the two Gaussians. The network itself lives in each backend
+(`t2s_torch.i3d`, `t2s_mlx.i3d`, over the shared `i3d_plan`); this module only sees its features,
+so it stays framework-free.
 
 FVD figures are only comparable under one protocol (the network's weights, the number of clips,
 frames and resolution), so every score carries its `FVDProtocol`.

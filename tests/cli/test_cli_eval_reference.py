@@ -1,6 +1,7 @@
 """`eval GENERATED --reference DIR` through both real console scripts: the same per-clip JSON
 from t2s-torch and t2s-mlx, FVD only with --i3d (a small randomly initialised I3D saved to a
-file here), and a wrong --i3d file refused in one line that says what to pass."""
+file here, read by each tool's own I3D), and a wrong --i3d file refused in one line that says
+what to pass."""
 
 from __future__ import annotations
 
@@ -81,10 +82,13 @@ def tiny_i3d(tmp_path_factory) -> Path:
     return path
 
 
-def test_fvd_with_a_local_i3d_writes_its_protocol(folders, tiny_i3d, tmp_path):
+@pytest.mark.parametrize("tool", ["t2s-torch", "t2s-mlx"])
+def test_fvd_with_a_local_i3d_writes_its_protocol(tool, folders, tiny_i3d, tmp_path):
+    if tool == "t2s-mlx":  # its own I3D, reading the same file (no torch needed)
+        pytest.importorskip("mlx.core")
     gen, ref = folders
     out = tmp_path / "scores.json"
-    result = run("t2s-torch", "eval", str(gen), "--reference", str(ref), "--no-pose",
+    result = run(tool, "eval", str(gen), "--reference", str(ref), "--no-pose",
                  "--i3d", str(tiny_i3d), "--json", str(out))
     assert result.returncode == 0, result.stderr
     fvd = json.loads(out.read_text())["fvd"]
