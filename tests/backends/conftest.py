@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -30,6 +31,7 @@ import device_choice
 import numpy as np
 import pytest
 import stubs
+import text_encoder_cases
 
 BACKENDS = ("torch", "mlx")
 
@@ -122,6 +124,11 @@ class TorchBackend(Backend):
     )
     # test_valprobe.py: the tiny preset's clips of three captions, evaluated at steps 2 and 4.
     valprobe = (("sway", "bow", "still"), 8, ("train.steps=4", "train.eval_steps=2"), [2, 4])
+
+    @functools.cached_property
+    def text(self) -> text_encoder_cases.TorchText:
+        """The text-encoder suites' differences (tests/support/text_encoder_cases.py)."""
+        return text_encoder_cases.TorchText(self)
 
     def __init__(self) -> None:
         import torch
@@ -260,6 +267,10 @@ class MLXBackend(Backend):
     # test_valprobe.py: 2 x 16 x 16 clips of two captions, one evaluation after two steps.
     valprobe = (("sway", "bow"), 6, ("data.num_frames=2", "data.image_size=16", "train.steps=2",
                                      "train.eval_steps=1"), [2])
+
+    @functools.cached_property
+    def text(self) -> text_encoder_cases.MLXText:
+        return text_encoder_cases.MLXText(self)
 
     def __init__(self) -> None:
         import mlx.core as mx

@@ -3,8 +3,10 @@ default) shapes, dtypes and pooling, freezing, use in a training graph or step, 
 captions, and the on-disk embedding cache (other encoders and weight loading:
 test_text_encoder_loading.py; the shared cases: tests/support/text_encoder_cases.py).
 
-On torch the outputs are also checked against transformers run directly. MiniLM runs 32 tokens on
-torch and 16 on MLX (the Linux MLX build's BLAS is slow; the cache test covers 32 there)."""
+On torch the outputs are also checked against transformers run directly (on MLX the parity
+suite does). MiniLM runs 32 tokens on torch and 16 on MLX (the Linux MLX build's BLAS is slow;
+the cache test covers 32 there). What differs is `backend.text` (tests/support/
+text_encoder_cases.py)."""
 
 from __future__ import annotations
 
@@ -17,18 +19,9 @@ from safetensors import safe_open
 from text_encoder_cases import (  # tests/support/text_encoder_cases.py
     CAPTIONS,
     LONG,
-    _assert_matches,
-    _broadcast,
-    _count,
-    _encoder,
     _equal,
-    _length,
-    _module,
     _np,
-    _parameters,
-    _reference,
     _same,
-    _trainable,
 )
 
 from shared.config import ConfigError, TextEncoderConfig
@@ -43,7 +36,7 @@ from shared.model.text import (
 
 @pytest.fixture(scope="module")
 def minilm(backend):
-    return _encoder(backend, TextEncoderConfig(max_length=_length(backend)))
+    return backend.text.encoder(TextEncoderConfig(max_length=backend.text.length))
 
 
 # --------------------------------------------------------------------------- MiniLM
@@ -51,9 +44,9 @@ def minilm(backend):
 
 def test_minilm_shapes_dtypes_and_pooling(backend, minilm) -> None:
     """On torch also against transformers run directly."""
-    n, length = len(CAPTIONS), _length(backend)
+    n, length = len(CAPTIONS), backend.text.length
     out = minilm.encode(CAPTIONS)
-    assert isinstance(out, _module(backend).EncodedText)
+    assert isinstance(out, backend.text.module().EncodedText)
     assert out.states.shape == (n, length, 384) and out.states.dtype == backend.float32
     assert out.mask.shape == (n, length) and out.mask.dtype == backend.xp.int64
     assert out.pooled.shape == (n, 384) and out.pooled.dtype == backend.float32
@@ -66,30 +59,26 @@ def test_minilm_shapes_dtypes_and_pooling(backend, minilm) -> None:
     np.testing.assert_allclose(_np(out.pooled), masked_mean_pool(_np(out.states), _np(out.mask)),
                                atol=1e-5)
     assert np.isfinite(_np(out.states)).all()
-    if backend.name == "torch":
-        _assert_matches(out, _reference(minilm.model_dir, CAPTIONS, minilm.max_length))
+    backend.text.check_reference(out, minilm.model_dir, CAPTIONS, minilm.max_length)
 
 
 def test_minilm_properties(backend, minilm) -> None:
     assert minilm.hidden_size == 384
-    assert minilm.max_length == _length(backend)
+    assert minilm.max_length == backend.text.length
     assert minilm.key == encoder_key(resolve_text_encoder(DEFAULT_TEXT_ENCODER))
     assert minilm.cache is None
     assert "BertModel" in repr(minilm) and "hidden_size=384" in repr(minilm)
-    if backend.name == "torch":
-        assert minilm.device == backend.xp.device("cpu")
+    assert f", {backend.text.device_in_repr}dtype=" in repr(minilm)  # torch: the CPU asked for
 
 
 def test_frozen_and_deterministic(backend, minilm) -> None:
-    assert _trainable(backend, minilm.model) == []
-    if backend.name == "mlx":
-        assert len(_parameters(backend, minilm.model)) == 5 + 6 * 16  # embeddings + 6 layers
+    assert backend.text.trainable(minilm.model) == []
+    assert len(backend.params(minilm.model)) == backend.text.minilm_parameters
     assert not minilm.model.training
-    captions = CAPTIONS if backend.name == "torch" else CAPTIONS[:3]  # MLX: CPU time
+    captions = backend.text.frozen_captions
     first, second = minilm.encode(captions), minilm.encode(captions)
     assert _equal(first, second)
-    if backend.name == "torch":
-        assert not first.states.requires_grad
+    assert not backend.text.records_grad(first.states)
 
 
 @pytest.mark.backends("torch")
@@ -122,7 +111,7 @@ def test_outputs_usable_in_training_step(backend, minilm) -> None:
 
 
 def test_repeated_captions_run_once(backend, minilm) -> None:
-    counter = _count(backend, minilm)
+    counter = backend.text.count(minilm)
     try:
         out = minilm.encode(["b", "a", "b", "b"])
     finally:
@@ -130,21 +119,20 @@ def test_repeated_captions_run_once(backend, minilm) -> None:
     assert counter.batches == [2]
     assert _same(out.states[0], out.states[2])
     assert _same(out.states[0], out.states[3])
-    assert _equal(_module(backend).EncodedText(*(t[:2] for t in out)),
+    assert _equal(backend.text.module().EncodedText(*(t[:2] for t in out)),
                   minilm.encode(["b", "a"]))
-    if backend.name == "torch":
-        _assert_matches(out, _reference(minilm.model_dir, ["b", "a", "b", "b"], 32))
+    backend.text.check_reference(out, minilm.model_dir, ["b", "a", "b", "b"], minilm.max_length)
 
 
 def test_lone_string_and_empty_batch(backend, minilm) -> None:
-    assert minilm.encode("hello").states.shape == (1, _length(backend), 384)
+    assert minilm.encode("hello").states.shape == (1, backend.text.length, 384)
     with pytest.raises(ValueError, match="at least one caption"):
         minilm.encode([])
 
 
 def test_empty_embedding(backend, minilm) -> None:
-    length = _length(backend)
-    counter = _count(backend, minilm)
+    length = backend.text.length
+    counter = backend.text.count(minilm)
     try:
         minilm._empty = None
         one = minilm.empty_embedding()
@@ -156,7 +144,7 @@ def test_empty_embedding(backend, minilm) -> None:
     assert many.mask.shape == (3, length) and many.pooled.shape == (3, 384)
     ref = minilm.encode([""])
     for a, b in zip(many, ref):
-        assert _same(a, _broadcast(backend, b, a))
+        assert _same(a, backend.text.broadcast(b, a))
     assert int(many.mask[0].sum()) == 2  # [CLS] [SEP], not zeros
     assert float(np.abs(_np(many.pooled)).max()) > 0
 
@@ -173,15 +161,13 @@ def test_context_dim_check(backend, minilm) -> None:
 
 
 def test_cache_computes_each_caption_once(backend, tmp_path: Path) -> None:
-    encoder = _encoder(backend, TextEncoderConfig(), cache_dir=tmp_path)  # the default, 32
-    counter = _count(backend, encoder)
+    encoder = backend.text.encoder(TextEncoderConfig(), cache_dir=tmp_path)  # the default, 32
+    counter = backend.text.count(encoder)
     first = encoder.encode(["a sign", "Hello!", "a sign"])
     assert counter.batches == [2]  # two distinct captions, one forward
     assert first.states.shape == (3, 32, 384)
     assert _same(first.states[0], first.states[2])
-    if backend.name == "torch":
-        _assert_matches(first, _reference(encoder.model_dir, ["a sign", "Hello!", "a sign"],
-                                          32))
+    backend.text.check_reference(first, encoder.model_dir, ["a sign", "Hello!", "a sign"], 32)
 
     files = sorted(tmp_path.rglob("*.safetensors"))
     assert len(files) == 2
@@ -205,8 +191,8 @@ def test_cache_computes_each_caption_once(backend, tmp_path: Path) -> None:
     counter.stop()
 
     # Computed once ever: a fresh encoder over the same cache runs nothing, "" included.
-    again = _encoder(backend, TextEncoderConfig(), cache_dir=tmp_path)
-    counter = _count(backend, again)
+    again = backend.text.encoder(TextEncoderConfig(), cache_dir=tmp_path)
+    counter = backend.text.count(again)
     fourth = again.encode(["new caption"])
     assert counter.batches == []
     assert _same(fourth.pooled[0], third.pooled[1])

@@ -1,5 +1,6 @@
 """t2s_torch.text_encoder and t2s_mlx.text_encoder, one suite over both backends: tiny BERTs from
-local paths, chunking, positions and half precision; on torch CLIP text and T5 encoders load; MLX
+local paths, chunking, positions and half precision (on torch also against transformers run
+directly: `backend.text.check_reference`); on torch CLIP text and T5 encoders load; MLX
 (a BERT port) checks strict weight loading, sharded weights, the clear error for unsupported
 architectures, and no torch on its import path. Numerical agreement of the MLX port with
 transformers is in tests/parity/test_text_encoder_parity.py (MiniLM itself:
@@ -23,10 +24,7 @@ from text_encoder_cases import (  # tests/support/text_encoder_cases.py
     MINILM_VOCAB,
     REPO,
     _assert_matches,
-    _count,
-    _module,
     _np,
-    _parameters,
     _reference,
     _save_with_tokenizer,
     _tiny,
@@ -52,32 +50,26 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tiny_bert_from_local_path(backend, tiny_bert_dir: Path) -> None:
     encoder = _tiny(backend, tiny_bert_dir)
-    assert type(encoder.model).__name__ == "BertModel"
-    if backend.name == "torch":
-        import transformers
-
-        assert isinstance(encoder.model, transformers.BertModel)
+    assert type(encoder.model) is backend.text.model_class("BertModel")
     assert encoder.hidden_size == 48
     out = encoder.encode(CAPTIONS)
     assert out.states.shape == (len(CAPTIONS), 16, 48) and out.pooled.shape == (len(CAPTIONS), 48)
     assert int(out.mask[CAPTIONS.index(LONG)].sum()) == 16
-    if backend.name == "torch":
-        _assert_matches(out, _reference(tiny_bert_dir, CAPTIONS, 16))
+    backend.text.check_reference(out, tiny_bert_dir, CAPTIONS, 16)
     with pytest.raises(ConfigError, match="context_dim=48"):
         encoder.check_context_dim(384)
 
 
 def test_chunked_forward(backend, tiny_bert_dir: Path) -> None:
     encoder = _tiny(backend, tiny_bert_dir, chunk_size=2)
-    counter = _count(backend, encoder)
+    counter = backend.text.count(encoder)
     out = encoder.encode(CAPTIONS)
     counter.stop()
     assert counter.batches == [2, 2, 1]
     whole = _tiny(backend, tiny_bert_dir).encode(CAPTIONS)
     for a, b in zip(out, whole):
         np.testing.assert_allclose(_np(a), _np(b), atol=1e-6)
-    if backend.name == "torch":
-        _assert_matches(out, _reference(tiny_bert_dir, CAPTIONS, 16))
+    backend.text.check_reference(out, tiny_bert_dir, CAPTIONS, 16)
 
 
 def test_max_length_beyond_positions(backend, tiny_bert_dir: Path) -> None:
@@ -86,19 +78,16 @@ def test_max_length_beyond_positions(backend, tiny_bert_dir: Path) -> None:
 
 
 def test_half_precision_outputs_float32(backend, tiny_bert_dir: Path) -> None:
-    """bfloat16 (and on MLX float16) weights: float32 outputs near the float32 encoder's (on
-    torch also near transformers run directly)."""
+    """bfloat16 and float16 weights: float32 outputs near the float32 encoder's (on torch also
+    near transformers run directly)."""
     reference = _tiny(backend, tiny_bert_dir).encode(CAPTIONS)
-    dtypes = ([backend.bfloat16] if backend.name == "torch"
-              else [backend.bfloat16, backend.xp.float16])
-    for dtype in dtypes:
+    for dtype in (backend.bfloat16, backend.xp.float16):
         encoder = _tiny(backend, tiny_bert_dir, dtype=dtype)
-        assert all(p.dtype == dtype for p in _parameters(backend, encoder.model))
+        assert all(p.dtype == dtype for p in backend.params(encoder.model).values())
         out = encoder.encode(CAPTIONS)
         assert out.states.dtype == backend.float32 and out.pooled.dtype == backend.float32
         np.testing.assert_allclose(_np(out.states), _np(reference.states), atol=0.1)
-        if backend.name == "torch":
-            _assert_matches(out, _reference(tiny_bert_dir, CAPTIONS, 16), atol=0.1)
+        backend.text.check_reference(out, tiny_bert_dir, CAPTIONS, 16, atol=0.1)
 
 
 # ------------------------------------------------------------- torch: CLIP text and T5
@@ -189,7 +178,7 @@ def test_weights_are_loaded_strictly(backend, tiny_bert_dir: Path, tmp_path: Pat
                        (reshape, f"1 of the wrong shape: {name}: checkpoint (48, 24), "
                                  "model (48, 48)")):
         model_dir = _copy_with_weights(tiny_bert_dir, tmp_path / edit.__name__, edit)
-        with pytest.raises(_module(backend).TextEncoderWeightsError) as info:
+        with pytest.raises(backend.text.module().TextEncoderWeightsError) as info:
             _tiny(backend, model_dir)
         assert what in str(info.value) and str(model_dir) in str(info.value)
 
@@ -227,7 +216,7 @@ def test_clip_text_is_not_supported_yet(backend, tmp_path: Path) -> None:
                                          num_attention_heads=4, max_position_embeddings=32)
     torch.manual_seed(1)
     model_dir = _save_with_tokenizer(transformers.CLIPTextModel(config), tmp_path)
-    with pytest.raises(_module(backend).UnsupportedTextEncoderError) as info:
+    with pytest.raises(backend.text.module().UnsupportedTextEncoderError) as info:
         _tiny(backend, model_dir)
     assert isinstance(info.value, NotImplementedError)
     message = str(info.value)
@@ -245,7 +234,7 @@ def test_clip_text_is_not_supported_yet(backend, tmp_path: Path) -> None:
 def test_unsupported_configs(backend, config: dict, tmp_path: Path) -> None:
     # Refused from config.json alone, before any weights are read.
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(_module(backend).UnsupportedTextEncoderError, match="PyTorch backend"):
+    with pytest.raises(backend.text.module().UnsupportedTextEncoderError, match="PyTorch backend"):
         _tiny(backend, tmp_path)
 
 

@@ -1,7 +1,9 @@
 """The text-encoder suites' shared cases (tests/backends/test_text_encoder*.py): captions,
-building either backend's encoder, comparing outputs across frameworks, counting forward
-calls, and transformers run directly as the reference. Importable as `text_encoder_cases`
-(pyproject: pytest `pythonpath`)."""
+comparing outputs across frameworks, counting forward calls, and transformers run directly as
+the reference. What differs between the backends (building an encoder, the minilm fixture's
+length, counting calls, the reference check) is `TorchText` / `MLXText`, which the adapter
+hands out as `backend.text` (tests/backends/conftest.py), so the suites' bodies never branch.
+Importable as `text_encoder_cases` (pyproject: pytest `pythonpath`)."""
 
 from __future__ import annotations
 
@@ -29,28 +31,10 @@ CAPTIONS = ["", "Hello, world!", "THE QUICK Brown fox; jumps -- over the lazy do
 # --------------------------------------------------------------------------- helpers
 
 
-def _module(backend):
-    """t2s_<backend>.text_encoder; the torch one runs transformers."""
-    if backend.name == "torch":
-        pytest.importorskip("transformers")
-    return backend.module("text_encoder")
-
-
-def _encoder(backend, config: TextEncoderConfig, **kwargs):
-    """A TextEncoder on the CPU."""
-    if backend.name == "torch":
-        kwargs.setdefault("device", "cpu")
-    return _module(backend).TextEncoder(config, **kwargs)
-
-
 def _tiny(backend, model_dir: Path, max_length: int = 16, **kwargs):
-    return _encoder(backend, TextEncoderConfig(name=str(model_dir), max_length=max_length),
-                    **kwargs)
-
-
-def _length(backend) -> int:
-    """The minilm fixture's max_length: 16 on MLX to halve the CPU time."""
-    return 32 if backend.name == "torch" else 16
+    """A TextEncoder over the tiny model saved in `model_dir`, on the CPU."""
+    return backend.text.encoder(TextEncoderConfig(name=str(model_dir), max_length=max_length),
+                                **kwargs)
 
 
 def _same(a, b) -> bool:
@@ -68,27 +52,6 @@ def _np(x) -> np.ndarray:
 
 def _equal(a, b) -> bool:
     return all(_same(x, y) for x, y in zip(a, b))
-
-
-def _broadcast(backend, b, a):
-    """b (one row) broadcast to a's shape."""
-    return b.expand_as(a) if backend.name == "torch" else backend.xp.broadcast_to(b, a.shape)
-
-
-def _parameters(backend, model) -> list:
-    if backend.name == "torch":
-        return list(model.parameters())
-    from mlx.utils import tree_flatten
-
-    return [v for _, v in tree_flatten(model.parameters())]
-
-
-def _trainable(backend, model) -> list:
-    if backend.name == "torch":
-        return [p for p in model.parameters() if p.requires_grad]
-    from mlx.utils import tree_flatten
-
-    return tree_flatten(model.trainable_parameters())
 
 
 class ForwardCounter:
@@ -147,11 +110,6 @@ class _Swapped:
             self.encoder.model = self.encoder.model.model
 
 
-def _count(backend, encoder):
-    """Counts the encoder's forward calls (and batch sizes) until stop()."""
-    return ForwardCounter(encoder) if backend.name == "torch" else _Swapped(encoder)
-
-
 def _save_with_tokenizer(model, out: Path) -> Path:
     model.save_pretrained(out)
     minilm = resolve_text_encoder(DEFAULT_TEXT_ENCODER)
@@ -191,3 +149,100 @@ def _assert_matches(out, ref: tuple, atol: float = 1e-5) -> None:
     assert torch.equal(out.mask, mask.to(torch.int64))
     torch.testing.assert_close(out.states, states, atol=atol, rtol=1e-4)
     torch.testing.assert_close(out.pooled, pooled, atol=atol, rtol=1e-4)
+
+
+# ------------------------------------------------------- what differs: `backend.text`
+
+
+class TorchText:
+    """The torch side of the text-encoder suites (`backend.text`, tests/backends/conftest.py):
+    transformers models on the CPU at 32 tokens, each output also checked against transformers
+    run directly."""
+
+    length = 32  # the minilm fixture's max_length
+    frozen_captions = CAPTIONS
+    # transformers' BertModel keeps its pooler (a dense weight and bias) that the project
+    # never runs: it pools token states itself (shared.model.text.masked_mean_pool).
+    minilm_parameters = 5 + 6 * 16 + 2
+    device_in_repr = "device=cpu, "  # the device the encoder was asked for
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def module(self):
+        """t2s_torch.text_encoder; it runs transformers."""
+        pytest.importorskip("transformers")
+        return self.backend.module("text_encoder")
+
+    def encoder(self, config: TextEncoderConfig, **kwargs):
+        """A TextEncoder on the CPU."""
+        return self.module().TextEncoder(config, **{"device": "cpu", **kwargs})
+
+    def model_class(self, name: str) -> type:
+        """The class the encoder runs for architecture `name`: transformers' own."""
+        import transformers
+
+        return getattr(transformers, name)
+
+    def broadcast(self, b, a):
+        """b (one row) broadcast to a's shape."""
+        return b.expand_as(a)
+
+    def trainable(self, model) -> list:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def records_grad(self, x) -> bool:
+        """Whether autograd would track `x` into a graph."""
+        return x.requires_grad
+
+    def count(self, encoder) -> ForwardCounter:
+        """Counts the encoder's forward calls (and batch sizes) until stop()."""
+        return ForwardCounter(encoder)
+
+    def check_reference(self, out, model_dir: Path, captions: list[str], max_length: int,
+                        atol: float = 1e-5) -> None:
+        """`out` against transformers run directly on the same captions."""
+        _assert_matches(out, _reference(model_dir, captions, max_length), atol=atol)
+
+
+class MLXText:
+    """The MLX side of the text-encoder suites: the project's BERT port at 16 tokens for the
+    minilm fixture (the Linux MLX build's BLAS is slow; the cache test covers 32)."""
+
+    length = 16
+    frozen_captions = CAPTIONS[:3]  # CPU time
+    minilm_parameters = 5 + 6 * 16  # embeddings + 6 layers, no pooler
+    device_in_repr = ""  # MLX arrays live in unified memory: no device to name
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def module(self):
+        return self.backend.module("text_encoder")
+
+    def encoder(self, config: TextEncoderConfig, **kwargs):
+        return self.module().TextEncoder(config, **kwargs)
+
+    def model_class(self, name: str) -> type:
+        """The port's class of that name (t2s_mlx.text_encoder.BertModel)."""
+        return getattr(self.module(), name)
+
+    def broadcast(self, b, a):
+        return self.backend.xp.broadcast_to(b, a.shape)
+
+    def trainable(self, model) -> list:
+        from mlx.utils import tree_flatten
+
+        return tree_flatten(model.trainable_parameters())
+
+    def records_grad(self, x) -> bool:
+        """MLX arrays carry no graph: gradients are of functions (mx.grad), so never."""
+        return False
+
+    def count(self, encoder) -> _Swapped:
+        return _Swapped(encoder)
+
+    def check_reference(self, out, model_dir: Path, captions: list[str], max_length: int,
+                        atol: float = 1e-5) -> None:
+        """Nothing here: the port against transformers is tests/parity/
+        test_text_encoder_parity.py's, with the tolerances padding positions need."""
