@@ -17,15 +17,11 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
 from shared.config import Config
-from shared.model.checkpoint import (
-    TensorSpec,
-    check_resume_files,
-    inference_weights,
-    read_tensor_file,
-    tensor_metadata,
-    write_checkpoint,
-)
+from shared.model.checkpoint import inference_weights, write_checkpoint
 from shared.model.checkpoint import load_trainer_state as load_trainer_state  # its old home
+from shared.model.resume import check_resume_files
+from shared.model.safetensors_io import TensorSpec
+from shared.model.tensor_files import read_tensor_file, tensor_metadata
 
 LAYOUT = "mlx"
 
@@ -53,7 +49,7 @@ def tensor_specs(module: nn.Module) -> dict[str, TensorSpec]:
 
 def load_tensors(path: Path, expected_layout: str = LAYOUT,
                  expected: dict[str, TensorSpec] | None = None) -> dict[str, mx.array]:
-    """A tensor file's tensors, checked first (`shared.model.checkpoint.read_tensor_file`)."""
+    """A tensor file's tensors, checked first (`shared.model.tensor_files.read_tensor_file`)."""
     return read_tensor_file(path, mx.load, expected_layout, expected)
 
 

@@ -9,7 +9,7 @@ from the same local file (`eval --i3d PATH`): pytorch-i3d's `rgb_imagenet.pt` as
 table, the checkpoint's checks and the refusal are shared (`shared.evaluation.i3d_plan`).
 
 Only the layouts differ from torch: activations are (B, F, H, W, C) here, conv weights
-(O, kF, kH, kW, I) (moved on load by `shared.model.checkpoint.TORCH_TO_MLX_AXES`, the one
+(O, kF, kH, kW, I) (moved on load by `shared.model.layouts.TORCH_TO_MLX_AXES`, the one
 table). Every numerical choice is the torch file's: TensorFlow's 'SAME' zero padding split
 front/back, BatchNorm eps 1e-3 with the file's running statistics, max pooling over the zero
 padded input (a pool follows a ReLU, so its inputs are >= 0), the logits of the space-time
@@ -34,7 +34,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from shared.evaluation import i3d_plan
 from shared.evaluation.fvd import file_sha256
 from shared.evaluation.i3d_plan import MIXED
-from shared.model.checkpoint import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
+from shared.model.layouts import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
 from shared.model.torch_file import load_torch_file
 
 

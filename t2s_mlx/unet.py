@@ -3,7 +3,7 @@
 The twin of `t2s_torch/unet.py`, class by class and method by method: the same module tree and
 the same flattened parameter keys (`mlx.utils.tree_flatten(model.parameters())` equals the torch
 `state_dict()` keys), built from the same `ModelConfig`, so a checkpoint converts by a per-tensor
-layout change (`shared.model.checkpoint.TORCH_TO_MLX_AXES`) and nothing else. Every numerical choice
+layout change (`shared.model.layouts.TORCH_TO_MLX_AXES`) and nothing else. Every numerical choice
 is the one the torch file writes down; only the layouts differ:
 
 - Activations are (B, F, H, W, C) here, (B, C, F, H, W) in torch; conv weights are
@@ -45,7 +45,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from shared.config import ModelConfig
-from shared.model.checkpoint import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
+from shared.model.layouts import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
 from shared.model.unet_plan import BlockPlan, unet_plan
 from t2s_mlx.kernels.fast_conv import FastConv3d
 

@@ -7,7 +7,7 @@ them. Nothing here imports torch.
 
 The port keeps diffusers' module tree and parameter keys (`encoder.down_blocks.0.resnets.0.conv1`,
 `encoder.mid_block.attentions.0.to_q`, `quant_conv`, ...), so loading is a per-tensor layout
-change, the 4-D row of the shared table (`shared.model.checkpoint.TORCH_TO_MLX_AXES`: conv weights
+change, the 4-D row of the shared table (`shared.model.layouts.TORCH_TO_MLX_AXES`: conv weights
 (O, I, kH, kW) -> (O, kH, kW, I)); activations are channels-last (N, H, W, C). Every numerical
 choice is diffusers':
 
@@ -35,7 +35,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from shared.data.latents import VAE_WEIGHTS, VAEInfo, resolve_vae, vae_hash
-from shared.model.checkpoint import TORCH_TO_MLX_AXES
+from shared.model.layouts import TORCH_TO_MLX_AXES
 
 NORM_EPS = 1e-6
 _DEPRECATED_ATTENTION = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.",

@@ -45,13 +45,8 @@ from shared.data.dataset import Batch, BatchIterator, ClipDataset, cache_root
 from shared.data.latents import bind_vae, check_vae, use_latents
 from shared.data.video import to_uint8, write_grid
 from shared.diffusion.lr import warmup_cosine
-from shared.model.checkpoint import (
-    TRAINER_STATE_FILE,
-    load_json,
-    refuse_existing_run,
-    resume_checkpoint,
-    step_dir_name,
-)
+from shared.model.checkpoint import TRAINER_STATE_FILE, load_json, step_dir_name
+from shared.model.resume import refuse_existing_run, resume_checkpoint
 
 
 @dataclass

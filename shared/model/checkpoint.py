@@ -1,4 +1,4 @@
-"""The checkpoint format both backends read and write; framework-free.
+"""The checkpoint directory protocol both backends read and write; framework-free.
 
 A checkpoint is a directory in Hugging Face style::
 
@@ -15,20 +15,11 @@ owns the directory protocol: a checkpoint is assembled under a temporary name an
 place, `latest` is a one-line pointer file replaced atomically after the rename, and pruning
 keeps the newest `keep_last`. A crash at any moment leaves `latest` on a complete checkpoint.
 
-It also owns the two checks every reader makes before trusting a checkpoint. `resolve_checkpoint`
-turns whatever path a user passes (a run folder, its checkpoints/ folder, a step_N folder, the
-`latest` pointer file, a .safetensors file where a verb takes one) into the checkpoint it means,
-or refuses in one line that says what it found and what to pass. `check_tensor_file` reads a
-safetensors header (never the data) and refuses a file that is cut short or does not fit the
-model, so a copy interrupted between machines is reported by name rather than as a traceback
-from deep inside a loader; `pick_resume_checkpoint` uses it to fall back to the newest intact
-step.
-
-The layout rule is the one table the converters need: parameter keys are identical in both
-backends, and only conv weights differ: 5-D, torch (O, I, kF, kH, kW) against MLX
-(O, kF, kH, kW, I) (the 3D UNet); 4-D, torch (O, I, kH, kW) against MLX (O, kH, kW, I) (the 2D
-convs of a latent-mode VAE, read from diffusers' files by the MLX port). The UNet has no 4-D
-tensors, so the 4-D entry never touches its checkpoints.
+It also finds checkpoints: `resolve_checkpoint` turns whatever path a user passes (a run folder,
+its checkpoints/ folder, a step_N folder, the `latest` pointer file, a .safetensors file where a
+verb takes one) into the checkpoint it means, or refuses in one line that says what it found and
+what to pass. Whether the files found are intact is `shared.model.tensor_files`' business;
+which step a resumed run continues from, `shared.model.resume`'s.
 """
 
 from __future__ import annotations
@@ -39,8 +30,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,31 +45,14 @@ TRAINER_STATE_FILE = "trainer_state.json"
 CHECKSUMS_FILE = "checksums.json"
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step_(\d+)$")
-LAYOUTS = ("torch", "mlx")
 
-# safetensors dtypes and their sizes in bytes; what a header may name.
-DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-               "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1,
-               "BOOL": 1}
 # What to pass, said the same way by every refusal of a checkpoint path.
 CHECKPOINT_FORMS = ("a training run's folder, its checkpoints/ folder, a checkpoints/step_N "
                     "folder or checkpoints/latest")
 
-# Conv weight permutations between the layouts, by tensor rank (the one layout table).
-TORCH_TO_MLX_AXES = {5: (0, 2, 3, 4, 1), 4: (0, 2, 3, 1)}
-MLX_TO_TORCH_AXES = {5: (0, 4, 1, 2, 3), 4: (0, 3, 1, 2)}
-
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the path and the fix."""
-
-
-def tensor_metadata(layout: str, kind: str = "model") -> dict[str, str]:
-    """safetensors metadata: `format` as transformers expects, plus our layout tag."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
-    return {"format": "pt" if layout == "torch" else "mlx", "t2s_layout": layout,
-            "t2s_kind": kind}
 
 
 def step_dir_name(step: int) -> str:
@@ -160,7 +133,7 @@ def abort_checkpoint(tmp_dir: Path) -> None:
     shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _listing(folder: Path, limit: int = 6) -> str:
+def listing(folder: Path, limit: int = 6) -> str:
     """What a folder holds, for a refusal: `config.json, tb/, samples/ (+3 more)`."""
     try:
         names = sorted(p.name + "/" * p.is_dir() for p in folder.iterdir())
@@ -207,7 +180,7 @@ def resolve_checkpoint(path: str | Path, *, weights: str = MODEL_FILE, allow_fil
             if _complete(target, weights):
                 return target
             state = "does not exist" if not target.exists() else \
-                f"is incomplete (holds {_listing(target)})"
+                f"is incomplete (holds {listing(target)})"
             raise CheckpointError(f"{path}: points at {pointed}, which {state}; pass "
                                   f"{path.parent} to use its newest complete step")
         if path.suffix == ".safetensors":
@@ -222,7 +195,7 @@ def resolve_checkpoint(path: str | Path, *, weights: str = MODEL_FILE, allow_fil
     if _complete(path, weights):
         return path
     if STEP_DIR.match(path.name):
-        raise CheckpointError(f"{path}: an incomplete {what} (holds {_listing(path)}; needs "
+        raise CheckpointError(f"{path}: an incomplete {what} (holds {listing(path)}; needs "
                               f"{CONFIG_FILE} + {weights}); pass another step or "
                               f"{path.parent} for its newest complete one")
     for folder in (path / "checkpoints", path):
@@ -232,126 +205,7 @@ def resolve_checkpoint(path: str | Path, *, weights: str = MODEL_FILE, allow_fil
         steps = [p for _, p in list_checkpoints(folder) if _complete(p, weights)]
         if steps:
             return steps[-1]
-    raise CheckpointError(f"{path}: holds no {what} (found {_listing(path)}); pass {forms}")
-
-
-# ---------------------------------------------------------------------------------------------
-# checking files before loading them
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A tensor as a safetensors header describes it (dtype by its safetensors name)."""
-
-    shape: tuple[int, ...]
-    dtype: str
-
-
-def dtype_kind(dtype: str) -> str:
-    """float / int / bool: what must match between a file and a model (a float32 model loads
-    bf16 weights, e.g. a `--dtype bf16` conversion, but never integers)."""
-    return "bool" if dtype == "BOOL" else "float" if dtype.startswith(("F", "BF")) else "int"
-
-
-def damaged(path: Path, why: str) -> CheckpointError:
-    return CheckpointError(f"{path}: damaged or not a safetensors file ({why}); copy it again "
-                           "or use another checkpoint")
-
-
-def read_header(path: str | Path) -> tuple[dict[str, TensorSpec], dict[str, str]]:
-    """A safetensors file's tensors and metadata from its header alone, after checking that
-    the header parses, every tensor's bytes lie inside the file, and the file ends where the
-    last tensor does (a copy cut short fails here, in microseconds, however large the file)."""
-    # Imported here, not at the top: safetensors_io imports this module (CheckpointError).
-    from shared.model.safetensors_io import HeaderError, read_raw_header
-
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            n, header, metadata = read_raw_header(f, size)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete") from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
-    except HeaderError as e:
-        raise damaged(path, str(e)) from None
-    specs, end = {}, 0
-    for name, info in header.items():
-        try:
-            dtype, shape = info["dtype"], tuple(int(s) for s in info["shape"])
-            start, stop = (int(x) for x in info["data_offsets"])
-            itemsize = DTYPE_SIZES[dtype]
-        except (KeyError, TypeError, ValueError):
-            raise damaged(path, f"tensor {name!r}: {info!r}") from None
-        count = 1
-        for s in shape:
-            count *= s
-        if not 0 <= start <= stop or stop - start != count * itemsize:
-            raise damaged(path, f"tensor {name!r} has offsets {start}..{stop} for {dtype} "
-                                f"{list(shape)}")
-        specs[name], end = TensorSpec(shape, dtype), max(end, stop)
-    if 8 + n + end != size:
-        raise damaged(path, f"{size} bytes where its header describes {8 + n + end}")
-    return specs, {str(k): str(v) for k, v in metadata.items()}
-
-
-def check_tensor_file(path: str | Path, expected: Mapping[str, TensorSpec] | None = None,
-                      layout: str | None = None) -> dict[str, TensorSpec]:
-    """Refuse, in one line naming `path`, a tensor file that is damaged, in the other layout,
-    or (given `expected`) lacks a key, has an extra one, or a tensor of another shape or kind
-    of dtype. Returns the file's tensor specs."""
-    path = Path(path)
-    specs, metadata = read_header(path)
-    if layout is not None:
-        check_layout(metadata, layout, path)
-    if expected is not None:
-        compare_keys(set(expected), set(specs), path)
-        for key, want in expected.items():
-            got = specs[key]
-            if got.shape != want.shape:
-                raise CheckpointError(f"{path}: {key} has shape {got.shape} but the model needs "
-                                      f"{want.shape}; was it written by another model config?")
-            if dtype_kind(got.dtype) != dtype_kind(want.dtype):
-                raise CheckpointError(f"{path}: {key} is {got.dtype} but the model needs "
-                                      f"{want.dtype}; was it written by another model?")
-    return specs
-
-
-def verify_checkpoint(checkpoint: Path, expected: Mapping[str, Mapping[str, TensorSpec] | None],
-                      layout: str | None = None,
-                      json_files: tuple[str, ...] = (CONFIG_FILE, TRAINER_STATE_FILE)) -> None:
-    """Check a whole checkpoint before resuming from it: each tensor file in `expected` (file
-    name -> the specs its tensors must have, or None for a header check only) and each JSON
-    file must be present and intact, and every file must match the checksum written at save
-    time; the first problem is raised as a CheckpointError."""
-    for name, specs in expected.items():
-        check_tensor_file(checkpoint / name, specs, layout)
-    for name in json_files:
-        data = load_json(checkpoint / name)
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{checkpoint / name}: not a JSON object; the checkpoint is "
-                                  "damaged")
-    check_checksums(checkpoint)
-
-
-def read_tensor_file(path: Path, read: Callable[[str], Any], layout: str,
-                     expected: Mapping[str, TensorSpec] | None = None) -> Any:
-    """`read(path)` (a backend's safetensors loader) after `check_tensor_file`, so a damaged
-    file is refused by name instead of by the reader's error."""
-    check_tensor_file(path, expected, layout)
-    try:
-        return read(str(path))
-    except Exception as e:  # a bit flip the header check cannot see; still one line
-        raise CheckpointError(f"{path}: cannot be read ({e}); copy it again or use another "
-                              "checkpoint") from None
-
-
-def check_resume_files(checkpoint: Path, specs: Mapping[str, TensorSpec], layout: str) -> None:
-    """Everything `--resume` reads from `checkpoint`, checked before any of it is loaded:
-    model and EMA weights against `specs`, the optimizer file's header, the JSON files."""
-    verify_checkpoint(checkpoint, {MODEL_FILE: specs, EMA_FILE: specs, OPTIMIZER_FILE: None},
-                      layout)
+    raise CheckpointError(f"{path}: holds no {what} (found {listing(path)}); pass {forms}")
 
 
 def write_checkpoint(run_dir: Path, step: int, config: Config,
@@ -379,59 +233,6 @@ def write_checkpoint(run_dir: Path, step: int, config: Config,
         abort_checkpoint(tmp)
         raise
     return commit_checkpoint(tmp, step, keep_last)
-
-
-def pick_resume_checkpoint(run_dir: Path, verify: Callable[[Path], None], strict: bool = False,
-                           warn: Callable[[str], None] = print, flag: str = "--resume") -> Path:
-    """The newest intact checkpoint of the run in `run_dir`, checked with `verify`.
-
-    A damaged newest step is skipped with a one-line warning that names both steps, so a run
-    whose last save was cut short (a full disk, a copy interrupted) continues from the step
-    before it; with `strict` it is an error that names the step to pass to `flag` instead.
-    """
-    checkpoints = run_dir / "checkpoints"
-    found = list_checkpoints(checkpoints)[::-1]
-    if not found:
-        raise CheckpointError(f"{run_dir}: nothing to resume (no {checkpoints.name}/step_N; "
-                              f"found {_listing(run_dir)}); drop {flag} to start a new run")
-    newest_step, newest = found[0]
-    problems = []
-    for step, path in found:
-        try:
-            verify(path)
-        except CheckpointError as e:
-            problems.append(str(e))
-            continue
-        if step == newest_step:
-            return path
-        why = problems[0]
-        if strict:
-            raise CheckpointError(f"step {newest_step} cannot be used ({why}); the newest intact "
-                                  f"checkpoint is step {step}: resume from it with "
-                                  f"`{flag} {path}`")
-        warn(f"warning: step {newest_step} cannot be used ({why}); resuming from step {step}, "
-             "the newest intact checkpoint")
-        return path
-    raise CheckpointError(f"{checkpoints}: no intact checkpoint to resume from; step "
-                          f"{newest_step}: {problems[0]}")
-
-
-def resume_checkpoint(run_dir: Path, which: str | Path | bool, verify: Callable[[Path], None],
-                      strict: bool = False, warn: Callable[[str], None] = print,
-                      flag: str = "--resume", weights: str = MODEL_FILE) -> Path:
-    """The checkpoint `train --resume [CHECKPOINT]` continues from: with no path (or `latest`),
-    the newest intact step of `run_dir`; with a path (any form `resolve_checkpoint` accepts),
-    that step, which must belong to the run in `run_dir` and be intact (no fallback: it was
-    asked for by name)."""
-    if which is True or which in ("", "latest"):
-        return pick_resume_checkpoint(run_dir, verify, strict, warn, flag)
-    checkpoint = resolve_checkpoint(which, weights=weights)
-    own = (run_dir / "checkpoints").resolve()
-    if checkpoint.resolve().parent != own:
-        raise CheckpointError(f"{checkpoint}: not a checkpoint of the run in {run_dir}; pass "
-                              f"one of {own}/step_N, or that run's folder as the output folder")
-    verify(checkpoint)
-    return checkpoint
 
 
 def load_checkpoint_config(checkpoint: Path) -> Config:
@@ -465,36 +266,3 @@ def load_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: missing; the checkpoint is incomplete") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-
-
-def check_layout(metadata: dict[str, str] | None, expected: str, path: Path) -> None:
-    """Refuse weights written for the other backend, naming the converter that fixes it."""
-    layout = (metadata or {}).get("t2s_layout")
-    if layout is None:
-        raise CheckpointError(f"{path}: no t2s_layout in its metadata; not a text2sign file")
-    if layout != expected:
-        script = f"convert/{layout}_to_{expected}.py"
-        raise CheckpointError(f"{path}: weights are in {layout} layout but this backend needs "
-                              f"{expected}; convert them with `python {script} IN OUT`")
-
-
-def compare_keys(expected: set[str], found: set[str], path: Path) -> None:
-    """One readable message for weights that do not fit the model the config builds."""
-    missing, unexpected = sorted(expected - found), sorted(found - expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise CheckpointError(f"{path}: weights do not fit the model its config builds: "
-                              f"{'; '.join(parts)}; was it written by another model or version?")
-
-
-def refuse_existing_run(run_dir: Path) -> None:
-    """A new run must not mix its checkpoints with an older run's in the same folder."""
-    existing = list_checkpoints(run_dir / "checkpoints")
-    if existing:
-        raise CheckpointError(f"{run_dir} already holds a run (checkpoints up to step "
-                              f"{existing[-1][0]}); continue it with --resume, or train into "
-                              "another --out")

@@ -5,7 +5,7 @@
 tests and other code call `convert` (or `torch_to_mlx` / `mlx_to_torch`) directly. Nothing here
 imports torch or mlx.
 
-What a conversion does, driven by the one layout table (`shared.model.checkpoint.TORCH_TO_MLX_AXES`,
+What a conversion does, driven by the one layout table (`shared.model.layouts.TORCH_TO_MLX_AXES`,
 `MLX_TO_TORCH_AXES`; keys are the same in both backends, only 5-D conv weights move axes):
 
 - model.safetensors, ema.safetensors: every tensor re-laid-out; `--dtype` casts floating tensors
@@ -56,7 +56,6 @@ from shared.model.checkpoint import (
     CheckpointError,
     load_checkpoint_config,
     resolve_checkpoint,
-    tensor_metadata,
     write_checksums,
 )
 from shared.model.layouts import (
@@ -80,6 +79,7 @@ from shared.model.safetensors_io import (
     read_safetensors,
     write_safetensors,
 )
+from shared.model.tensor_files import tensor_metadata
 
 DTYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}

@@ -1,7 +1,10 @@
 """Tensor layouts, the parameter shapes a config builds, and the checks against both.
 
-Keys are the same in both backends; only 5-D conv weights move axes, by the one table in
-`shared.model.checkpoint` (`TORCH_TO_MLX_AXES`, `MLX_TO_TORCH_AXES`). `parameter_shapes` walks the
+Keys are the same in both backends; only conv weights move axes, by the one table below
+(`TORCH_TO_MLX_AXES`, `MLX_TO_TORCH_AXES`): 5-D, torch (O, I, kF, kH, kW) against MLX
+(O, kF, kH, kW, I) (the 3D UNet); 4-D, torch (O, I, kH, kW) against MLX (O, kH, kW, I) (the 2D
+convs of a latent-mode VAE, read from diffusers' files by the MLX port). The UNet has no 4-D
+tensors, so the 4-D entry never touches its checkpoints. `parameter_shapes` walks the
 UNet with integers, so a converter can refuse keys or shapes that do not fit the model a config
 builds before it writes anything; each check raises one line that names the fix.
 """
@@ -14,9 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import ModelConfig
-from shared.model.checkpoint import LAYOUTS, MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
 from shared.model.safetensors_io import ConvertError, RawTensor
 from shared.model.unet_plan import unet_plan
+
+LAYOUTS = ("torch", "mlx")
+
+# Conv weight permutations between the layouts, by tensor rank (the one layout table).
+TORCH_TO_MLX_AXES = {5: (0, 2, 3, 4, 1), 4: (0, 2, 3, 1)}
+MLX_TO_TORCH_AXES = {5: (0, 4, 1, 2, 3), 4: (0, 3, 1, 2)}
+
 
 # ---------------------------------------------------------------------------------------------
 # layouts and the shapes a config builds

@@ -4,6 +4,11 @@ The converters (`shared.model.convert`) must not import torch or mlx, and numpy 
 tensor file is read and written here (8-byte little-endian header length, JSON header, raw
 little-endian data), so bf16 moves as its raw 16-bit patterns and is never rounded through
 another dtype; `cast` rounds fp32 -> bf16 to nearest even on the bit pattern, as torch does.
+
+It is also where every reader checks a file before trusting it: `read_raw_header` is the one
+parser of a header's bytes, and `read_header` checks what that header says against the file (each
+tensor's bytes inside it, the file ending where the last tensor does), so a copy cut short is
+refused by name in microseconds, whatever the file's size.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from shared.model.checkpoint import CheckpointError, read_header
+from shared.model.checkpoint import CheckpointError
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
@@ -70,6 +75,60 @@ def read_raw_header(f: BinaryIO, size: int) -> tuple[int, dict[str, Any], Any]:
         raise HeaderError("header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
     return n, header, metadata
+
+
+# safetensors dtypes and their sizes in bytes; what a header may name.
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+               "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1,
+               "BOOL": 1}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor as a safetensors header describes it (dtype by its safetensors name)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def damaged(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path}: damaged or not a safetensors file ({why}); copy it again "
+                           "or use another checkpoint")
+
+
+def read_header(path: str | Path) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+    """A safetensors file's tensors and metadata from its header alone, after checking that
+    the header parses, every tensor's bytes lie inside the file, and the file ends where the
+    last tensor does (a copy cut short fails here, in microseconds, however large the file)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n, header, metadata = read_raw_header(f, size)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except HeaderError as e:
+        raise damaged(path, str(e)) from None
+    specs, end = {}, 0
+    for name, info in header.items():
+        try:
+            dtype, shape = info["dtype"], tuple(int(s) for s in info["shape"])
+            start, stop = (int(x) for x in info["data_offsets"])
+            itemsize = DTYPE_SIZES[dtype]
+        except (KeyError, TypeError, ValueError):
+            raise damaged(path, f"tensor {name!r}: {info!r}") from None
+        count = 1
+        for s in shape:
+            count *= s
+        if not 0 <= start <= stop or stop - start != count * itemsize:
+            raise damaged(path, f"tensor {name!r} has offsets {start}..{stop} for {dtype} "
+                                f"{list(shape)}")
+        specs[name], end = TensorSpec(shape, dtype), max(end, stop)
+    if 8 + n + end != size:
+        raise damaged(path, f"{size} bytes where its header describes {8 + n + end}")
+    return specs, {str(k): str(v) for k, v in metadata.items()}
 
 
 @dataclass

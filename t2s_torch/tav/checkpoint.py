@@ -23,13 +23,8 @@ import torch
 from torch import nn
 
 from shared.io_atomic import atomic_path, write_text_atomic
-from shared.model.checkpoint import (
-    CONFIG_FILE,
-    CheckpointError,
-    TensorSpec,
-    load_json,
-    resolve_checkpoint,
-)
+from shared.model.checkpoint import CONFIG_FILE, CheckpointError, load_json, resolve_checkpoint
+from shared.model.safetensors_io import TensorSpec
 from t2s_torch.checkpoint import SAFETENSORS_DTYPES, load_tensors, save_tensors
 
 WEIGHTS_FILE = "tav_unet.safetensors"

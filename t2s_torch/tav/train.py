@@ -52,11 +52,10 @@ from shared.model.checkpoint import (
     commit_checkpoint,
     list_checkpoints,
     load_json,
-    resume_checkpoint,
     save_json,
     step_dir_name,
-    verify_checkpoint,
 )
+from shared.model.resume import resume_checkpoint, verify_checkpoint
 from t2s_torch.checkpoint import (
     LAYOUT,
     decode_bytes,

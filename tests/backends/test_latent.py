@@ -32,7 +32,8 @@ from shared.data.latents import (
 )
 from shared.data.toy import make_toy_dataset
 from shared.data.video import read_video
-from shared.model.checkpoint import MLX_TO_TORCH_AXES, load_checkpoint_config, resolve_checkpoint
+from shared.model.checkpoint import load_checkpoint_config, resolve_checkpoint
+from shared.model.layouts import MLX_TO_TORCH_AXES
 
 SMALL = ("data.num_frames=2", "data.image_size=8")
 # Per backend: (frames, pixel size) of the clips the model trains on; latents are half the size.

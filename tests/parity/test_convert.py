@@ -45,7 +45,6 @@ from shared.model.checkpoint import (  # noqa: E402
     EMA_FILE,
     MODEL_FILE,
     OPTIMIZER_FILE,
-    TORCH_TO_MLX_AXES,
     TRAINER_STATE_FILE,
     check_checksums,
 )
@@ -54,7 +53,7 @@ from shared.model.convert import (  # noqa: E402
     mlx_to_torch,
     torch_to_mlx,
 )
-from shared.model.layouts import parameter_shapes  # noqa: E402
+from shared.model.layouts import TORCH_TO_MLX_AXES, parameter_shapes  # noqa: E402
 from shared.model.safetensors_io import (  # noqa: E402
     ConvertError,
     RawTensor,

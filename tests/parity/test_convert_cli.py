@@ -27,20 +27,16 @@ from safetensors.numpy import save_file as save_numpy  # noqa: E402
 from safetensors.torch import load_file as load_torch  # noqa: E402
 
 from shared.config import Config  # noqa: E402
-from shared.model.checkpoint import (  # noqa: E402
-    EMA_FILE,
-    MODEL_FILE,
-    OPTIMIZER_FILE,
-    TORCH_TO_MLX_AXES,
-    tensor_metadata,
-)
+from shared.model.checkpoint import EMA_FILE, MODEL_FILE, OPTIMIZER_FILE  # noqa: E402
 from shared.model.convert import (  # noqa: E402
     convert,
     torch_to_mlx,
 )
+from shared.model.layouts import TORCH_TO_MLX_AXES  # noqa: E402
 from shared.model.safetensors_io import (  # noqa: E402
     ConvertError,
 )
+from shared.model.tensor_files import tensor_metadata  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,7 +17,7 @@ from mlx.utils import tree_flatten
 from shared.config import SampleConfig, apply_overrides, preset
 from shared.data.toy import make_toy_dataset
 from shared.data.video import read_video
-from shared.model.checkpoint import TORCH_TO_MLX_AXES
+from shared.model.layouts import TORCH_TO_MLX_AXES
 from t2s_mlx import diffusion as mdiff
 from t2s_mlx import sample as msample
 from t2s_mlx.unet import UNet3D as MLXUNet

@@ -20,7 +20,7 @@ nn = pytest.importorskip("mlx.nn")
 from mlx.utils import tree_flatten, tree_map  # noqa: E402
 
 from shared.config import ModelConfig, preset  # noqa: E402
-from shared.model.checkpoint import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES  # noqa: E402
+from shared.model.layouts import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES  # noqa: E402
 from t2s_mlx.unet import UNet3D as MLXUNet3D  # noqa: E402
 from t2s_mlx.unet import load_torch_layout_weights, torch_layout_weights  # noqa: E402
 from t2s_torch.unet import UNet3D as TorchUNet3D  # noqa: E402

@@ -14,24 +14,17 @@ from safetensors.numpy import load_file, save_file
 from shared.config import preset
 from shared.model.checkpoint import (
     CHECKSUMS_FILE,
-    MLX_TO_TORCH_AXES,
-    TORCH_TO_MLX_AXES,
     CheckpointError,
-    TensorSpec,
     abort_checkpoint,
     begin_checkpoint,
-    check_layout,
-    check_tensor_file,
     commit_checkpoint,
-    compare_keys,
     list_checkpoints,
-    pick_resume_checkpoint,
-    read_header,
     resolve_checkpoint,
-    resume_checkpoint,
-    tensor_metadata,
-    verify_checkpoint,
 )
+from shared.model.layouts import MLX_TO_TORCH_AXES, TORCH_TO_MLX_AXES
+from shared.model.resume import pick_resume_checkpoint, resume_checkpoint, verify_checkpoint
+from shared.model.safetensors_io import TensorSpec, read_header
+from shared.model.tensor_files import check_layout, check_tensor_file, compare_keys, tensor_metadata
 
 
 def fake_checkpoint(checkpoints: Path, step: int, keep_last: int | None = None) -> Path:
