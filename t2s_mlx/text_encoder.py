@@ -1,11 +1,12 @@
 """The frozen text encoder on MLX: captions in, token states + mask + pooled embedding out.
 
 The MLX twin of `t2s_torch.text_encoder`, with the same methods and outputs (as `mx.array`s).
-The framework-free half (finding the model directory, tokenizing, the encoder key, the on-disk
-embedding cache, the pooling definition) lives in `shared.model.text`, the encoder's bookkeeping
-(chunks, cache, empty caption, checks) in `shared.model.text_encoder`; see `shared.model.text` for
-the output contract both backends keep. Both backends key the cache by the encoder's content and
-store float32, so an embedding computed by one is read by the other without running the model.
+The framework-free half lives in `shared.model`: finding the model directory (`text_lookup`),
+tokenizing (`text_tokenizer`), the encoder key and the on-disk embedding cache (`text_cache`),
+and the encoder's bookkeeping (chunks, cache, empty caption, checks), the output contract both
+backends keep and the pooling definition (`text_encoder`). Both backends key the cache by the
+encoder's content and store float32, so an embedding computed by one is read by the other
+without running the model.
 
 The model itself is a small MLX port of transformers' BertModel that reads the same Hugging Face
 `model.safetensors` (no torch or transformers import anywhere on this path). Architectures are
@@ -28,8 +29,8 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from shared.config import TextEncoderConfig
-from shared.model.text import load_tokenizer
 from shared.model.text_encoder import BaseTextEncoder
+from shared.model.text_tokenizer import load_tokenizer
 
 
 class UnsupportedTextEncoderError(NotImplementedError):
@@ -54,7 +55,8 @@ class EncodedText(NamedTuple):
 def masked_mean_pool(states: mx.array, mask: mx.array) -> mx.array:
     """Mean of states (B, L, D) over positions where mask (B, L) is nonzero -> (B, D).
 
-    The MLX twin of `shared.model.text.masked_mean_pool`; a row without real tokens pools to zeros.
+    The MLX twin of `shared.model.text_encoder.masked_mean_pool`; a row without real tokens pools
+    to zeros.
     """
     weights = mx.expand_dims(mask.astype(states.dtype), -1)
     return (states * weights).sum(axis=1) / mx.maximum(weights.sum(axis=1), 1e-9)

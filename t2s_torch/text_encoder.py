@@ -1,9 +1,9 @@
 """The frozen text encoder on PyTorch: captions in, token states + mask + pooled embedding out.
 
-The framework-free half (finding the model directory, tokenizing, the encoder key, the on-disk
-embedding cache, the pooling definition) lives in `shared.model.text`, the encoder's bookkeeping in
-`shared.model.text_encoder`; this file only runs the transformers model. See `shared/model/text.py`
-for the output contract both backends keep.
+The framework-free half lives in `shared.model`: finding the model directory (`text_lookup`),
+tokenizing (`text_tokenizer`), the encoder key and the on-disk embedding cache (`text_cache`),
+and the encoder's bookkeeping, the output contract both backends keep and the pooling
+definition (`text_encoder`); this file only runs the transformers model.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from shared.config import TextEncoderConfig
-from shared.model.text import load_tokenizer
 from shared.model.text_encoder import BaseTextEncoder
+from shared.model.text_tokenizer import load_tokenizer
 from t2s_torch.device import select_device
 
 # config.json model_type -> the transformers class that runs only the text / encoder part.
@@ -48,8 +48,8 @@ class EncodedText(NamedTuple):
 def masked_mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of states (B, L, D) over positions where mask (B, L) is nonzero -> (B, D).
 
-    The torch twin of `shared.model.text.masked_mean_pool`; a row without real tokens pools to
-    zeros.
+    The torch twin of `shared.model.text_encoder.masked_mean_pool`; a row without real tokens
+    pools to zeros.
     """
     weights = mask.to(states.dtype).unsqueeze(-1)
     return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-9)

@@ -4,7 +4,25 @@
 tokenizing in chunks, de-duplicating captions, the on-disk embedding cache, the empty caption's
 embedding, and the checks of `text.max_length` and `model.context_dim`. A backend's
 `TextEncoder` subclasses it and supplies the hooks below (load the model, run one tokenized
-chunk, move arrays between numpy and its tensors); see `shared.model.text` for the output contract.
+chunk, move arrays between numpy and its tensors).
+
+What each backend's text encoder must return for a batch tokenized by `TextTokenizer.tokenize`
+(`shared.model.text_tokenizer`; input_ids and attention_mask int64, shape (B, L) with
+L = `TextEncoderConfig.max_length`):
+
+- token states, float32 (B, L, D): the encoder's last hidden state, padding positions included
+  (cross-attention masks them with the attention mask, so their values never matter);
+- mask, int64 (B, L): the tokenizer's attention mask, returned unchanged (1 = real token);
+- pooled, float32 (B, D): `masked_mean_pool(states, mask)` -- the mean of the token states over
+  real tokens, the sentence embedding sentence-transformers computes for MiniLM (before its
+  final L2 normalisation, which is not applied: the time-embedding projection learns the scale).
+  The same definition is used for every encoder, so the two backends agree by construction.
+
+The unconditional embedding for classifier-free guidance is the encoder's output for the empty
+string "" ([CLS] [SEP] then padding for BERT), not zeros; it is cached like any caption.
+
+For MiniLM: D = 384, pad id 0 ([PAD]), [CLS] = 101, [SEP] = 102, lower-casing with accent
+stripping, 512 positions (trained at 128-256 tokens).
 """
 
 from __future__ import annotations
@@ -16,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from shared.config import ConfigError, TextEncoderConfig
-from shared.model.text import EmbeddingCache, encoder_key, resolve_text_encoder
+from shared.model.text_cache import EmbeddingCache, encoder_key
+from shared.model.text_lookup import resolve_text_encoder
 
 
 class BaseTextEncoder:
@@ -24,8 +43,8 @@ class BaseTextEncoder:
 
     `dtype` is what the encoder computes in (outputs are always float32). With `cache_dir`,
     every caption's embedding is computed once ever and then read from
-    `shared.model.text.EmbeddingCache`, the same files for both backends. Not a framework module on
-    purpose: its weights never join a trainer's optimizer or state dict.
+    `shared.model.text_cache.EmbeddingCache`, the same files for both backends. Not a framework
+    module on purpose: its weights never join a trainer's optimizer or state dict.
     """
 
     model: Any
@@ -143,3 +162,21 @@ class BaseTextEncoder:
         return (f"TextEncoder({self.config.name!r}, {type(self.model).__name__}, "
                 f"hidden_size={self.hidden_size}, max_length={self.max_length}, "
                 f"{self._describe_device()}dtype={self.dtype}, key={self.key})")
+
+
+def masked_mean_pool(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of token states (B, L, D) over the positions where mask (B, L) is nonzero -> (B, D).
+
+    The numpy reference for the backends' pooled embedding (sentence-transformers' mean
+    pooling). Accumulates in float64 and returns the input's float dtype; a row with no real
+    token pools to zeros, as sentence-transformers' clamp of the count to 1e-9 gives.
+    """
+    states = np.asarray(states)
+    weights = np.asarray(mask).astype(np.float64)
+    if states.ndim != 3 or weights.shape != states.shape[:2]:
+        raise ValueError(f"states (B, L, D) and mask (B, L) expected, got {states.shape} and "
+                         f"{weights.shape}")
+    total = np.einsum("bld,bl->bd", states.astype(np.float64), weights)
+    pooled = total / np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
+    dtype = states.dtype if np.issubdtype(states.dtype, np.floating) else np.float64
+    return pooled.astype(dtype)

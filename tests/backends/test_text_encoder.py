@@ -24,14 +24,11 @@ from text_encoder_cases import (  # tests/support/text_encoder_cases.py
     _same,
 )
 
-from shared.config import ConfigError, TextEncoderConfig
-from shared.model.text import (
-    DEFAULT_TEXT_ENCODER,
-    encoder_key,
-    masked_mean_pool,
-    resolve_text_encoder,
-    tokenize,
-)
+from shared.config import DEFAULT_TEXT_ENCODER, ConfigError, TextEncoderConfig
+from shared.model.text_cache import encoder_key
+from shared.model.text_encoder import masked_mean_pool
+from shared.model.text_lookup import resolve_text_encoder
+from shared.model.text_tokenizer import tokenize
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +52,7 @@ def test_minilm_shapes_dtypes_and_pooling(backend, minilm) -> None:
     # The long caption is truncated to max_length; "" is [CLS] [SEP].
     assert int(out.mask[CAPTIONS.index(LONG)].sum()) == length
     assert int(out.mask[0].sum()) == 2
-    # The pooled embedding is shared.model.text's definition.
+    # The pooled embedding is shared.model.text_encoder's definition.
     np.testing.assert_allclose(_np(out.pooled), masked_mean_pool(_np(out.states), _np(out.mask)),
                                atol=1e-5)
     assert np.isfinite(_np(out.states)).all()

@@ -23,8 +23,8 @@ transformers = pytest.importorskip("transformers")
 
 from text_encoder_cases import _reference  # noqa: E402  (tests/support)
 
-from shared.config import TextEncoderConfig  # noqa: E402
-from shared.model.text import DEFAULT_TEXT_ENCODER, resolve_text_encoder  # noqa: E402
+from shared.config import DEFAULT_TEXT_ENCODER, TextEncoderConfig  # noqa: E402
+from shared.model.text_lookup import resolve_text_encoder  # noqa: E402
 from t2s_mlx import text_encoder as mlx_te  # noqa: E402
 from t2s_torch import text_encoder as torch_te  # noqa: E402
 

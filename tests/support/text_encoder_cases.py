@@ -13,11 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.config import TextEncoderConfig
-from shared.model.text import (
-    DEFAULT_TEXT_ENCODER,
-    resolve_text_encoder,
-)
+from shared.config import DEFAULT_TEXT_ENCODER, TextEncoderConfig
+from shared.model.text_lookup import resolve_text_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -162,7 +159,7 @@ class TorchText:
     length = 32  # the minilm fixture's max_length
     frozen_captions = CAPTIONS
     # transformers' BertModel keeps its pooler (a dense weight and bias) that the project
-    # never runs: it pools token states itself (shared.model.text.masked_mean_pool).
+    # never runs: it pools token states itself (shared.model.text_encoder.masked_mean_pool).
     minilm_parameters = 5 + 6 * 16 + 2
     device_in_repr = "device=cpu, "  # the device the encoder was asked for
 
