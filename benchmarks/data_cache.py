@@ -19,7 +19,8 @@ import click
 
 from shared.app.cli_common import SCRIPT_SETTINGS
 from shared.config import DataConfig
-from shared.data.dataset import BatchIterator, ClipDataset, cache_root
+from shared.data.dataset import BatchIterator, ClipDataset
+from shared.data.decode_cache import cache_root
 from shared.data.toy import make_toy_dataset
 
 

@@ -126,7 +126,7 @@ def make_plan(args: SimpleNamespace) -> Plan:
 def reference_main(args: SimpleNamespace) -> int:
     """`--quality RUN --reference DIR`: the recipe table on real clips, printed and in --json."""
     from benchmarks.reference_quality import compare_on_references, format_table
-    from shared.data.dataset import DataError
+    from shared.data.clips import DataError
     from shared.model.checkpoint import CheckpointError, resolve_checkpoint
 
     start = time.perf_counter()

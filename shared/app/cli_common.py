@@ -14,7 +14,7 @@ import click
 
 from shared.app.errors import TrainingDiverged, TrainingInterrupted
 from shared.config import Config, ConfigError, apply_overrides, preset
-from shared.data.dataset import DataError
+from shared.data.clips import DataError
 from shared.data.video import VideoError
 from shared.model.checkpoint import CheckpointError
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shared.app.cli_common import SCRIPT_SETTINGS
 from shared.app.report_html import folder_clips, references_by_caption
-from shared.data.dataset import DataError
+from shared.data.clips import DataError
 from shared.data.video import read_video
 
 _INK, _FAINT, _PAPER = (0, 0, 0), (110, 110, 110), (255, 255, 255)

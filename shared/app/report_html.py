@@ -30,7 +30,7 @@ from urllib.parse import quote
 from PIL import Image
 
 from shared.config import DataConfig, SampleConfig
-from shared.data.dataset import DataReport, find_clips
+from shared.data.clips import DataReport, find_clips
 
 PAGE = "index.html"
 SETTINGS_FILE = "sampling.json"  # what `sample` used, kept for pages written later (eval)
@@ -80,7 +80,7 @@ def sample_settings(sample: SampleConfig, checkpoint: str | Path | None = None,
 
 def folder_clips(folder: Path) -> list[PageClip]:
     """The captioned clips of `folder`, in the order `eval` scores them (the same discovery:
-    `shared.data.dataset.find_clips`); grid.gif has no caption, so it is not among them."""
+    `shared.data.clips.find_clips`); grid.gif has no caption, so it is not among them."""
     clips = find_clips(DataConfig(data_dir=str(folder)), DataReport())
     return [PageClip(c.path, c.caption) for c in clips]
 

@@ -50,7 +50,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from shared.config import Config, ConfigError, DataConfig, SampleConfig
-from shared.data.dataset import DataError, DataReport, find_clips
+from shared.data.clips import DataError, DataReport, find_clips
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 MAX_CHARS = 500  # a sentence, not a document: the text encoder reads 32 tokens anyway

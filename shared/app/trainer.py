@@ -41,7 +41,8 @@ from shared.app.tensorboard import TensorBoardLogger
 from shared.app.threads import ThreadTuner
 from shared.app.valprobe import ValidationProbe
 from shared.config import Config, SampleConfig
-from shared.data.dataset import Batch, BatchIterator, ClipDataset, cache_root
+from shared.data.dataset import Batch, BatchIterator, ClipDataset
+from shared.data.decode_cache import cache_root
 from shared.data.latents import bind_vae, check_vae, use_latents
 from shared.data.video import to_uint8, write_grid
 from shared.diffusion.lr import warmup_cosine

@@ -29,7 +29,9 @@ import numpy as np
 
 from shared.app.tensorboard import TensorBoardLogger
 from shared.config import Config, SampleConfig
-from shared.data.dataset import ClipDataset, DataError, cache_root
+from shared.data.clips import DataError
+from shared.data.dataset import ClipDataset
+from shared.data.decode_cache import cache_root
 from shared.evaluation.metrics import psnr, ssim
 from shared.evaluation.pose import PoseCache, PoseExtraMissing, require_mediapipe
 from shared.evaluation.refeval import POSE_CACHE_NAME, PoseSummary, caption_key, pose_distance

@@ -1,2 +1,3 @@
-"""Data: video io, the GIF/MP4 + caption dataset and its caches, `prepare`, statistics, previews,
-the latent cache and the synthetic toy signer. Imports only `shared.config`."""
+"""Data: video io, training clips (found, preprocessed, cached once decoded, split, served in
+batches), `prepare`, statistics, previews, the latent cache and the synthetic toy signer.
+Imports only `shared.config`."""

@@ -231,7 +231,7 @@ def check_vae(config: Config, found_hash: str, where: str | Path) -> None:
 
 def latent_cache_root(data: DataConfig, vae_hash_: str) -> Path:
     """Beside the pixel cache: one folder per (VAE, frames, size)."""
-    from shared.data.dataset import cache_root
+    from shared.data.decode_cache import cache_root
 
     pixels = cache_root(data)
     name = f"latents-v{LATENT_VERSION}-{vae_hash_}-f{data.num_frames}-s{data.image_size}"
@@ -249,7 +249,7 @@ def prepare_latents(dataset: ClipDataset, vae_hash_: str,
     Data-parallel ranks each encode the missing ones of every `world_size`-th clip (then meet at
     a barrier).
     """
-    from shared.data.dataset import cache_root
+    from shared.data.decode_cache import cache_root
 
     root = latent_cache_root(dataset.config, vae_hash_)
     root.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from shared.data.dataset import DataError
+from shared.data.clips import DataError
 from shared.data.prepare_cut import FITS, SegmentError, cut_segment, fit_frames
 from shared.data.prepare_plan import COLUMN_KEYS, BadRow, Job, plan_folder, plan_segments
 from shared.data.video import write_video

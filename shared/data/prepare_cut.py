@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.data.dataset import DataError
+from shared.data.clips import DataError
 from shared.data.prepare_plan import PAST_END, UNDECODABLE
 from shared.data.video import GIF_SUFFIXES, read_video
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from shared.data.dataset import CACHE_DIRNAME, DataError
+from shared.data.clips import CACHE_DIRNAME, DataError
 from shared.data.video import VIDEO_SUFFIXES
 
 # Column names recognised in a segments file, in order of preference (case-insensitive).

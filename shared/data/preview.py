@@ -3,7 +3,7 @@
 Numbers (shared.data.stats) do not show a letterbox that ate the hands, a cut that starts a
 second late, or captions that belong to the neighbouring clip; a person looking at a few clips
 does. `make_preview` picks N clips spread evenly over the folder (the same clips training sees,
-via shared.data.dataset.find_clips), and writes
+via shared.data.clips.find_clips), and writes
 
 * OUT.png: one row per clip: its first, middle and last frame, its caption and file name;
 * OUT.gif beside it: the same clips playing side by side (shared.data.video.write_grid), each
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from shared.config import DataConfig
-from shared.data.dataset import Clip, DataError, DataReport, find_clips
+from shared.data.clips import Clip, DataError, DataReport, find_clips
 from shared.data.prepare_cut import fit_frames
 from shared.data.video import VideoError, read_video, write_grid
 

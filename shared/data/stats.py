@@ -1,6 +1,6 @@
 """What is in a training folder, before hours go into training on it.
 
-`collect_stats` looks at a folder the way training does (shared.data.dataset.find_clips: the same
+`collect_stats` looks at a folder the way training does (shared.data.clips.find_clips: the same
 files, captions and skip rules), decodes every clip with the same reader, and reports what
 decides whether the data can teach the model anything: how many clips, how long and how many
 frames (training resamples to `num_frames`, so a wide spread means very different speeds), the
@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from shared.config import DataConfig
-from shared.data.dataset import Clip, DataReport, find_clips
+from shared.data.clips import Clip, DataReport, find_clips
 from shared.data.video import VideoError, read_video
 
 _WORD = re.compile(r"[\w']+")

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import DataConfig
-from shared.data.dataset import DataReport, find_clips, preprocess_clip
+from shared.data.clips import DataReport, find_clips
+from shared.data.preprocess import preprocess_clip
 from shared.data.video import VideoError, read_video
 from shared.evaluation.metrics import psnr, ssim, standard_error
 from shared.evaluation.pose import PoseCache

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from shared.config import DataConfig
-from shared.data.dataset import DataError, DataReport, find_clips
+from shared.data.clips import DataError, DataReport, find_clips
 from shared.data.video import read_video
 from shared.evaluation.textfollow import SetScore, score_set
 from shared.evaluation.toyjudge import ToyScore, score_clips

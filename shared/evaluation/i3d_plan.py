@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.data.dataset import DataError
+from shared.data.clips import DataError
 
 I3D_FIX = ("pass the state dict of a Kinetics I3D (InceptionI3d keys such as "
            "Conv3d_1a_7x7.conv3d.weight, e.g. pytorch-i3d's rgb_imagenet.pt) as .pt or "

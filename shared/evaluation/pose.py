@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.data.dataset import DataError
+from shared.data.clips import DataError
 from shared.io_atomic import write_bytes_atomic
 
 POSE_EXTRA_HINT = 'pip install ".[pose]"  (mediapipe==0.10.14, which ships its models)'

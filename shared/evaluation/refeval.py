@@ -5,7 +5,7 @@ case- and space-insensitively) and scored, per clip and in total, on:
 
 - PSNR and SSIM at the generated size, the reference brought there by the training transform
   (uniform frame resampling, centre square crop, bicubic resize;
-  `shared.data.dataset.preprocess_clip`);
+  `shared.data.preprocess.preprocess_clip`);
 - pose, from MediaPipe Holistic body + hand keypoints (`shared.evaluation.pose`): DTW-MJE, the
   mean joint error along the best time alignment, each clip's keypoints first moved to its own
   body frame (origin at its median shoulder midpoint, unit its median shoulder width, so where the
@@ -31,14 +31,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from shared.config import DataConfig
-from shared.data.dataset import (
-    CACHE_DIRNAME,
-    Clip,
-    DataError,
-    DataReport,
-    find_clips,
-    prepare_cache,
-)
+from shared.data.clips import CACHE_DIRNAME, Clip, DataError, DataReport, find_clips
+from shared.data.decode_cache import prepare_cache
 from shared.data.video import read_video
 from shared.evaluation.fvd import FeatureExtractor, FVDProtocol, clip_features, fvd
 from shared.evaluation.metrics import dtw_mje, path_length, psnr, ssim

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from shared.config import DataConfig
-from shared.data.dataset import ClipDataset, preprocess_clip
+from shared.data.dataset import ClipDataset
+from shared.data.preprocess import preprocess_clip
 from shared.data.video import read_video
 
 

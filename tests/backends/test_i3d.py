@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from shared.data.dataset import DataError
+from shared.data.clips import DataError
 from shared.evaluation.fvd import file_sha256
 from shared.evaluation.i3d_plan import parameter_shapes
 

@@ -19,7 +19,8 @@ pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
 
 from shared.app.demo_real import pick_captions  # noqa: E402
 from shared.data import personclips as pc  # noqa: E402
-from shared.data.dataset import Clip, preprocess_clip  # noqa: E402
+from shared.data.clips import Clip  # noqa: E402
+from shared.data.preprocess import preprocess_clip  # noqa: E402
 from shared.data.video import read_video  # noqa: E402
 from shared.evaluation.metrics import noise_ratio, psnr  # noqa: E402
 

@@ -27,7 +27,7 @@ pytest.importorskip("mediapipe", reason='pose metrics need ".[pose]"')
 pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
 
 from shared.data import personclips as pc  # noqa: E402
-from shared.data.dataset import DataError  # noqa: E402
+from shared.data.clips import DataError  # noqa: E402
 from shared.data.video import write_video  # noqa: E402
 from shared.evaluation.pose import PoseCache  # noqa: E402
 

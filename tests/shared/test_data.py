@@ -11,16 +11,11 @@ import pytest
 from PIL import Image
 
 from shared.config import DataConfig
-from shared.data.dataset import (
-    BatchIterator,
-    ClipDataset,
-    DataError,
-    cache_root,
-    center_crop_square,
-    resample_frames,
-    split_indices,
-    to_model_range,
-)
+from shared.data.clips import DataError
+from shared.data.dataset import BatchIterator, ClipDataset
+from shared.data.decode_cache import cache_root
+from shared.data.preprocess import center_crop_square, resample_frames, to_model_range
+from shared.data.splits import split_indices
 from shared.data.video import write_video
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from shared.app.figure import demo_figure
-from shared.data.dataset import DataError
+from shared.data.clips import DataError
 from shared.data.video import write_sample_folder, write_video
 
 

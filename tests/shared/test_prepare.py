@@ -22,7 +22,8 @@ import pytest
 
 import shared.data.prepare as prepare
 from shared.config import DataConfig
-from shared.data.dataset import BatchIterator, ClipDataset, DataError
+from shared.data.clips import DataError
+from shared.data.dataset import BatchIterator, ClipDataset
 from shared.data.prepare import PrepareConfig, parse_columns, prepare_corpus
 from shared.data.prepare_cut import fit_frames
 from shared.data.prepare_plan import (

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.data.dataset import DataError
+from shared.data.clips import DataError
 from shared.data.preview import PreviewConfig, make_preview, spread
 from shared.data.video import read_video, write_video
 

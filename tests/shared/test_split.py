@@ -16,8 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from shared.config import DataConfig
-from shared.data.dataset import Clip, ClipDataset, DataError, clip_groups, split_indices
+from shared.data.clips import Clip, DataError
+from shared.data.dataset import ClipDataset
 from shared.data.prepare import PrepareConfig, prepare_corpus
+from shared.data.splits import clip_groups, split_indices
 from shared.data.video import write_video
 
 FPS = 10
