@@ -4,8 +4,8 @@
 
 Makes a reference folder (`--refs` wide 320 x 180 MP4s of 28 frames per caption) and a generated
 folder (`--n` GIFs at 28 x 128^2, spread over `--captions` captions) of real-person clips
-(shared.data.personclips: a bundled photo moved along a per-caption path), then scores the generated
-folder twice with the library call behind `eval GENERATED --reference DIR`: pass 1 runs
+(benchmarks/personclips.py: a bundled photo moved along a per-caption path), then scores the
+generated folder twice with the library call behind `eval GENERATED --reference DIR`: pass 1 runs
 MediaPipe on every clip (cold keypoint cache), pass 2 is what every later evaluation of the same
 clips pays (keypoints cached). The target is pass 2 <= 120 s on a 2-core CPU.
 """
@@ -22,8 +22,8 @@ from types import SimpleNamespace
 import click
 import numpy as np
 
+from benchmarks import personclips as pc
 from shared.app.cli_common import SCRIPT_SETTINGS
-from shared.data import personclips as pc
 from shared.data.video import write_video
 from shared.evaluation.refeval import RefEvalConfig, evaluate_against_reference
 

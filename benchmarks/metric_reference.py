@@ -19,9 +19,32 @@ from types import SimpleNamespace
 
 import click
 
+from benchmarks import personclips as pc
 from shared.app.cli_common import SCRIPT_SETTINGS
-from shared.evaluation.calibration import folder_rows, format_rows, synthetic_rows
+from shared.evaluation.calibration import (
+    Row,
+    folder_rows,
+    format_rows,
+    row_of,
+    score,
+    transformed_rows,
+)
 from shared.evaluation.pose import PoseCache
+
+
+def synthetic_rows(cache: PoseCache, frames: int = 28, size: int = 128) -> list[Row]:
+    """Reference scores on clips of the bundled photo (no real signing needed): one motion
+    against itself, its delayed, retimed and mirrored copies, and another motion."""
+    photo = pc.person_photo()
+    base = pc.render(pc.uniform(frames), pc.sway, height=size, photo=photo)
+    rows = list(transformed_rows([base], cache))
+    rows.append(row_of("slow-then-fast retiming",
+                       [score(pc.render(pc.eased(frames), pc.sway, height=size, photo=photo),
+                              base, cache)]))
+    rows.append(row_of("another motion",
+                       [score(pc.render(pc.uniform(frames), pc.bow, height=size, photo=photo),
+                              base, cache)]))
+    return rows
 
 
 @click.command(help=__doc__.splitlines()[0], context_settings=SCRIPT_SETTINGS)
@@ -40,7 +63,7 @@ def main(**options: object) -> None:
             source = args.reference
         else:
             rows = synthetic_rows(cache, args.frames, args.size)
-            source = "clips of the bundled astronaut photo (shared.data.personclips)"
+            source = "clips of the bundled astronaut photo (benchmarks/personclips.py)"
         print(f"reference scores at {args.frames} x {args.size}^2 on {source}")
         print(format_rows(rows))
 

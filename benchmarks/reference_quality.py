@@ -182,9 +182,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 def make_person_set(folder: Path, captions: int = 6, signers: int = 3, frames: int = 16,
                     height: int = 180, width: int = 320) -> Path:
-    """Real pixels of a real person (`shared.data.personclips`, a bundled photograph) moved along
-    one path per caption; each "signer" has its own background and tempo. MP4 + .txt captions."""
-    from shared.data import personclips as pc
+    """Real pixels of a real person (`benchmarks/personclips.py`, a bundled photograph) moved
+    along one path per caption; each "signer" has its own background and tempo. MP4 + .txt
+    captions."""
+    from benchmarks import personclips as pc
     from shared.data.video import write_video
 
     photo = pc.person_photo()

@@ -3,7 +3,8 @@ mirrored copy, against another clip of the same caption and against a different 
 
 A DTW-MJE of 0.3 means nothing until one knows that the same clip delayed scores ~0.05 and a
 different sign ~0.4; these rows give that scale, on real reference clips when a folder is given
-(`benchmarks/metric_reference.py --reference DIR`), else on the bundled-photo clips.
+(`benchmarks/metric_reference.py --reference DIR`), else on clips of a bundled photo
+(`benchmarks.metric_reference.synthetic_rows`, out of the core with the clips it makes).
 """
 
 from __future__ import annotations
@@ -107,23 +108,6 @@ def folder_rows(folder: Path, cache: PoseCache, frames: int = 28, size: int = 12
         rows.append(row_of("same caption, another clip", same))
     if other:
         rows.append(row_of("different caption", other))
-    return rows
-
-
-def synthetic_rows(cache: PoseCache, frames: int = 28, size: int = 128) -> list[Row]:
-    """Reference scores on clips of the bundled photo (no real signing needed): one motion
-    against itself, its delayed, retimed and mirrored copies, and another motion."""
-    from shared.data import personclips as pc
-
-    photo = pc.person_photo()
-    base = pc.render(pc.uniform(frames), pc.sway, height=size, photo=photo)
-    rows = list(transformed_rows([base], cache))
-    rows.append(row_of("slow-then-fast retiming",
-                       [score(pc.render(pc.eased(frames), pc.sway, height=size, photo=photo),
-                              base, cache)]))
-    rows.append(row_of("another motion",
-                       [score(pc.render(pc.uniform(frames), pc.bow, height=size, photo=photo),
-                              base, cache)]))
     return rows
 
 

@@ -17,8 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
     EventAccumulator,
 )
 
+from benchmarks import personclips as pc  # noqa: E402
 from shared.config import Config, apply_overrides, preset  # noqa: E402
-from shared.data import personclips as pc  # noqa: E402
 
 PIXEL_TAGS = ("val/psnr", "val/psnr_shuffled", "val/ssim", "val/ssim_shuffled")
 # backend.valprobe (tests/backends/conftest.py): the captions' motions, frames per clip,

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("mediapipe", reason='pose metrics need ".[pose]"')
 pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
 
-from shared.data import personclips as pc  # noqa: E402
+from benchmarks import personclips as pc  # noqa: E402
 from shared.data.video import write_video  # noqa: E402
 
 BIN = Path(sys.executable).parent

@@ -1,5 +1,5 @@
 """`demo --data DIR`: the main job on a folder of real captioned clips, through the console
-script, on wide MP4s of a real photo of a person (shared.data.personclips) that the test makes;
+script, on wide MP4s of a real photo of a person (benchmarks/personclips.py) that the test makes;
 MediaPipe runs for real."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("mediapipe", reason='pose metrics need ".[pose]"')
 pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
 
+from benchmarks import personclips as pc  # noqa: E402
 from shared.app.demo_real import pick_captions  # noqa: E402
-from shared.data import personclips as pc  # noqa: E402
 from shared.data.clips import Clip  # noqa: E402
 from shared.data.preprocess import preprocess_clip  # noqa: E402
 from shared.data.video import read_video  # noqa: E402

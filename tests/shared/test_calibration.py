@@ -1,5 +1,5 @@
 """shared.evaluation.calibration: the metrics' own reference scores, on real decoded clips made from
-a bundled photo (shared.data.personclips) — MediaPipe runs for real, nothing is mocked.
+a bundled photo (benchmarks/personclips.py) — MediaPipe runs for real, nothing is mocked.
 
 The rows must order the way a user will read them: a clip against itself is perfect, a delayed
 copy is close under DTW-MJE, a mirrored copy or another motion is far; on a folder, another clip
@@ -20,13 +20,13 @@ from shared.evaluation.calibration import (
     folder_rows,
     format_rows,
     row_of,
-    synthetic_rows,
 )
 
 pytest.importorskip("mediapipe", reason='pose metrics need ".[pose]"')
 pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
 
-from shared.data import personclips as pc  # noqa: E402
+from benchmarks import personclips as pc  # noqa: E402
+from benchmarks.metric_reference import synthetic_rows  # noqa: E402
 from shared.data.clips import DataError  # noqa: E402
 from shared.data.video import write_video  # noqa: E402
 from shared.evaluation.pose import PoseCache  # noqa: E402

@@ -1,5 +1,5 @@
 """Pose keypoints (MediaPipe Holistic, the `pose` extra) on real decoded video that the tests
-make from a bundled photo of a person (shared.data.personclips): no mock of the keypoint model.
+make from a bundled photo of a person (benchmarks/personclips.py): no mock of the keypoint model.
 
 A clip against itself scores DTW-MJE 0; the same motion delayed, at another tempo, or filmed
 elsewhere in a larger frame stays near 0; a mirrored clip or another motion does not.
@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("mediapipe", reason='pose metrics need ".[pose]"')
 pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
 
-from shared.data import personclips as pc  # noqa: E402
+from benchmarks import personclips as pc  # noqa: E402
 from shared.data.video import read_video, write_video  # noqa: E402
 from shared.evaluation.metrics import dtw_mje  # noqa: E402
 from shared.evaluation.pose import (  # noqa: E402

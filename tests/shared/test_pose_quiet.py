@@ -26,7 +26,7 @@ MARK = "written between clips"
 SCRIPT = f"""
 import sys
 import time
-from shared.data import personclips as pc
+from benchmarks import personclips as pc
 from shared.evaluation.pose import HolisticExtractor
 
 frames = pc.render(pc.uniform(3))

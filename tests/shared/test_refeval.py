@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("mediapipe", reason='pose metrics need ".[pose]"')
 pytest.importorskip("skimage", reason='the person clips need ".[pose]"')
 
-from shared.data import personclips as pc  # noqa: E402
+from benchmarks import personclips as pc  # noqa: E402
 from shared.data.clips import DataError  # noqa: E402
 from shared.data.preprocess import preprocess_clip  # noqa: E402
 from shared.data.video import read_video, write_video  # noqa: E402

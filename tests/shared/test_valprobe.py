@@ -18,10 +18,10 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
     EventAccumulator,
 )
 
+from benchmarks import personclips as pc  # noqa: E402
 from shared.app.tensorboard import TensorBoardLogger  # noqa: E402
 from shared.app.valprobe import ValidationProbe, choose_items  # noqa: E402
 from shared.config import SampleConfig, apply_overrides, preset  # noqa: E402
-from shared.data import personclips as pc  # noqa: E402
 from shared.data.dataset import ClipDataset  # noqa: E402
 from shared.evaluation.pose import PoseCache  # noqa: E402
 

@@ -1,5 +1,8 @@
 """Clips of a real person made from one bundled photograph, for checking the pose metrics.
 
+A fixture of the tests and the benchmarks (`metric_reference.py`, `eval_reference.py`,
+`reference_quality.py`), not part of the installed core: nothing in `shared/` makes or needs it.
+
 No signing video ships with any installed package, and none can be downloaded here, but the
 keypoint model must be tested on real pixels, not on mocks. scikit-image's wheel bundles a
 photograph of a person (`skimage.data.astronaut()`, a NASA portrait) on which MediaPipe finds
