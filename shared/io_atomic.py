@@ -5,6 +5,8 @@ a second worker, a results page) and survive crashes, so none of them may ever b
 written. Every writer in the project does it one way, here: a temporary file in the target's own
 folder (so the rename stays on one filesystem and `os.replace` is atomic), filled, then renamed
 over the target; on any failure the temporary is removed and the target keeps its old contents.
+A whole folder (a checkpoint, a converted run) is filled under a temporary name the same way and
+put in place by `replace_whole`.
 
 The bottom of `shared/`'s layers, beside `config.py` (it imports nothing of the project), so the
 data, model and evaluation layers and both backends can all use it.
@@ -13,6 +15,7 @@ data, model and evaluation layers and both backends can all use it.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +46,21 @@ def atomic_path(target: str | Path, *, prefix: str | None = None, suffix: str = 
     except BaseException:  # Ctrl-C included: never leave the temporary behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_whole(tmp: str | Path, target: str | Path) -> None:
+    """Rename `tmp` over `target`, which may be a folder (a checkpoint, a converted run) or a
+    file: `os.replace` alone cannot put a folder over a non-empty one, so an existing `target` is
+    first renamed into a fresh hidden folder beside it and deleted after. Either way `target`
+    holds the old whole or the new whole, never a mix."""
+    tmp, target = Path(tmp), Path(target)
+    if target.exists() or target.is_symlink():
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.replace(target, trash / target.name)
+        os.replace(tmp, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], *,

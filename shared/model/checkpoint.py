@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Config, ConfigError
-from shared.io_atomic import write_text_atomic
+from shared.io_atomic import replace_whole, write_text_atomic
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -115,13 +114,7 @@ def commit_checkpoint(tmp_dir: Path, step: int, keep_last: int | None = None) ->
     write_checksums(tmp_dir)
     checkpoints_dir = tmp_dir.parent
     final = checkpoints_dir / step_dir_name(step)
-    if final.exists():  # a re-run of the same step: replace it as a whole
-        trash = Path(tempfile.mkdtemp(prefix=".trash.", dir=checkpoints_dir))
-        os.replace(final, trash / final.name)
-        os.replace(tmp_dir, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, final)
+    replace_whole(tmp_dir, final)  # a re-run of the same step replaces it as a whole
     write_text_atomic(checkpoints_dir / LATEST, final.name + "\n")
     if keep_last:
         for _, old in list_checkpoints(checkpoints_dir)[:-keep_last]:

@@ -33,7 +33,6 @@ temporary name and renamed into place; the input is only ever opened for reading
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import numpy as np
 
 from shared.config import Config, ConfigError
 from shared.diffusion.lr import warmup_cosine
-from shared.io_atomic import atomic_path
+from shared.io_atomic import atomic_path, replace_whole
 from shared.model.checkpoint import (
     CHECKPOINT_FORMS,
     CHECKSUMS_FILE,
@@ -285,17 +284,6 @@ def check_out(src: Path, out: Path, force: bool) -> None:
                            "OUT")
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished temporary into place; an existing OUT (--force) goes as a whole."""
-    if out.exists() or out.is_symlink():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, trash / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def _metadata(source_meta: dict[str, str], source: str, target: str, kind: str) -> dict[str, str]:
     meta = {k: v for k, v in source_meta.items()
             if k not in ("format", "t2s_layout", "t2s_kind", "t2s_converted_from")}
@@ -387,7 +375,7 @@ def convert_checkpoint(src: Path, out: Path, source: str, target: str, dtype: st
         if (src / CHECKSUMS_FILE).exists():  # the files changed, so their sums are new
             write_checksums(tmp)
             report.converted.append(f"{CHECKSUMS_FILE} (rewritten)")
-        _replace(tmp, out)
+        replace_whole(tmp, out)  # an existing OUT (--force) goes as a whole
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -425,7 +413,7 @@ def convert_file(src: Path, out: Path, source: str, target: str, dtype: str | No
         report.notes.append(f"--dtype {DTYPE_NAMES[dtype]} ignored: optimizer moments keep "
                             "their dtype")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out, prefix=f".{out.name}.tmp.", replace=_replace) as tmp:
+    with atomic_path(out, prefix=f".{out.name}.tmp.", replace=replace_whole) as tmp:
         write_safetensors(tmp, f.tensors, f.metadata)
     return report
 

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.io_atomic import atomic_path, write_atomic, write_bytes_atomic, write_text_atomic
+from shared.io_atomic import (
+    atomic_path,
+    replace_whole,
+    write_atomic,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
 
 class Boom(Exception):
@@ -76,3 +82,20 @@ def test_the_writers_replace_an_existing_target(tmp_path: Path):
     write_text_atomic(target, "n\u00e9w\n")
     assert target.read_bytes() == "n\u00e9w\n".encode()
     assert os.listdir(tmp_path) == ["caption.txt"]
+
+
+def test_replace_whole_puts_a_folder_over_a_folder_and_leaves_nothing_beside(tmp_path: Path):
+    target, new = tmp_path / "step_0000010", tmp_path / ".step_0000010.tmp"
+    target.mkdir()
+    (target / "model.safetensors").write_bytes(b"old")
+    (target / "stale.json").write_text("{}")
+    new.mkdir()
+    (new / "model.safetensors").write_bytes(b"new")
+    replace_whole(new, target)
+    assert sorted(os.listdir(target)) == ["model.safetensors"]
+    assert (target / "model.safetensors").read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["step_0000010"]
+    again = tmp_path / ".again"
+    again.write_bytes(b"a file where no target is")
+    replace_whole(again, tmp_path / "weights.safetensors")
+    assert sorted(os.listdir(tmp_path)) == ["step_0000010", "weights.safetensors"]
