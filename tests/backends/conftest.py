@@ -8,9 +8,12 @@ the video layout, random generators), and is collected as `test_x[torch]` and `t
 
 Every difference a shared test meets sits on the adapter, so test bodies read the same for both
 backends and never ask `backend.name`: running a model without gradients (`no_grad`, `eval`),
-parameters by name, checkpoint files, stub models (`backend.stubs(suite)`), and each suite's
-per-backend settings (step counts, clip sizes, thresholds: `backend.train` for test_train.py),
-with the reasons beside them.
+parameters by name, checkpoint files and converters (`load_safetensors`, `convert_away`), a
+quiet `trainer(config)`, the console script (`tool`) and its launchers (`launch`), stub models
+(`backend.stubs(suite)`, tests/support/stubs.py), the text encoders (`backend.text`,
+tests/support/text_encoder_cases.py), and each suite's per-backend settings (step counts, clip
+sizes, thresholds: `backend.train` for test_train.py, `backend.latent`, `backend.preemption`,
+`backend.valprobe`), with the reasons beside them.
 
 A backend whose library is missing is skipped, the way tests/torch and tests/mlx skip
 (pytest.importorskip). `@pytest.mark.backends("mlx")` runs a test on the named backends only;
@@ -24,6 +27,8 @@ import contextlib
 import copy
 import functools
 import importlib
+import signal
+import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -51,6 +56,8 @@ class Backend:
     close: dict  # float32 against a float64 reference: assert_allclose's rtol and atol
     train: SimpleNamespace  # tests/backends/test_train.py's per-backend settings
     valprobe: tuple  # test_valprobe.py: (motions, frames per clip, overrides, evaluated steps)
+    preemption: SimpleNamespace  # test_preemption.py: the training batch size, the stop signal
+    latent: SimpleNamespace  # test_latent.py: the overfitting test's steps and loss windows
 
     def __repr__(self) -> str:
         return f"<backend {self.name}>"
@@ -58,6 +65,32 @@ class Backend:
     def module(self, name: str) -> ModuleType:
         """t2s_<backend>.<name>, e.g. backend.module("diffusion")."""
         return importlib.import_module(f"t2s_{self.name}.{name}")
+
+    def trainer(self, config, log=lambda _: None):
+        """The backend's Trainer for `config` on `self.device`, without a progress bar, its
+        log lines handed to `log` (by default dropped)."""
+        return self.module("train").Trainer(config, device=self.device, progress=False, log=log)
+
+    @property
+    def tool(self) -> str:
+        """The backend's console script installed beside this Python (`t2s-torch`, `t2s-mlx`)."""
+        return str(Path(sys.executable).parent / f"t2s-{self.name}")
+
+    # Extra environment for the backend's training subprocesses (test_distributed.py).
+    launch_env: dict[str, str] = {}
+
+    def launch(self, processes: int, port: int, launcher: str | None = None) -> list[str]:
+        """The command that starts `processes` local ranks of what follows it (`self.tool` and
+        its arguments) under the backend's launcher, its rendezvous on `port`."""
+        raise NotImplementedError
+
+    def convert_away(self, src: Path, out: Path):
+        """Convert a checkpoint (or one weights file) of this backend's layout into the other's:
+        `shared.model.convert.torch_to_mlx` or `mlx_to_torch`."""
+        from shared.model import convert
+
+        other = next(name for name in BACKENDS if name != self.name)
+        return getattr(convert, f"{self.name}_to_{other}")(src, out)
 
     def video_shape(self, b: int, c: int, f: int, h: int, w: int) -> tuple[int, ...]:
         """The backend's layout of a video batch: (B, C, F, H, W) or channels-last."""
@@ -124,6 +157,12 @@ class TorchBackend(Backend):
     )
     # test_valprobe.py: the tiny preset's clips of three captions, evaluated at steps 2 and 4.
     valprobe = (("sway", "bow", "still"), 8, ("train.steps=4", "train.eval_steps=2"), [2, 4])
+    # test_preemption.py: the tiny preset's clips at batch 4, stopped by SIGTERM (what
+    # torchrun, Kubernetes and most schedulers send).
+    preemption = SimpleNamespace(batch_size=4, stop=signal.SIGTERM)
+    # test_latent.py, on the tiny preset's own 4 x 16 x 16 clips (8 x 8 latents): 80 steps, the
+    # last 15 losses under 0.5 of the first 10 (single steps are noisy: windows).
+    latent = SimpleNamespace(overfit=(("train.steps=80", "train.warmup_steps=10"), 15, 10, 0.5))
 
     @functools.cached_property
     def text(self) -> text_encoder_cases.TorchText:
@@ -140,6 +179,21 @@ class TorchBackend(Backend):
         self.np_index_dtype = np.int64
         self.device = device_choice.chosen()
         self.cpu_args = (torch.device("cpu"),)
+
+    # One OpenMP thread per process: several ranks' workers on a small CPU spin against each
+    # other.
+    launch_env = {"OMP_NUM_THREADS": "1"}
+
+    def launch(self, processes: int, port: int, launcher: str | None = None) -> list[str]:
+        """torchrun (gloo on the CPU), or launcher="accelerate": accelerate's multi-GPU launcher,
+        which runs gloo ranks on a CPU-only machine too."""
+        if launcher == "accelerate":
+            return [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
+                    f"--num_processes={processes}", "--num_machines=1", "--mixed_precision=no",
+                    "--dynamo_backend=no", f"--main_process_port={port}"]
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+                f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
+                f"--master_port={port}"]
 
     def to_device(self, x):
         return x.to(self.device)
@@ -267,6 +321,12 @@ class MLXBackend(Backend):
     # test_valprobe.py: 2 x 16 x 16 clips of two captions, one evaluation after two steps.
     valprobe = (("sway", "bow"), 6, ("data.num_frames=2", "data.image_size=16", "train.steps=2",
                                      "train.eval_steps=1"), [2])
+    # test_preemption.py: batch 2 of small clips, stopped by SIGUSR1 (what SLURM's --signal
+    # sends), so the two backends' runs cover both stop signals.
+    preemption = SimpleNamespace(batch_size=2, stop=signal.SIGUSR1)
+    # test_latent.py, on 2 x 8 x 8 clips (4 x 4 latents): 100 steps, the last 20 losses under
+    # 0.6 of the first 10.
+    latent = SimpleNamespace(overfit=(("train.steps=100", "train.warmup_steps=2"), 20, 10, 0.6))
 
     @functools.cached_property
     def text(self) -> text_encoder_cases.MLXText:
@@ -282,6 +342,11 @@ class MLXBackend(Backend):
         self.index_dtype = mx.int32  # what randint and integer masks give
         self.np_index_dtype = np.int32
         self.device = "cpu"
+
+    def launch(self, processes: int, port: int, launcher: str | None = None) -> list[str]:
+        """mlx.launch --backend ring: local ranks over TCP loopback."""
+        return [str(Path(sys.executable).parent / "mlx.launch"), "-n", str(processes),
+                "--backend", "ring", "--starting-port", str(port)]
 
     def array(self, a, dtype=None):
         out = self.xp.array(np.asarray(a))

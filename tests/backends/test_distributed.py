@@ -1,7 +1,8 @@
 """Data-parallel training through each backend's real launcher around its real CLI: `torchrun`
 (gloo on CPU) around `t2s-torch train`, `mlx.launch --backend ring` (two local ranks over TCP
-loopback) around `t2s-mlx train`. Two processes at micro-batch 2 must train exactly as one at
-batch 4, and a two-process checkpoint must resume in one process."""
+loopback) around `t2s-mlx train` (the commands: the adapter's `backend.launch`). Two processes
+at micro-batch 2 must train exactly as one at batch 4, and a two-process checkpoint must resume
+in one process."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,6 @@ import pytest
 from shared.app.distributed import Distributed
 from shared.data.toy import make_toy_dataset
 
-BIN = Path(sys.executable).parent
 # Small enough that clipping acts on every step: the clip must use the all-reduced norm.
 CLIP = 0.05
 COMMON = ("--preset", "tiny", "--quiet", "--set", "data.num_frames=2", "--set",
@@ -38,42 +37,23 @@ def train(backend, *args: str, processes: int = 1, launcher: str | None = None,
           ok: bool = True) -> subprocess.CompletedProcess:
     """`t2s-<backend> train`, in one process or under the backend's launcher (torch also runs
     under accelerate's)."""
-    tool = str(BIN / f"t2s-{backend.name}")
-    env = None
-    if processes == 1:
-        command = [tool]
-    elif backend.name == "mlx":
-        command = [str(BIN / "mlx.launch"), "-n", str(processes), "--backend", "ring",
-                   "--starting-port", str(free_port()), tool]
-    elif launcher in (None, "torchrun"):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-                   f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
-                   f"--master_port={free_port()}", tool]
-    else:  # accelerate's multi-GPU launcher runs gloo ranks on a CPU-only machine too
-        command = [str(BIN / "accelerate"), "launch", "--multi_gpu",
-                   f"--num_processes={processes}", "--num_machines=1", "--mixed_precision=no",
-                   "--dynamo_backend=no", f"--main_process_port={free_port()}", tool]
-    if backend.name == "torch":
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*command, "train", *COMMON, *args], capture_output=True, text=True,
-                            timeout=600, env=env)
+    launch = [] if processes == 1 else backend.launch(processes, free_port(), launcher)
+    result = subprocess.run([*launch, backend.tool, "train", *COMMON, *args],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **backend.launch_env})
     assert (result.returncode == 0) == ok, result.stdout + result.stderr
     return result
 
 
 def weights(backend, run: Path, step: int, name: str = "model.safetensors"
             ) -> dict[str, np.ndarray]:
-    path = str(run / "checkpoints" / f"step_{step:07d}" / name)
-    if backend.name == "torch":
-        from safetensors.numpy import load_file
-
-        return load_file(path)
-    return {k: np.array(v) for k, v in backend.xp.load(path).items()}
+    path = run / "checkpoints" / f"step_{step:07d}" / name
+    return {k: backend.numpy(v) for k, v in backend.load_safetensors(path).items()}
 
 
 @pytest.fixture(scope="module")
 def runs(backend, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp({"torch": "ddp", "mlx": "ring"}[backend.name])
+    root = tmp_path_factory.mktemp("launched")
     data = root / "data"
     make_toy_dataset(data, n=8, num_prompts=3, num_frames=4, height=36, width=64,
                      progress=False)

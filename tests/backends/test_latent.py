@@ -1,13 +1,11 @@
 """Latent mode end to end on CPU, on both backends: a tiny AutoencoderKL saved to a folder in
-diffusers' format, toy clips encoded once into the latent cache, the UNet trained on latents,
-samples decoded, and a different VAE refused.
+diffusers' format (`backend.stubs("latent")`, tests/support/stubs.py), toy clips encoded once
+into the latent cache, the UNet trained on latents, samples decoded, and a different VAE
+refused.
 
-torch builds the VAE with diffusers' AutoencoderKL and save_pretrained, from 16 x 16 frames
-(8 x 8 x 4 latents). MLX writes the same folder layout (config.json +
-diffusion_pytorch_model.safetensors, torch layout, diffusers' keys: the parity tests check the
-port's keys against diffusers') from the MLX port's own randomly initialised weights, with no
-torch import; its clips are the tiny preset's at 2 x 8 x 8 (MLX's CPU backend is slow), so
-latents are 2 x 4 x 4 x 4.
+torch trains on the tiny preset's 4 x 16 x 16 clips (8 x 8 x 4 latents); MLX on 2 x 8 x 8
+(`backend.small_clips`: MLX's CPU backend is slow), so its latents are 2 x 4 x 4 x 4. The
+overfitting test's steps and thresholds are the adapter's `backend.latent`.
 """
 
 from __future__ import annotations
@@ -24,97 +22,32 @@ from shared.config import Config, ConfigError, apply_overrides, preset
 from shared.data.dataset import BatchIterator
 from shared.data.latents import (
     VAE_WEIGHTS,
-    VAEInfo,
     VAEMismatchError,
     bind_vae,
     latent_cache_root,
     vae_hash,
 )
-from shared.data.toy import make_toy_dataset
 from shared.data.video import read_video
 from shared.model.checkpoint import load_checkpoint_config, resolve_checkpoint
-from shared.model.layouts import MLX_TO_TORCH_AXES
 
-SMALL = ("data.num_frames=2", "data.image_size=8")
-# Per backend: (frames, pixel size) of the clips the model trains on; latents are half the size.
-CLIPS = {"torch": (4, 16), "mlx": (2, 8)}
-
-
-def small(backend) -> tuple[str, ...]:
-    return SMALL if backend.name == "mlx" else ()
-
-
-def _make_tiny_vae_torch(folder: Path, seed: int) -> Path:
-    """A two-level AutoencoderKL (8x8x4 latents from 16x16 frames) saved by save_pretrained, with
-    its scaling_factor set the way Stable Diffusion's was: 1 / the std of its latents."""
-    import torch
-
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(seed)
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8,
-        sample_size=16, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2)
-    with torch.no_grad():
-        x = torch.rand(8, 3, 16, 16) * 2 - 1
-        std = float(vae.encode(x).latent_dist.mean.std())
-    vae.register_to_config(scaling_factor=1.0 / std)
-    vae.save_pretrained(folder)
-    return folder
-
-
-def _make_tiny_vae_mlx(folder: Path, seed: int) -> Path:
-    """A two-level AutoencoderKL folder in diffusers' format, scaling_factor = 1 / latent std."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from safetensors.numpy import save_file
-
-    from t2s_mlx import vae as mlx_vae
-
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3,
-              "down_block_types": ["DownEncoderBlock2D"] * 2,
-              "up_block_types": ["UpDecoderBlock2D"] * 2, "block_out_channels": [32, 64],
-              "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
-              "sample_size": 16, "scaling_factor": 1.0}
-    (folder / "config.json").write_text(json.dumps(config))
-    mx.random.seed(seed)
-    model = mlx_vae.AutoencoderKL(VAEInfo.read(folder))
-    save_file({k: np.ascontiguousarray(np.array(v).transpose(MLX_TO_TORCH_AXES[v.ndim]))
-               if v.ndim in MLX_TO_TORCH_AXES else np.array(v)
-               for k, v in tree_flatten(model.parameters())}, folder / VAE_WEIGHTS)
-    frames = np.random.default_rng(seed).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
-    config["scaling_factor"] = 1.0 / float(
-        mlx_vae.LatentVAE.from_pretrained(folder).encode(frames).std())
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def make_tiny_vae(backend, folder: Path, seed: int = 0) -> Path:
-    maker = _make_tiny_vae_torch if backend.name == "torch" else _make_tiny_vae_mlx
-    return maker(folder, seed)
+    (make,) = backend.stubs("latent")
+    return make(folder, seed)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread(backend):
-    """On a loaded 2-core machine torch's second OpenMP thread makes a tiny step ~100x slower
-    (spinning against other processes); one thread keeps these tests in seconds."""
-    if backend.name != "torch":
-        yield
-        return
-    torch = backend.xp
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def clip_size(backend) -> tuple[int, int]:
+    """(frames, pixel size) of the clips the model trains on; latents are half the size."""
+    data = apply_overrides(preset("tiny"), backend.small_clips).data
+    return data.num_frames, data.image_size
 
 
 @pytest.fixture(scope="module")
-def toy_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("toy")
-    make_toy_dataset(folder, n=6, num_prompts=2, num_frames=4, height=36, width=64,
-                     progress=False)
-    return folder
+def toy_data(make_toy_data) -> Path:
+    """Six clips of 4 frames."""
+    return make_toy_data(n=6, num_frames=4)
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +59,7 @@ def latent_config(backend, data: Path, out: Path, vae: Path, *overrides: str) ->
     return apply_overrides(preset("tiny"), [
         f"data.data_dir={data}", f"train.out_dir={out}", f"data.vae={vae}",
         "diffusion.clip_sample=false", "data.val_fraction=0", "train.sample_every=0",
-        "train.checkpoint_every=1000", "train.batch_size=3", *small(backend), *overrides])
-
-
-def quiet(backend, config: Config):
-    Trainer = backend.module("train").Trainer
-    return Trainer(config, device=backend.device, progress=False, log=lambda _: None)
+        "train.checkpoint_every=1000", "train.batch_size=3", *backend.small_clips, *overrides])
 
 
 def main(backend):
@@ -156,29 +84,19 @@ def count_encodes(backend, monkeypatch):
 @pytest.fixture(scope="module")
 def latent_run(backend, toy_data, vae_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("latent-run")
-    quiet(backend, latent_config(backend, toy_data, out, vae_dir, "train.steps=3")).train()
+    backend.trainer(latent_config(backend, toy_data, out, vae_dir, "train.steps=3")).train()
     return out
-
-
-# Per backend: overrides, then the last and first loss windows and the ratio between them
-# (single steps are noisy: windows).
-OVERFIT = {
-    "torch": (("train.steps=80", "train.warmup_steps=10"), 15, 10, 0.5),
-    "mlx": (("train.steps=100", "train.warmup_steps=2"), 20, 10, 0.6),
-}
 
 
 def test_latent_training_overfits_from_the_cache(backend, toy_data, vae_dir, tmp_path,
                                                  count_encodes):
-    overrides, last, first, ratio = OVERFIT[backend.name]
-    frames, size = CLIPS[backend.name]
+    overrides, last, first, ratio = backend.latent.overfit
+    frames, size = clip_size(backend)
     config = latent_config(backend, toy_data, tmp_path / "run", vae_dir, *overrides,
                            "train.lr=2e-3", "train.cond_drop_prob=0")
-    trainer = quiet(backend, config)
+    trainer = backend.trainer(config)
     assert (trainer.config.model.in_channels, trainer.config.data.model_size) == (4, size // 2)
-    if backend.name == "mlx":
-        assert count_encodes == [2] * 6  # every clip encoded once, before the first step
-    assert len(count_encodes) <= 6  # each clip encoded at most once, before training
+    assert count_encodes == [frames] * 6  # every clip encoded once, before the first step
     before = len(count_encodes)
     batch = next(iter(BatchIterator(trainer.dataset, 3, shuffle=False)))
     assert batch.video.dtype == np.float16
@@ -192,12 +110,12 @@ def test_latent_training_overfits_from_the_cache(backend, toy_data, vae_dir, tmp
     assert saved.model.in_channels == saved.model.out_channels == 4
 
     # a second run on the same data reads every latent from the cache
-    quiet(backend, latent_config(backend, toy_data, tmp_path / "again", vae_dir))
+    backend.trainer(latent_config(backend, toy_data, tmp_path / "again", vae_dir))
     assert len(count_encodes) == before
 
 
 def test_latent_samples_decode_to_frames(backend, latent_run, tmp_path):
-    frames, size = CLIPS[backend.name]
+    frames, size = clip_size(backend)
     paths = backend.module("sample").sample_checkpoint(
         latent_run, ["hello"], tmp_path / "s", preset("tiny").sample, device=backend.device,
         progress=False)
@@ -216,7 +134,7 @@ def test_a_different_vae_is_refused(backend, latent_run, toy_data, vae_dir, tmp_
     config = latent_config(backend, toy_data, latent_run, other, "train.steps=4")
     config.data.vae_hash = vae_hash(vae_dir)
     with pytest.raises(VAEMismatchError):
-        quiet(backend, config)
+        backend.trainer(config)
 
 
 @pytest.mark.backends("torch")
@@ -250,10 +168,10 @@ def test_the_cli_refuses_a_replaced_vae_in_one_line(backend, toy_data, vae_dir, 
 
 def test_data_encode_is_resumable_and_invalidates_what_changed(backend, toy_data, vae_dir,
                                                                 tmp_path):
-    frames, size = CLIPS[backend.name]
+    frames, size = clip_size(backend)
     data = tmp_path / "data"
     shutil.copytree(toy_data, data, ignore=shutil.ignore_patterns(".t2s_cache"))
-    sets = [x for o in small(backend) for x in ("--set", o)]
+    sets = [x for o in backend.small_clips for x in ("--set", o)]
     args = ["data", "encode", str(data), "--vae", str(vae_dir), "--preset", "tiny", "--quiet",
             "--device", backend.device, *sets]
     first = CliRunner().invoke(main(backend), args)

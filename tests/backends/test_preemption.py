@@ -3,63 +3,41 @@ a signal (SIGTERM on torch; SIGUSR1, what SLURM's --signal sends, on MLX) keeps 
 stopped at and resumes bit-identically; a truncated newest checkpoint is skipped by --resume
 with one warning and refused by name everywhere else; on torch, a second signal while stopping
 leaves every checkpoint intact and every checkpoint path form loads. MLX runs are kept small
-(MLX on a CPU is slow): 2 frames of 8 x 8 and batch 2."""
+(MLX on a CPU is slow): 2 frames of 8 x 8 (`backend.small_clips`) and batch 2. The batch size
+and the stop signal are the adapter's `backend.preemption` (tests/backends/conftest.py)."""
 
 from __future__ import annotations
 
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from shared.config import Config, apply_overrides, preset
-from shared.data.toy import make_toy_dataset
 from shared.model.checkpoint import CheckpointError, list_checkpoints, load_json, step_dir_name
+from shared.model.safetensors_io import ConvertError
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
-# Per backend: the overrides that keep runs small, the batch size, the stop signal.
-SMALL = {"torch": (), "mlx": ("data.num_frames=2", "data.image_size=8")}
-BATCH = {"torch": 4, "mlx": 2}
-STOP = {"torch": signal.SIGTERM, "mlx": signal.SIGUSR1}
-
-
-def tool(backend) -> str:
-    return str(Path(sys.executable).parent / f"t2s-{backend.name}")
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("toy")
-    make_toy_dataset(folder, n=8, num_prompts=2, num_frames=8, height=36, width=64,
-                     progress=False)
-    return folder
 
 
 def tiny_config(backend, data: Path, out: Path, *overrides: str) -> Config:
     return apply_overrides(preset("tiny"), [
         f"data.data_dir={data}", f"train.out_dir={out}", "data.val_fraction=0",
         "train.sample_every=0", "train.checkpoint_every=1000",
-        f"train.batch_size={BATCH[backend.name]}", *SMALL[backend.name], *overrides])
-
-
-def quiet(backend, config: Config, log=lambda _: None):
-    Trainer = backend.module("train").Trainer
-    return Trainer(config, device=backend.device, progress=False, log=log)
+        f"train.batch_size={backend.preemption.batch_size}", *backend.small_clips, *overrides])
 
 
 def start_training(backend, data: Path, run_dir: Path) -> subprocess.Popen:
     """A long run (the LR schedule planned for 1000 steps) that checkpoints every 2 steps."""
     sets = [x for o in ("train.checkpoint_every=2", "train.sample_every=0",
-                        "data.val_fraction=0", *SMALL[backend.name]) for x in ("--set", o)]
+                        "data.val_fraction=0", *backend.small_clips) for x in ("--set", o)]
     return subprocess.Popen(
-        [tool(backend), "train", "--data", str(data), "--preset", "tiny", "--out", str(run_dir),
-         "--steps", "1000", "--batch-size", str(BATCH[backend.name]), "--device", backend.device,
-         "--quiet", *sets],
+        [backend.tool, "train", "--data", str(data), "--preset", "tiny", "--out", str(run_dir),
+         "--steps", "1000", "--batch-size", str(backend.preemption.batch_size), "--device",
+         backend.device, "--quiet", *sets],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -73,24 +51,17 @@ def wait_for_first_checkpoint(proc: subprocess.Popen, run_dir: Path) -> None:
 
 
 def same_files(backend, a: Path, b: Path) -> None:
+    """The checkpoints' weights, EMA and optimizer files hold the same keys (at least one),
+    dtypes and values."""
     for name in FILES:
-        if backend.name == "torch":
-            from safetensors.torch import load_file
-
-            x, y = load_file(a / name), load_file(b / name)
-            assert x.keys() == y.keys() and x, name
-            assert all(backend.xp.equal(x[k], y[k]) for k in x), name
-        else:
-            mx = backend.xp
-            x, y = mx.load(str(a / name)), mx.load(str(b / name))
-            assert x.keys() == y.keys() and x, name
-            assert all(x[k].dtype == y[k].dtype and np.array(x[k]).tobytes() == np.array(y[k])
-                       .tobytes() for k in x), name
+        x, y = backend.load_safetensors(a / name), backend.load_safetensors(b / name)
+        assert x.keys() == y.keys() and x, name
+        assert all(x[k].dtype == y[k].dtype and backend.equal(x[k], y[k]) for k in x), name
 
 
 def test_a_stop_signal_saves_the_step_it_stopped_at_and_resume_is_exact(backend, toy_data,
                                                                         tmp_path):
-    stop = STOP[backend.name]
+    stop = backend.preemption.stop
     run_dir = tmp_path / "run"
     proc = start_training(backend, toy_data, run_dir)
     wait_for_first_checkpoint(proc, run_dir)
@@ -109,8 +80,8 @@ def test_a_stop_signal_saves_the_step_it_stopped_at_and_resume_is_exact(backend,
 
     # One more step from the saved one equals the same steps run without a stop.
     config = Config.load(run_dir / "config.json")
-    resumed = quiet(backend, config).train(resume=True, until=stopped + 1)
-    straight = quiet(backend, apply_overrides(config, [f"train.out_dir={tmp_path / 'straight'}"]))
+    resumed = backend.trainer(config).train(resume=True, until=stopped + 1)
+    straight = backend.trainer(apply_overrides(config, [f"train.out_dir={tmp_path / 'straight'}"]))
     reference = straight.train(until=stopped + 1)
     assert resumed.step == reference.step == stopped + 1
     assert resumed.losses == reference.losses[-1:]
@@ -143,45 +114,38 @@ def test_a_truncated_newest_step_is_skipped_on_resume_and_named_elsewhere(backen
     load_model = backend.module("checkpoint").load_model
     run_dir = tmp_path / "run"
     extra = ("train.steps=6", "train.checkpoint_every=1", "train.lr=1e-3")
-    quiet(backend, tiny_config(backend, toy_data, run_dir, *extra)).train(until=2)
+    backend.trainer(tiny_config(backend, toy_data, run_dir, *extra)).train(until=2)
     damaged = run_dir / "checkpoints" / "step_0000002" / "model.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:-1000])  # a copy cut short
 
-    # sample (and, from torch, convert) refuse it in one line naming the file
+    # sample and convert refuse it in one line naming the file
     attempts = [lambda: load_model(run_dir, use_ema=False),
-                lambda: load_model(run_dir / "checkpoints" / "latest", use_ema=False)]
-    if backend.name == "torch":
-        from shared.model.convert import torch_to_mlx
-
-        attempts.append(lambda: torch_to_mlx(run_dir / "checkpoints" / "latest",
-                                             tmp_path / "mlx"))
+                lambda: load_model(run_dir / "checkpoints" / "latest", use_ema=False),
+                lambda: backend.convert_away(run_dir / "checkpoints" / "latest",
+                                             tmp_path / "converted")]
     for attempt in attempts:
         with pytest.raises(CheckpointError) as info:
             attempt()
         assert str(info.value).startswith(f"{damaged}: damaged or not a safetensors file")
-    if backend.name == "torch":
-        from shared.model.safetensors_io import ConvertError
-
-        assert isinstance(info.value, ConvertError)
+    assert isinstance(info.value, ConvertError)
 
     with pytest.raises(CheckpointError, match=r"step 2 cannot be used .*newest intact "
                                               r"checkpoint is step 1: resume from it with "
                                               r"`--resume \S+step_0000001`"):
-        quiet(backend, tiny_config(backend, toy_data, run_dir, *extra, "data.strict=true")
-              ).train(resume=True)
+        backend.trainer(tiny_config(backend, toy_data, run_dir, *extra, "data.strict=true")
+                        ).train(resume=True)
     lines: list[str] = []
-    resumed = quiet(backend, tiny_config(backend, toy_data, run_dir, *extra),
-                    lines.append).train(resume=True, until=3)
+    resumed = backend.trainer(tiny_config(backend, toy_data, run_dir, *extra),
+                              lines.append).train(resume=True, until=3)
     warnings = [line for line in lines if line.startswith("warning:")]
     assert len(warnings) == 1 and str(damaged) in warnings[0]
     assert "step 2 cannot be used" in warnings[0] and "resuming from step 1" in warnings[0]
     assert resumed.step == 3
-    if backend.name == "torch":
-        backend.module("checkpoint").check_checkpoint(  # rewritten whole
-            run_dir / "checkpoints" / "step_0000002",
-            quiet(backend, tiny_config(backend, toy_data, tmp_path / "unused")).model)
-    straight = quiet(backend, tiny_config(backend, toy_data, tmp_path / "straight", *extra)
-                     ).train(until=3)
+    backend.module("checkpoint").check_checkpoint(  # rewritten whole
+        run_dir / "checkpoints" / "step_0000002",
+        backend.module("unet").UNet3D(Config.load(run_dir / "config.json").model))
+    straight = backend.trainer(tiny_config(backend, toy_data, tmp_path / "straight", *extra)
+                               ).train(until=3)
     same_files(backend, resumed.checkpoint, straight.checkpoint)
 
 
@@ -191,8 +155,8 @@ def test_every_checkpoint_path_form_loads_and_converts(backend, toy_data, tmp_pa
 
     load_model = backend.module("checkpoint").load_model
     run_dir = tmp_path / "run"
-    result = quiet(backend, tiny_config(backend, toy_data, run_dir, "train.steps=2",
-                                        "train.checkpoint_every=1")).train()
+    result = backend.trainer(tiny_config(backend, toy_data, run_dir, "train.steps=2",
+                                         "train.checkpoint_every=1")).train()
     ckpts = run_dir / "checkpoints"
     for form in (run_dir, ckpts, ckpts / "latest", result.checkpoint, str(ckpts / "latest")):
         assert load_model(form)[2] == result.checkpoint, form

@@ -18,7 +18,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -35,7 +34,6 @@ from shared.config import SampleConfig, preset
 from shared.data.video import write_sample_folder
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 VOCABULARY = ("hello", "friend", "thank", "you")
 
 
@@ -43,7 +41,7 @@ VOCABULARY = ("hello", "friend", "thank", "you")
 def checkpoint(backend, tmp_path_factory) -> Path:
     """A tiny UNet (4 frames of 8 x 8) saved by the backend itself, its data.data_dir a folder
     of three captioned clips (the vocabulary: hello friend thank you)."""
-    root = tmp_path_factory.mktemp(f"serve-{backend.name}")
+    root = tmp_path_factory.mktemp("serve")
     data = root / "data"
     clip = np.zeros((2, 8, 8, 3), np.uint8)
     for i, caption in enumerate(["hello friend", "thank you", "hello"]):
@@ -62,7 +60,7 @@ class Server:
 
     def __init__(self, tool: str, checkpoint: str, *args: str, cwd: Path | None = None):
         self.process = subprocess.Popen(
-            [str(BIN / tool), "serve", "--checkpoint", checkpoint, "--port", "0", *args],
+            [tool, "serve", "--checkpoint", checkpoint, "--port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
         self.lines: list[str] = []
         self._url = threading.Event()
@@ -127,7 +125,7 @@ def server(backend, checkpoint, tmp_path_factory):
     run = root / "runs" / "demo" / "run-toy"
     target = os.environ.get("T2S_SERVE_CHECKPOINT")
     shutil.copytree(Path(target) if target else checkpoint, run)
-    served = Server(f"t2s-{backend.name}", "runs/demo/run-toy", "--max-steps", "50", cwd=root)
+    served = Server(backend.tool, "runs/demo/run-toy", "--max-steps", "50", cwd=root)
     served.run = run
     yield served
     assert served.stop() == 0

@@ -19,16 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from shared.app.errors import TrainingDiverged
 from shared.config import Config, apply_overrides, preset
-from shared.data.toy import make_toy_dataset
 from shared.model.checkpoint import CheckpointError, list_checkpoints, load_json
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("toy")
-    make_toy_dataset(folder, n=8, num_prompts=2, num_frames=8, height=36, width=64,
-                     progress=False)
-    return folder
 
 
 def tiny_config(data: Path, out: Path, *overrides: str) -> Config:
@@ -37,11 +28,6 @@ def tiny_config(data: Path, out: Path, *overrides: str) -> Config:
         f"data.data_dir={data}", f"train.out_dir={out}", "data.val_fraction=0",
         "train.sample_every=0", "train.checkpoint_every=1000", "train.batch_size=4",
         *overrides])
-
-
-def quiet(backend, config: Config):
-    Trainer = backend.module("train").Trainer
-    return Trainer(config, device=backend.device, progress=False, log=lambda _: None)
 
 
 def load_tensors(backend, path: Path) -> dict[str, np.ndarray]:
@@ -64,7 +50,7 @@ def test_training_overfits_a_handful_of_clips(backend, toy_data, tmp_path):
     overrides, steps, last, first, ratio = backend.train.overfit
     config = tiny_config(toy_data, tmp_path / "run", *overrides, "train.lr=2e-3",
                          "train.cond_drop_prob=0")
-    losses = np.array(quiet(backend, config).train().losses)
+    losses = np.array(backend.trainer(config).train().losses)
     assert len(losses) == steps and np.isfinite(losses).all()
     assert losses[-last:].mean() < ratio * losses[:first].mean()
 
@@ -73,10 +59,10 @@ def test_two_halves_with_resume_equal_one_run(backend, toy_data, tmp_path):
     # backend.train.resume: on MLX, batch 2 of 8 clips, so the resume lands mid-epoch.
     extra = (*backend.small_clips, "train.steps=6", "train.checkpoint_every=3",
              "model.dropout=0.1", "train.lr=1e-3", *backend.train.resume)
-    whole = quiet(backend, tiny_config(toy_data, tmp_path / "whole", *extra)).train()
-    first = quiet(backend, tiny_config(toy_data, tmp_path / "split", *extra)).train(until=3)
+    whole = backend.trainer(tiny_config(toy_data, tmp_path / "whole", *extra)).train()
+    first = backend.trainer(tiny_config(toy_data, tmp_path / "split", *extra)).train(until=3)
     assert first.step == 3 and first.checkpoint.name == "step_0000003"
-    second = quiet(backend, tiny_config(toy_data, tmp_path / "split", *extra)).train(resume=True)
+    second = backend.trainer(tiny_config(toy_data, tmp_path / "split", *extra)).train(resume=True)
     assert len(whole.losses) == 6
     assert first.losses + second.losses == whole.losses
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
@@ -88,8 +74,8 @@ def test_two_halves_with_resume_equal_one_run(backend, toy_data, tmp_path):
 
 def test_checkpoint_reloads_to_identical_outputs(backend, toy_data, tmp_path):
     steps = f"train.steps={backend.train.reload_steps}"
-    trainer = quiet(backend, tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
-                                         steps))
+    trainer = backend.trainer(tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
+                                          steps))
     result = trainer.train()
     load_model = partial(backend.module("checkpoint").load_model, **backend.on_device)
     config, model, path = load_model(tmp_path / "run", use_ema=True)
@@ -119,8 +105,8 @@ def test_checkpoint_reloads_to_identical_outputs(backend, toy_data, tmp_path):
 
 def test_keep_last_prunes_and_latest_points_at_the_newest(backend, toy_data, tmp_path):
     overrides, kept = backend.train.keep_last
-    quiet(backend, tiny_config(toy_data, tmp_path / "run", *overrides,
-                               "train.keep_last=2")).train()
+    backend.trainer(tiny_config(toy_data, tmp_path / "run", *overrides,
+                                "train.keep_last=2")).train()
     steps = [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")]
     assert steps == kept
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == \
@@ -131,22 +117,22 @@ def test_keep_last_prunes_and_latest_points_at_the_newest(backend, toy_data, tmp
 
 def test_a_new_run_refuses_a_folder_holding_one(backend, toy_data, tmp_path):
     steps = backend.train.refuse_steps
-    quiet(backend, tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
-                               f"train.steps={steps}")).train()
+    backend.trainer(tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
+                                f"train.steps={steps}")).train()
     with pytest.raises(CheckpointError, match="--resume"):
-        quiet(backend, tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
-                                   f"train.steps={2 * steps}")).train()
+        backend.trainer(tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
+                                    f"train.steps={2 * steps}")).train()
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(backend, toy_data, tmp_path):
     good = backend.train.good_steps
-    quiet(backend, tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
-                               f"train.steps={good}", "train.checkpoint_every=2")).train()
+    backend.trainer(tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
+                                f"train.steps={good}", "train.checkpoint_every=2")).train()
     exploding = tiny_config(toy_data, tmp_path / "run", *backend.small_clips, "train.steps=40",
                             "train.lr=1e30", "train.grad_clip=0", "train.checkpoint_every=1")
     with pytest.raises(TrainingDiverged,
                        match=f"step_{good:07d}|step_{good + 1:07d}") as info:
-        quiet(backend, exploding).train(resume=True)
+        backend.trainer(exploding).train(resume=True)
     latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
     assert latest in str(info.value)
     for name in ("model.safetensors", "ema.safetensors"):
@@ -159,7 +145,7 @@ def test_tensorboard_has_scalars_config_and_sample_video(backend, toy_data, tmp_
     config = tiny_config(toy_data, tmp_path / "run", *backend.small_clips, f"train.steps={steps}",
                          "train.log_every=1", f"train.sample_every={steps}",
                          f"sample.steps={sample_steps}", "train.log_graph=true")
-    quiet(backend, config).train()
+    backend.trainer(config).train()
     events = EventAccumulator(str(tmp_path / "run" / "tb"),
                               size_guidance={"scalars": 0, "images": 0, "tensors": 0}).Reload()
     tags = events.Tags()
@@ -187,7 +173,7 @@ def has_graph(events) -> bool:
 @pytest.mark.backends("torch")
 def test_the_model_graph_is_traced_only_when_asked(backend, toy_data, tmp_path):
     """Tracing the graph costs seconds at every start, so train.log_graph (off) gates it."""
-    quiet(backend, tiny_config(toy_data, tmp_path / "run", "train.steps=1")).train()
+    backend.trainer(tiny_config(toy_data, tmp_path / "run", "train.steps=1")).train()
     events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
     with pytest.raises(ValueError):
         events.Graph()
@@ -196,7 +182,7 @@ def test_the_model_graph_is_traced_only_when_asked(backend, toy_data, tmp_path):
 def test_auto_batch_size_reaches_the_effective_batch(backend, toy_data, tmp_path):
     config = tiny_config(toy_data, tmp_path / "run", *backend.small_clips, "train.batch_size=auto",
                          "train.effective_batch=4", "train.steps=1")
-    result = quiet(backend, config).train()
+    result = backend.trainer(config).train()
     assert result.micro_batch in (1, 2, 4)
     assert result.micro_batch * result.grad_accum >= 4
     find_batch_size = backend.module("device").find_batch_size
@@ -210,7 +196,7 @@ def test_auto_batch_size_reaches_the_effective_batch(backend, toy_data, tmp_path
 def test_gradient_accumulation_logs_one_loss_per_optimizer_step(backend, toy_data, tmp_path):
     config = tiny_config(toy_data, tmp_path / "run", *backend.small_clips, "train.steps=3",
                          "train.batch_size=2", "train.grad_accum=2")
-    trainer = quiet(backend, config)
+    trainer = backend.trainer(config)
     result = trainer.train()
     assert (result.micro_batch, result.grad_accum) == (2, 2)
     assert len(result.losses) == 3 and np.isfinite(result.losses).all()
@@ -222,7 +208,7 @@ def test_gradient_accumulation_logs_one_loss_per_optimizer_step(backend, toy_dat
 @pytest.mark.backends("mlx")
 def test_fp16_is_refused_with_a_hint(backend, toy_data, tmp_path):
     with pytest.raises(ValueError, match="mixed_precision=bf16"):
-        quiet(backend, tiny_config(toy_data, tmp_path / "run", "train.mixed_precision=fp16"))
+        backend.trainer(tiny_config(toy_data, tmp_path / "run", "train.mixed_precision=fp16"))
 
 
 @pytest.mark.backends("mlx")
@@ -268,7 +254,7 @@ def test_bf16_training_learns_and_keeps_float32_weights(backend, toy_data, tmp_p
     config = tiny_config(toy_data, tmp_path / "run", "train.steps=15", "train.lr=2e-3",
                          "train.cond_drop_prob=0", "train.warmup_steps=3",
                          "train.mixed_precision=bf16")
-    trainer = quiet(backend, config)
+    trainer = backend.trainer(config)
     losses = np.array(trainer.train().losses)
     assert np.isfinite(losses).all()
     assert losses[-5:].mean() < losses[:5].mean()
@@ -287,9 +273,9 @@ def test_fp16_training_learns_with_a_gradient_scaler_where_it_is_supported(backe
                          "train.mixed_precision=fp16")
     if backend.device == "cpu":
         with pytest.raises(DeviceError, match="use bf16"):
-            quiet(backend, config)
+            backend.trainer(config)
         return
-    trainer = quiet(backend, config)
+    trainer = backend.trainer(config)
     assert (trainer.scaler is not None) == backend.device.startswith("cuda")
     losses = np.array(trainer.train().losses)
     assert len(losses) == 15 and np.isfinite(losses).all()
@@ -325,6 +311,6 @@ def test_training_variants_learn(backend, toy_data, tmp_path, option):
     overrides, steps, last, first, ratio = backend.train.variants
     config = tiny_config(toy_data, tmp_path / "run", *overrides, "train.lr=2e-3",
                          "train.cond_drop_prob=0", option)
-    losses = np.array(quiet(backend, config).train().losses)
+    losses = np.array(backend.trainer(config).train().losses)
     assert len(losses) == steps and np.isfinite(losses).all()
     assert losses[-last:].mean() < ratio * losses[:first].mean()

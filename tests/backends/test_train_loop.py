@@ -8,16 +8,13 @@ from pathlib import Path
 import pytest
 
 from shared.config import ConfigError, apply_overrides, preset
-from shared.data.toy import make_toy_dataset
 from shared.model.checkpoint import list_checkpoints
 
 
 @pytest.fixture(scope="module")
-def toy_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("toy")
-    make_toy_dataset(folder, n=4, num_prompts=2, num_frames=4, height=36, width=64,
-                     progress=False)
-    return folder
+def toy_data(make_toy_data) -> Path:
+    """Four clips of 4 frames: these tests count checkpoints, not learning."""
+    return make_toy_data(n=4, num_frames=4)
 
 
 def steps_saved(backend, data: Path, out: Path, minutes: float) -> list[int]:
@@ -26,9 +23,7 @@ def steps_saved(backend, data: Path, out: Path, minutes: float) -> list[int]:
         "train.sample_every=0", "train.batch_size=2", "train.steps=4",
         "train.checkpoint_every=1000", "train.keep_last=10",
         f"train.checkpoint_minutes={minutes}"])
-    # torch on the session's device; MLX on its own default.
-    backend.module("train").Trainer(config, **backend.on_device, progress=False,
-                                    log=lambda _: None).train()
+    backend.trainer(config).train()
     return [step for step, _ in list_checkpoints(out / "checkpoints")]
 
 

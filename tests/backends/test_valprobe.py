@@ -40,11 +40,6 @@ def probe_config(backend, data: Path, out: Path, *overrides: str) -> Config:
         "train.eval_every=2", "train.eval_clips=2", *backend.valprobe[2], *overrides])
 
 
-def trainer(backend, config: Config, log):
-    Trainer = backend.module("train").Trainer
-    return Trainer(config, device=backend.device, progress=False, log=log)
-
-
 def scalars(run: Path) -> EventAccumulator:
     return EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0}).Reload()
 
@@ -52,7 +47,7 @@ def scalars(run: Path) -> EventAccumulator:
 def test_eval_every_logs_real_sign_metrics_beside_the_baseline(backend, tmp_path):
     notes: list[str] = []
     config = probe_config(backend, person_folder(backend, tmp_path / "clips"), tmp_path / "run")
-    trainer(backend, config, notes.append).train()
+    backend.trainer(config, notes.append).train()
     events = scalars(tmp_path / "run")
     for tag in (*PIXEL_TAGS, "val/body_frames", "val/hand_frames"):
         values = events.Scalars(tag)
@@ -71,5 +66,5 @@ def test_eval_every_logs_real_sign_metrics_beside_the_baseline(backend, tmp_path
 def test_eval_every_off_logs_no_val_metrics(backend, tmp_path):
     config = probe_config(backend, person_folder(backend, tmp_path / "clips"), tmp_path / "run",
                           "train.eval_every=0", "train.steps=2")
-    trainer(backend, config, lambda _: None).train()
+    backend.trainer(config).train()
     assert not [t for t in scalars(tmp_path / "run").Tags()["scalars"] if t.startswith("val/")]

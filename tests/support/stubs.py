@@ -10,9 +10,19 @@ numpy twin is test_sample.twin.
 diffusion (tests/backends/test_diffusion.py). FixedOutput: a stub UNet that returns a known
 array (a parameter, so gradients can be checked) and records what it was called with;
 HalfOutput: the same in bfloat16.
+
+latent (tests/backends/test_latent.py). make_tiny_vae(folder, seed): a two-level
+AutoencoderKL (8 x 8 x 4 latents from 16 x 16 frames) saved to `folder` in diffusers' format
+(config.json + diffusion_pytorch_model.safetensors, torch layout, diffusers' keys), its
+scaling_factor set the way Stable Diffusion's was: 1 / the std of its latents. torch saves
+diffusers' own with save_pretrained; MLX writes the port's randomly initialised weights with no
+torch import (the parity tests check the port's keys against diffusers').
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -117,3 +127,56 @@ def diffusion_mlx() -> tuple[type, type]:
             return super().__call__(*inputs).astype(mx.bfloat16)
 
     return FixedOutput, HalfOutput
+
+
+def latent_torch() -> tuple:
+    import torch
+
+    def make_tiny_vae(folder: Path, seed: int) -> Path:
+        import pytest
+
+        diffusers = pytest.importorskip("diffusers")
+        torch.manual_seed(seed)
+        vae = diffusers.AutoencoderKL(
+            block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
+            norm_num_groups=8, sample_size=16, down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2)
+        with torch.no_grad():
+            x = torch.rand(8, 3, 16, 16) * 2 - 1
+            std = float(vae.encode(x).latent_dist.mean.std())
+        vae.register_to_config(scaling_factor=1.0 / std)
+        vae.save_pretrained(folder)
+        return folder
+
+    return (make_tiny_vae,)
+
+
+def latent_mlx() -> tuple:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from safetensors.numpy import save_file
+
+    from shared.data.latents import VAE_WEIGHTS, VAEInfo
+    from shared.model.layouts import MLX_TO_TORCH_AXES
+    from t2s_mlx import vae as mlx_vae
+
+    def make_tiny_vae(folder: Path, seed: int) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3,
+                  "down_block_types": ["DownEncoderBlock2D"] * 2,
+                  "up_block_types": ["UpDecoderBlock2D"] * 2, "block_out_channels": [32, 64],
+                  "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
+                  "sample_size": 16, "scaling_factor": 1.0}
+        (folder / "config.json").write_text(json.dumps(config))
+        mx.random.seed(seed)
+        model = mlx_vae.AutoencoderKL(VAEInfo.read(folder))
+        save_file({k: np.ascontiguousarray(np.array(v).transpose(MLX_TO_TORCH_AXES[v.ndim]))
+                   if v.ndim in MLX_TO_TORCH_AXES else np.array(v)
+                   for k, v in tree_flatten(model.parameters())}, folder / VAE_WEIGHTS)
+        frames = np.random.default_rng(seed).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+        config["scaling_factor"] = 1.0 / float(
+            mlx_vae.LatentVAE.from_pretrained(folder).encode(frames).std())
+        (folder / "config.json").write_text(json.dumps(config))
+        return folder
+
+    return (make_tiny_vae,)
