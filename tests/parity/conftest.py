@@ -9,16 +9,6 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def one_torch_thread():
-    """torch's OpenMP workers and MLX's CPU threads fight over the cores in one process."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def config():
     from convert_cases import tiny_config
 

@@ -26,21 +26,16 @@ from t2s_mlx.i3d import load_i3d as mlx_load_i3d  # noqa: E402
 from t2s_torch.i3d import InceptionI3d  # noqa: E402
 from t2s_torch.i3d import load_i3d as torch_load_i3d  # noqa: E402
 
+# torch on one thread: its OpenMP workers and MLX's threads fight over the cores in one
+# process (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[2]
 # float32 noise of two convolution orders through ~20 layers, against features of order 100
 RELATIVE_TOLERANCE = 1e-4
 # file name -> torch.save's options (None: safetensors)
 SAVES = {"i3d_zip.pt": {}, "i3d_legacy.pt": {"_use_new_zipfile_serialization": False},
          "i3d.safetensors": None}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """torch's OpenMP workers and MLX's CPU threads fight over 2 cores in one process."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import torch
 from mlx.utils import tree_flatten
 
 from shared.config import SampleConfig, apply_overrides, preset
-from shared.data.toy import make_toy_dataset
 from shared.data.video import read_video
 from shared.model.layouts import TORCH_TO_MLX_AXES
 from t2s_mlx import diffusion as mdiff
@@ -116,11 +115,9 @@ def test_twenty_step_trajectories_end_in_the_same_video(sampler, eta, guidance):
 
 
 @pytest.fixture(scope="module")
-def toy_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("toy")
-    make_toy_dataset(folder, n=6, num_prompts=2, num_frames=8, height=36, width=64,
-                     progress=False)
-    return folder
+def toy_data(make_toy_data) -> Path:
+    """Six clips of 8 frames (tests/conftest.py writes them)."""
+    return make_toy_data(n=6)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -25,6 +25,10 @@ from t2s_mlx.unet import UNet3D as MLXUNet3D  # noqa: E402
 from t2s_mlx.unet import load_torch_layout_weights, torch_layout_weights  # noqa: E402
 from t2s_torch.unet import UNet3D as TorchUNet3D  # noqa: E402
 
+# torch on one thread: its OpenMP workers and MLX's threads fight over the cores in one
+# process (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FRAMES, SIZE, TOKENS = 4, 16, 6
 FORWARD_ATOL = 1e-4
 GRAD_RTOL = 1e-3
@@ -41,17 +45,6 @@ CONFIGS = {
     "no_text_alignment": tiny(text_alignment=False),
     "frame_text": tiny(frame_text=True),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """torch's OpenMP workers and MLX's CPU threads fight over the cores when both run in one
-    process (a tiny torch forward goes from 0.02 s to 5 s on 2 cores); torch gets one thread
-    here and its setting back afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def torch_model(config: ModelConfig, seed: int = 0) -> TorchUNet3D:

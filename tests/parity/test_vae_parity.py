@@ -22,6 +22,10 @@ from shared.data.latents import VAE_WEIGHTS, VAEInfo, VAENotFoundError, resolve_
 from t2s_mlx.vae import LatentVAE as MLXLatentVAE  # noqa: E402
 from t2s_torch.vae import LatentVAE as TorchLatentVAE  # noqa: E402
 
+# torch on one thread: its OpenMP workers and MLX's threads fight over the cores in one
+# process (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ATOL = 1e-4
 
 
@@ -39,15 +43,6 @@ def make_tiny_vae(folder, seed: int = 0, **changes):
             p.add_(0.05 * torch.randn_like(p))
     vae.save_pretrained(folder)
     return vae
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """torch's OpenMP workers and MLX's CPU threads fight over 2 cores in one process."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -37,18 +37,8 @@ needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These forwards are tiny; on a busy machine several threads make them 100x slower."""
-    if torch is None:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+# These forwards are tiny; on a busy machine several threads make them 100x slower.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def top_level_blocks(model) -> list:

@@ -77,7 +77,9 @@ class FakeSampler:
 
 
 @pytest.fixture
-def toy_data(tmp_path: Path) -> Path:
+def captioned_clips(tmp_path: Path) -> Path:
+    """Three blank two-frame clips whose captions are the vocabulary (hello friend thank you); not
+    the toy-signer `toy_data` of tests/conftest.py."""
     folder = tmp_path / "data"
     folder.mkdir()
     clip = np.zeros((2, 8, 8, 3), np.uint8)
@@ -87,8 +89,8 @@ def toy_data(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def app(tmp_path: Path, toy_data: Path):
-    sampler = FakeSampler(_config(str(toy_data)), tmp_path / "run")
+def app(tmp_path: Path, captioned_clips: Path):
+    sampler = FakeSampler(_config(str(captioned_clips)), tmp_path / "run")
     app = ServeApp(sampler, backend="fake", vocabulary=Vocabulary.from_config(sampler.config),
                    limits=Limits(1000), out_dir=None)
     yield app
@@ -128,15 +130,15 @@ def test_words_fold_case_and_strip_punctuation_but_keep_emoji_and_other_scripts(
     assert words_of(" ... ") == []
 
 
-def test_the_vocabulary_is_the_training_captions_words(toy_data: Path, tmp_path: Path):
-    vocab = Vocabulary.from_config(_config(str(toy_data)))
+def test_the_vocabulary_is_the_training_captions_words(captioned_clips: Path, tmp_path: Path):
+    vocab = Vocabulary.from_config(_config(str(captioned_clips)))
     assert vocab.known and vocab.words == {"hello", "friend", "thank", "you"}
-    assert vocab.captions == 3 and str(toy_data) in vocab.note
+    assert vocab.captions == 3 and str(captioned_clips) in vocab.note
     assert vocab.unknown("Hello, stranger! 👋 hello stranger") == ["stranger", "👋"]
     # relative to the run the checkpoint is in, when not found from here
     run = tmp_path / "run"
     (run / "checkpoints" / "step_1").mkdir(parents=True)
-    (run / "clips").symlink_to(toy_data)
+    (run / "clips").symlink_to(captioned_clips)
     beside = Vocabulary.from_config(_config("clips"), run / "checkpoints" / "step_1")
     assert beside.words == vocab.words
 
@@ -350,8 +352,8 @@ def test_an_unexpected_error_is_a_500_not_a_dead_server(app: ServeApp, monkeypat
     assert app.handle("GET", "/api/jobs/x", LOCAL).status == 404
 
 
-def test_kept_clips_stay_in_out(tmp_path: Path, toy_data: Path):
-    sampler = FakeSampler(_config(str(toy_data)), tmp_path / "run")
+def test_kept_clips_stay_in_out(tmp_path: Path, captioned_clips: Path):
+    sampler = FakeSampler(_config(str(captioned_clips)), tmp_path / "run")
     app = ServeApp(sampler, backend="fake", vocabulary=Vocabulary(None, "unknown: test"),
                    limits=Limits(1000), out_dir=tmp_path / "kept")
     _, job = _post(app, {"text": "hello there", "steps": 1})
@@ -404,10 +406,10 @@ def test_the_verb_answers_help_and_names_a_missing_checkpoint_in_one_line(tmp_pa
         + result.output.split("; pass ", 1)[1].strip()]
 
 
-def test_concurrency_n_runs_up_to_n_jobs_at_once(tmp_path: Path, toy_data: Path):
+def test_concurrency_n_runs_up_to_n_jobs_at_once(tmp_path: Path, captioned_clips: Path):
     """`--concurrency 3` (a GPU): three workers share the queue, never more than three jobs
     at once, and every job finishes."""
-    sampler = FakeSampler(_config(str(toy_data)), tmp_path / "run", delay=0.01)
+    sampler = FakeSampler(_config(str(captioned_clips)), tmp_path / "run", delay=0.01)
     app = ServeApp(sampler, backend="fake", vocabulary=Vocabulary(None, "unknown: test"),
                    limits=Limits(1000), concurrency=3)
     try:

@@ -75,12 +75,9 @@ def build_tiny_sd(folder: Path, prediction_type: str = "epsilon") -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (the 2-core CI box is shared); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Tiny models run fastest on one thread (the 2-core CI box is shared): every module here
+    takes tests/conftest.py's one_torch_thread."""
 
 
 @pytest.fixture(scope="session")
