@@ -21,7 +21,8 @@ from shared.app.backend import Backend
 from shared.app.report_html import sample_settings, write_results_page, write_sets_page
 from shared.app.trainer import ESTIMATE_PREFIX
 from shared.config import Config, DataConfig, apply_overrides, preset
-from shared.data.dataset import DataReport, find_clips, preprocess_clip
+from shared.data.clips import DataReport, find_clips
+from shared.data.preprocess import preprocess_clip
 from shared.data.toy import make_toy_dataset, render_clip
 from shared.data.video import read_video, slug, write_video
 from shared.evaluation.folder import evaluate_set

@@ -23,7 +23,8 @@ from shared.app.backend import Backend
 from shared.app.demo import demo_config, serve_command, train_or_reuse
 from shared.app.report_html import reference_scores, sample_settings, write_results_page
 from shared.config import DataConfig
-from shared.data.dataset import Clip, DataError, DataReport, find_clips, preprocess_clip
+from shared.data.clips import Clip, DataError, DataReport, find_clips
+from shared.data.preprocess import preprocess_clip
 from shared.data.video import read_video, slug, write_video
 from shared.evaluation.metrics import noise_ratio, standard_error
 from shared.evaluation.refeval import (

@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import DataConfig
-from shared.data.clips import Clip as Clip  # for shared/app/demo*.py until their imports move
 from shared.data.clips import DataError, DataReport, find_clips
 from shared.data.decode_cache import prepare_cache
-from shared.data.preprocess import preprocess_clip as preprocess_clip  # (the same)
 from shared.data.splits import clip_groups, split_indices
 
 log = logging.getLogger("text2sign.data")
