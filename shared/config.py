@@ -177,7 +177,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    # "ddpm" | "ddim" | "dpm++"
+    # "ddpm" | "ddim" | "dpm++" | "dpm++sde" (DPM-Solver++ 2M with fresh noise each step)
     sampler: str = "ddim"
     steps: int = 50
     eta: float = 0.0
@@ -315,8 +315,8 @@ class Config:
         _check(t.eval_clips >= 1 and 1 <= t.eval_steps <= d.num_train_timesteps,
                f"train.eval_clips must be >= 1 and train.eval_steps in "
                f"1..{d.num_train_timesteps}")
-        _check(s.sampler in ("ddpm", "ddim", "dpm++"),
-               f"sample.sampler={s.sampler!r}: use ddpm, ddim or dpm++")
+        _check(s.sampler in ("ddpm", "ddim", "dpm++", "dpm++sde"),
+               f"sample.sampler={s.sampler!r}: use ddpm, ddim, dpm++ or dpm++sde")
         _check(1 <= s.steps <= d.num_train_timesteps,
                f"sample.steps={s.steps} must be in 1..{d.num_train_timesteps}")
         _check(s.timestep_spacing in ("auto", "leading", "trailing", "linspace", "logsnr"),

@@ -12,6 +12,7 @@ import click
 from shared.app.cli_common import load_config, quiet_libraries
 from shared.app.errors import TrainingInterrupted
 from shared.config import PRESETS, Config, ConfigError, apply_overrides
+from shared.diffusion.sampling import SAMPLERS
 from shared.model.checkpoint import CheckpointError
 
 # ------------------------------------------------------------------------- train / sample
@@ -101,7 +102,8 @@ def sample_options(f):
         click.option("--seed", type=int, default=None, help="Noise seed (default: the config's)."),
         click.option("--num-samples", type=click.IntRange(1), default=None,
                      help="Videos per prompt."),
-        click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpm++"]), default=None),
+        click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
+                     help="dpm++sde: DPM-Solver++ with fresh noise each step (cleaner frames)."),
         click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps."),
         click.option("--eta", type=click.FloatRange(0, 1), default=None,
                      help="DDIM noise: 0 deterministic ... 1 ancestral."),

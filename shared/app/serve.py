@@ -51,8 +51,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 from shared.config import Config, ConfigError, DataConfig, SampleConfig
 from shared.data.clips import DataError, DataReport, find_clips
+from shared.diffusion.sampling import SAMPLERS
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
 MAX_CHARS = 500  # a sentence, not a document: the text encoder reads 32 tokens anyway
 MAX_SAMPLES = 8
 MAX_QUEUE = 64

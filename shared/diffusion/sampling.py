@@ -1,7 +1,7 @@
 """Sampler coefficient tables and one framework-agnostic sampler step.
 
-Every sampler here (DDPM ancestral, DDIM, DPM-Solver++ 2M) is, per step, a fixed linear
-combination of a handful of arrays:
+Every sampler here (DDPM ancestral, DDIM, DPM-Solver++ 2M and its SDE form) is, per step, a
+fixed linear combination of a handful of arrays:
 
     x0     = clip(c.x0_from_x * x + c.x0_from_model * model_output)
     x_prev = c.prev_from_x * x + c.prev_from_model * model_output + c.prev_from_x0 * x0
@@ -15,7 +15,8 @@ numpy noise follow the same trajectory. The multistep solver's memory (the previ
 prediction) is returned by `step` and handed back by the caller, so no state lives here.
 
 Reference semantics: diffusers' DDPMScheduler, DDIMScheduler and DPMSolverMultistepScheduler
-(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint"). Every sampler starts from
+(algorithm_type="dpmsolver++" or "sde-dpmsolver++", solver_order=2, solver_type="midpoint").
+Every sampler starts from
 x_T ~ N(0, I) (init_noise_sigma = 1) and takes the model output at `table.timesteps[i]` unscaled.
 """
 
@@ -30,7 +31,7 @@ import numpy as np
 from shared.config import DiffusionConfig, SampleConfig
 from shared.diffusion.schedules import NoiseSchedule, eps_coefficients, x0_coefficients
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
+SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++sde")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "logsnr")
 DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
@@ -310,7 +311,7 @@ def ddim_table(schedule: NoiseSchedule, num_steps: int, *, prediction_type: str 
 def dpmpp_2m_table(schedule: NoiseSchedule, num_steps: int, *, prediction_type: str = "epsilon",
                    timestep_spacing: str = "linspace", steps_offset: int = 0,
                    clip_range: float | None = None, lower_order_final: bool = True,
-                   final_sigmas_type: str = "zero") -> SamplerTable:
+                   final_sigmas_type: str = "zero", sde: bool = False) -> SamplerTable:
     """DPM-Solver++(2M), midpoint (Lu et al. 2022; diffusers DPMSolverMultistepScheduler).
 
     In sigma = sqrt((1 - a) / a) and lambda = -log(sigma), step i moves from sigma_i to
@@ -322,6 +323,12 @@ def dpmpp_2m_table(schedule: NoiseSchedule, num_steps: int, *, prediction_type: 
     with fewer than 15 steps, is first order (no D1). With "zero" the last step returns the x0
     prediction itself. `clip_range` clips each x0 prediction before it enters the update, which
     equals diffusers' `thresholding=True, sample_max_value=1` when the range is 1.
+
+    `sde`: SDE-DPM-Solver++(2M) (diffusers' "sde-dpmsolver++"): e^{-h} becomes e^{-2h} in the
+    x0 gain, x_i is carried by (s_{i+1} / s_i) e^{-h}, and fresh noise of std
+    s_{i+1} sqrt(1 - e^{-2h}) is added each step. The injected noise lets later steps correct
+    what earlier ones got wrong, where the ODE solver carries every error to the end (on the
+    toy model: half the residual frame noise at the same step count, docs/sampling.md).
     """
     if final_sigmas_type not in ("zero", "sigma_min"):
         raise ValueError(f"final_sigmas_type={final_sigmas_type!r}: use 'zero' or 'sigma_min'")
@@ -345,9 +352,12 @@ def dpmpp_2m_table(schedule: NoiseSchedule, num_steps: int, *, prediction_type: 
 
     n = len(ts)
     ax, am = x0_coefficients(alpha_t[:n] ** 2, prediction_type)
-    prev_from_x = sigma_t[1:] / sigma_t[:n]
-    # alpha_{i+1} * (1 - e^{-h}); e^{-h} = sigma_{i+1} / sigma_i exactly.
-    gain = alpha_t[1:] * (1.0 - sigma[1:] / sigma[:n])
+    decay = sigma[1:] / sigma[:n]  # e^{-h}, exactly
+    # alpha_{i+1} (1 - e^{-h}) for the ODE; alpha_{i+1} (1 - e^{-2h}) for the SDE.
+    contraction = decay**2 if sde else decay
+    prev_from_x = sigma_t[1:] / sigma_t[:n] * (decay if sde else 1.0)
+    gain = alpha_t[1:] * (1.0 - contraction)
+    noise_std = sigma_t[1:] * np.sqrt(1.0 - decay**2) if sde else np.zeros(n)
     prev_from_x0 = gain.copy()
     prev_from_prev_x0 = np.zeros(n)
     for i in range(1, n):
@@ -358,7 +368,7 @@ def dpmpp_2m_table(schedule: NoiseSchedule, num_steps: int, *, prediction_type: 
         prev_from_x0[i] = gain[i] * (1.0 + 0.5 / r)
         prev_from_prev_x0[i] = -gain[i] * 0.5 / r
     return SamplerTable(
-        sampler="dpm++",
+        sampler="dpm++sde" if sde else "dpm++",
         timesteps=ts,
         x0_from_x=_f64(ax),
         x0_from_model=_f64(am),
@@ -366,8 +376,9 @@ def dpmpp_2m_table(schedule: NoiseSchedule, num_steps: int, *, prediction_type: 
         prev_from_model=np.zeros(n),
         prev_from_x0=prev_from_x0,
         prev_from_prev_x0=prev_from_prev_x0,
-        noise_std=np.zeros(n),
-        draws_noise=np.zeros(n, dtype=bool),
+        noise_std=noise_std,
+        # diffusers draws at every SDE step, the last (to sigma = 0, std 0) included.
+        draws_noise=np.full(n, sde),
         clip_range=clip_range,
     )
 
@@ -378,7 +389,7 @@ def resolve_spacing(spacing: str, sampler: str) -> str:
     toy model an even log-SNR grid made DDIM 50 slightly worse: 0.027 vs 0.023 RMSE to DDIM 500)."""
     if spacing != "auto":
         return spacing
-    return "logsnr" if sampler == "dpm++" else "trailing"
+    return "logsnr" if sampler.startswith("dpm++") else "trailing"
 
 
 def make_sampler_table(diffusion: DiffusionConfig, sample: SampleConfig, *,
@@ -400,8 +411,8 @@ def make_sampler_table(diffusion: DiffusionConfig, sample: SampleConfig, *,
         return ddim_table(schedule, sample.steps, eta=sample.eta,
                           set_alpha_to_one=sample.set_alpha_to_one,
                           use_clipped_model_output=sample.use_clipped_model_output, **common)
-    if sample.sampler == "dpm++":
-        return dpmpp_2m_table(schedule, sample.steps, **common)
+    if sample.sampler in ("dpm++", "dpm++sde"):
+        return dpmpp_2m_table(schedule, sample.steps, sde=sample.sampler == "dpm++sde", **common)
     raise ValueError(f"sampler={sample.sampler!r}: use one of {', '.join(SAMPLERS)}")
 
 

@@ -33,7 +33,8 @@ from shared.diffusion.schedules import NoiseSchedule
 SHAPE = (2, 3, 2, 4, 4)  # (B, C, F, H, W): a tiny video batch
 SPACINGS = ("leading", "trailing", "linspace")
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
-REFERENCE = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler}
+REFERENCE = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler,
+             "dpm++sde": DPMSolverMultistepScheduler}
 DIFFUSERS_SCHEDULE = {"linear": "linear", "scaled_linear": "scaled_linear",
                       "cosine": "squaredcos_cap_v2"}
 BETA_RANGE = {"linear": (1e-4, 0.02), "scaled_linear": (8.5e-4, 0.012), "cosine": (1e-4, 0.02)}
@@ -116,12 +117,13 @@ class Case:
 
     def table(self):
         diffusion, sample = self.configs()
-        if self.sampler == "dpm++":
+        if self.sampler.startswith("dpm++"):
             return dpmpp_2m_table(
                 NoiseSchedule.from_config(diffusion), self.steps,
                 prediction_type=self.prediction_type, timestep_spacing=self.spacing,
                 steps_offset=self.steps_offset, clip_range=self.clip_range if self.clip else None,
-                lower_order_final=self.lower_order_final, final_sigmas_type=self.final_sigmas_type)
+                lower_order_final=self.lower_order_final, final_sigmas_type=self.final_sigmas_type,
+                sde=self.sampler == "dpm++sde")
         return make_sampler_table(diffusion, sample, variance_type=self.variance_type)
 
     def reference(self):
@@ -138,8 +140,9 @@ class Case:
                                  set_alpha_to_one=self.set_alpha_to_one, **common)
         # Static clipping to [-1, 1] is diffusers' dynamic thresholding with a ceiling of 1.
         assert not self.clip or self.clip_range == 1.0
+        algorithm = "sde-dpmsolver++" if self.sampler == "dpm++sde" else "dpmsolver++"
         return DPMSolverMultistepScheduler(
-            solver_order=2, algorithm_type="dpmsolver++", solver_type="midpoint",
+            solver_order=2, algorithm_type=algorithm, solver_type="midpoint",
             lower_order_final=self.lower_order_final, final_sigmas_type=self.final_sigmas_type,
             thresholding=self.clip, sample_max_value=1.0, **common)
 
@@ -197,6 +200,14 @@ DPM_CASES = _rotating_grid("dpm++", (7, 20, 25)) + [
     Case("dpm++", 20, spacing="linspace", schedule="scaled_linear", clip=False),
 ]
 
+SDE_CASES = _rotating_grid("dpm++sde", (7, 10, 20)) + [
+    Case("dpm++sde", 1, spacing="linspace"),
+    Case("dpm++sde", 14, spacing="linspace", final_sigmas_type="sigma_min"),
+    Case("dpm++sde", 15, spacing="linspace", final_sigmas_type="sigma_min", clip=False),
+    Case("dpm++sde", 25, "v_prediction", "trailing", zero_snr=True),
+    Case("dpm++sde", 20, spacing="linspace", schedule="cosine"),
+]
+
 
 def _run_diffusers(case: Case, x_T, outputs, ddim_noise, seed):
     ref = case.reference()
@@ -211,6 +222,8 @@ def _run_diffusers(case: Case, x_T, outputs, ddim_noise, seed):
             noise = torch.from_numpy(ddim_noise[i]) if case.eta > 0 else None
             out = ref.step(m, t, x, eta=case.eta, variance_noise=noise,
                            use_clipped_model_output=case.use_clipped_model_output)
+        elif case.sampler == "dpm++sde":
+            out = ref.step(m, t, x, variance_noise=torch.from_numpy(ddim_noise[i]))
         else:
             out = ref.step(m, t, x)
         x = out.prev_sample
@@ -219,7 +232,7 @@ def _run_diffusers(case: Case, x_T, outputs, ddim_noise, seed):
     return ref.timesteps.numpy(), states
 
 
-@pytest.mark.parametrize("case", DDPM_CASES + DDIM_CASES + DPM_CASES, ids=str)
+@pytest.mark.parametrize("case", DDPM_CASES + DDIM_CASES + DPM_CASES + SDE_CASES, ids=str)
 def test_full_loop_matches_diffusers(case):
     seed = 1234
     table = case.table()
