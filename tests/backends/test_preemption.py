@@ -59,6 +59,7 @@ def same_files(backend, a: Path, b: Path) -> None:
         assert all(x[k].dtype == y[k].dtype and backend.equal(x[k], y[k]) for k in x), name
 
 
+@pytest.mark.slow
 def test_a_stop_signal_saves_the_step_it_stopped_at_and_resume_is_exact(backend, toy_data,
                                                                         tmp_path):
     stop = backend.preemption.stop
@@ -109,6 +110,7 @@ def test_a_second_signal_while_stopping_leaves_every_checkpoint_intact(backend, 
     assert latest in [p for _, p in found]
 
 
+@pytest.mark.slow
 def test_a_truncated_newest_step_is_skipped_on_resume_and_named_elsewhere(backend, toy_data,
                                                                           tmp_path):
     load_model = backend.module("checkpoint").load_model

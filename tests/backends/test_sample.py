@@ -353,6 +353,7 @@ def test_unet_predicts_something(backend, unet):
     assert out.shape == x.shape and np.abs(backend.numpy(out)).mean() > 1e-2
 
 
+@pytest.mark.slow
 def test_unet_ddim_eta0_is_deterministic_per_seed(backend, unet):
     generate, config, video = _sample(backend).generate, _config(backend), _video(backend)
     sample = SampleConfig(sampler="ddim", steps=3, eta=0.0, guidance=1.0)

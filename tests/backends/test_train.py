@@ -46,6 +46,7 @@ def parameters(backend, model) -> list:
     return list(backend.params(model).values())
 
 
+@pytest.mark.slow
 def test_training_overfits_a_handful_of_clips(backend, toy_data, tmp_path):
     overrides, steps, last, first, ratio = backend.train.overfit
     config = tiny_config(toy_data, tmp_path / "run", *overrides, "train.lr=2e-3",
@@ -55,6 +56,7 @@ def test_training_overfits_a_handful_of_clips(backend, toy_data, tmp_path):
     assert losses[-last:].mean() < ratio * losses[:first].mean()
 
 
+@pytest.mark.slow
 def test_two_halves_with_resume_equal_one_run(backend, toy_data, tmp_path):
     # backend.train.resume: on MLX, batch 2 of 8 clips, so the resume lands mid-epoch.
     extra = (*backend.small_clips, "train.steps=6", "train.checkpoint_every=3",
@@ -72,6 +74,7 @@ def test_two_halves_with_resume_equal_one_run(backend, toy_data, tmp_path):
     assert state["step"] == 6 and state["ema_updates"] == 6
 
 
+@pytest.mark.slow
 def test_checkpoint_reloads_to_identical_outputs(backend, toy_data, tmp_path):
     steps = f"train.steps={backend.train.reload_steps}"
     trainer = backend.trainer(tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
@@ -103,6 +106,7 @@ def test_checkpoint_reloads_to_identical_outputs(backend, toy_data, tmp_path):
     assert np.abs(own - expected).max() > 0  # EMA and raw weights really are two models
 
 
+@pytest.mark.slow
 def test_keep_last_prunes_and_latest_points_at_the_newest(backend, toy_data, tmp_path):
     overrides, kept = backend.train.keep_last
     backend.trainer(tiny_config(toy_data, tmp_path / "run", *overrides,
@@ -115,6 +119,7 @@ def test_keep_last_prunes_and_latest_points_at_the_newest(backend, toy_data, tmp
                 if p.name.startswith(".")]  # no temporaries left behind
 
 
+@pytest.mark.slow
 def test_a_new_run_refuses_a_folder_holding_one(backend, toy_data, tmp_path):
     steps = backend.train.refuse_steps
     backend.trainer(tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
@@ -124,6 +129,7 @@ def test_a_new_run_refuses_a_folder_holding_one(backend, toy_data, tmp_path):
                                     f"train.steps={2 * steps}")).train()
 
 
+@pytest.mark.slow
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(backend, toy_data, tmp_path):
     good = backend.train.good_steps
     backend.trainer(tiny_config(toy_data, tmp_path / "run", *backend.small_clips,
@@ -140,6 +146,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(backend, toy_data, 
         assert all(np.isfinite(w).all() for w in weights.values()), name
 
 
+@pytest.mark.slow
 def test_tensorboard_has_scalars_config_and_sample_video(backend, toy_data, tmp_path):
     steps, sample_steps = backend.train.tensorboard
     config = tiny_config(toy_data, tmp_path / "run", *backend.small_clips, f"train.steps={steps}",
@@ -179,6 +186,7 @@ def test_the_model_graph_is_traced_only_when_asked(backend, toy_data, tmp_path):
         events.Graph()
 
 
+@pytest.mark.slow
 def test_auto_batch_size_reaches_the_effective_batch(backend, toy_data, tmp_path):
     config = tiny_config(toy_data, tmp_path / "run", *backend.small_clips, "train.batch_size=auto",
                          "train.effective_batch=4", "train.steps=1")
@@ -248,6 +256,7 @@ def test_bf16_computes_in_bf16_and_returns_float32_gradients(backend):
     assert float(loss16) != float(loss32)
 
 
+@pytest.mark.slow
 def test_bf16_training_learns_and_keeps_float32_weights(backend, toy_data, tmp_path):
     """(On torch this was the train.mixed_precision=bf16 case of test_training_variants_learn:
     the same run; the float32-weight check was MLX's.)"""
@@ -307,6 +316,7 @@ def test_ema_follows_the_warmed_up_decay(backend):
         "diffusion.min_snr_gamma=5")],
     ("torch", "diffusion.prediction_type=v_prediction"),
 ], indirect=["backend"])
+@pytest.mark.slow
 def test_training_variants_learn(backend, toy_data, tmp_path, option):
     overrides, steps, last, first, ratio = backend.train.variants
     config = tiny_config(toy_data, tmp_path / "run", *overrides, "train.lr=2e-3",

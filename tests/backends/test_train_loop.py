@@ -27,6 +27,7 @@ def steps_saved(backend, data: Path, out: Path, minutes: float) -> list[int]:
     return [step for step, _ in list_checkpoints(out / "checkpoints")]
 
 
+@pytest.mark.slow
 def test_checkpoint_minutes_saves_on_the_clock_between_step_cadences(backend, toy_data,
                                                                      tmp_path):
     """With the clock overdue after every step, every step is saved; off, only the last one

@@ -183,6 +183,7 @@ def frame_swap_gap(backend, model, config: ModelConfig) -> float:
     return float(np.abs(out_swapped - np.take(out, order, axis=backend.frame_axis)).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["factorized", "full", "three_levels"])
 def test_which_layers_mix_frames(backend, name, monkeypatch):
     config = CONFIGS[name]
@@ -455,6 +456,7 @@ def test_gradient_checkpointing_matches_and_is_used_mlx(backend, monkeypatch):
     assert not calls  # never while sampling
 
 
+@pytest.mark.slow
 @pytest.mark.backends("torch")
 def test_checkpointed_backward_releases_free_memory_once_per_segment(backend, monkeypatch):
     unet = unet_module(backend)

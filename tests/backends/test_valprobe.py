@@ -44,6 +44,7 @@ def scalars(run: Path) -> EventAccumulator:
     return EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0}).Reload()
 
 
+@pytest.mark.slow
 def test_eval_every_logs_real_sign_metrics_beside_the_baseline(backend, tmp_path):
     notes: list[str] = []
     config = probe_config(backend, person_folder(backend, tmp_path / "clips"), tmp_path / "run")

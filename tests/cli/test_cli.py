@@ -145,6 +145,7 @@ def test_t2s_demo_picks_mlx_on_apple_silicon_only(monkeypatch):
     assert result.returncode == 0 and "Usage: t2s-demo demo [OPTIONS]" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_trains_samples_and_scores_seen_unseen_and_longer(tmp_path):
     tool = "t2s-torch"  # the demo is shared code; t2s-mlx's train and sample have their tests
     args = ("demo", "--out", str(tmp_path / "demo"), "--n", "8", "--quiet", "--samples", "1",

@@ -43,6 +43,7 @@ def folders(tmp_path_factory) -> tuple[Path, Path]:
     return gen, ref
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["t2s-torch", "t2s-mlx"])
 def test_both_tools_report_each_clip_against_its_reference(tool, folders, tmp_path):
     if tool == "t2s-mlx":
@@ -101,6 +102,7 @@ def test_fvd_with_a_local_i3d_writes_its_protocol(tool, folders, tiny_i3d, tmp_p
     assert "FVD: " in result.stdout and "sha256" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_wrong_i3d_file_is_refused_with_the_fix(folders, tmp_path):
     torch = pytest.importorskip("torch")
     gen, ref = folders

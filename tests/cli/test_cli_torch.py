@@ -68,6 +68,7 @@ def test_resume_continues_from_the_run_folder(trained_run, tmp_path):
     assert "resumed from" in result.stdout and "trained to step 5" in result.stdout
 
 
+@pytest.mark.slow
 def test_sample_writes_gifs_captions_and_a_grid(trained_run, tmp_path):
     _, run_dir = trained_run
     out = tmp_path / "samples"
@@ -113,6 +114,7 @@ def test_visualize_prints_the_block_table():
     assert "416,971" in total
 
 
+@pytest.mark.slow
 def test_doctor_passes_on_this_machine():
     result = run("doctor", "--device", "cpu")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -97,6 +97,7 @@ def write_clip(folder: Path, name: str, frames: np.ndarray, caption: str, fps: f
     path.with_suffix(".txt").write_text(caption + "\n")
 
 
+@pytest.mark.slow
 def test_folder_rows_on_wide_mp4s_rank_same_caption_above_a_different_one(cache, tmp_path):
     wide = {"height": 180, "width": 320}
     write_clip(tmp_path, "sway_a.mp4", pc.render(pc.uniform(20), pc.sway, **wide), "sway", 25)

@@ -70,6 +70,7 @@ def test_items_pair_each_caption_with_its_clips_and_others_for_the_baseline():
     assert alone.paired == (0, 1) and alone.shuffled == ()
 
 
+@pytest.mark.slow
 def test_a_model_that_signs_the_caption_beats_the_shuffled_baseline(probe, tmp_path):
     with TensorBoardLogger(tmp_path) as tb:
         scores = probe.run(signs({"sway": "sway", "bow": "bow"}), step=7, tb=tb)

@@ -41,6 +41,7 @@ def test_unet_traces_as_one_graph(conv_mode, checkpointing):
     assert explanation.graph_count == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conv_mode", ["factorized", "full"])
 def test_compiled_training_step_matches_eager(conv_mode):
     """AOT autograd (the part of torch.compile that builds the backward graph) without code

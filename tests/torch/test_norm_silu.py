@@ -123,6 +123,7 @@ def test_with_conv_matches_conv_of_the_plain_composition(channels_last, kernel, 
         torch.testing.assert_close(h, w, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_with_conv_gradients_match_finite_differences():
     norm, x, scale, shift = setup(1, 4, 2, channels_last=True, dtype=torch.float64)
     conv = nn.Conv3d(4, 3, (1, 3, 3), padding=(0, 1, 1)).double()
