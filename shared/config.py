@@ -336,20 +336,9 @@ def preset(name: str) -> Config:
     `real`: `demo --data`, a folder of real clips, under 45 minutes of a 2-core CPU.
     `small`: the MacBook default. `base`: a real GPU."""
     if name in ("toy", "toy-long"):
-        # A deliberately small problem (8 frames of 16 x 16; the demo's data adds big gloves and
-        # 1-2 word sentences) and a recipe that learns it fast: min-SNR weighting (0.30 vs 0.10
-        # prompt accuracy without it, same budget), lr 2e-3, guidance 3 (better than 2 or 7);
-        # for text following (docs/text-following.md, demo, seen / unseen sentences): the text
-        # alignment (25 / 22% vs 14 / 9% without), the motion-weighted loss (58 / 60%) and each
-        # frame's words at full resolution (78 / 86% with both; a fresh run 66 / 59%). Motion
-        # weight 10, not 4: unseen 68 / 75% on seeds 0 / 1 where 4 gave 59 / 83% (the other
-        # seed must land within 10 points). DPM-Solver++ 10, not DDIM 25: on two demo models,
-        # same starting noise, unseen +4 / +17 points and seen +13 / +7, in 40% of the steps.
-        # Batches of 8 for 2100 steps rather than 16 for 1200, about the same time: unseen 73 / 80%
-        # on seeds 0 / 1 where 16 x 1200 gave 62 / 82% (one run each; docs/text-following.md).
-        # `toy-long` is the same model, 4500 steps of 16 (4.3x the clips): seen / unseen /
-        # longer 100 / 99 / 99% in 49 minutes on the 2-core CPU. (It was 6000 steps of a
-        # 32-channel model at lr 1e-3, about 100 minutes, past the hour it is meant to fit in.)
+        # A small problem (8 frames of 16 x 16, big gloves, 1-2 word sentences) and the recipe
+        # that learns it fastest; each choice measured in docs/text-following.md. Ancestral
+        # DDIM 10 (eta 1): half the frame noise of DPM-Solver++ 10, text following as good.
         long = name == "toy-long"
         return Config(
             model=ModelConfig(base_channels=24, channel_mult=(1, 2),
@@ -360,7 +349,7 @@ def preset(name: str) -> Config:
             train=TrainConfig(steps=4500 if long else 2100, batch_size=16 if long else 8,
                               lr=2e-3, warmup_steps=100, ema_decay=0.995, log_every=25,
                               sample_every=0, checkpoint_every=500, keep_last=2),
-            sample=SampleConfig(sampler="dpm++", steps=10, guidance=3.0),
+            sample=SampleConfig(sampler="ddim", steps=10, eta=1.0, guidance=3.0),
         )
     if name == "real":
         # Real clips on a CPU budget (docs/real-clips.md): 8 frames of 32 x 32, where MediaPipe
